@@ -1,0 +1,320 @@
+"""CPU selective scan: Numba-compiled, multi-threaded, memory O(B·D·L).
+
+Forward: one sequential pass per (batch, channel) with the N-state vector in registers, the pair
+recurrence h = ā·h + b̄ (multiplies numbers ≤ 1 only, so it is stable at any L), saving the state at
+the end of every ``CHUNK_LEN`` steps. Backward: chunks last to first; each chunk's states are
+recomputed from the saved state before it into a (CHUNK_LEN, N) scratch per thread, then the adjoint
+is swept backwards. Nothing of size B·D·L·N is ever allocated; the saved chunk states are
+B·D·N·L/CHUNK_LEN.
+
+Parallelism: the forward splits (batch, channel) pairs over threads. The backward must sum dB/dC
+over the channels of a group; each thread works on a block of channels of one (batch, group) and
+accumulates into its own partial buffer, summed afterwards, so no two threads write the same memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+CHUNK_LEN = 256
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def _exp(x):
+    return math.exp(x)
+
+
+@overload(_exp)
+def _exp_overload(x):
+    """exp that LLVM can vectorise: libm's expf is an opaque call that keeps the per-state loop
+    scalar, and ā = exp(Δ·A) is the hot spot of the scan. Cody-Waite reduction exp(x) = 2^k·exp(r),
+    |r| ≤ ln2/2, a degree-6 polynomial for exp(r) (relative error ~1e-7, fp32 rounding level) and
+    2^k built from its exponent bits. fp64 (gradcheck) keeps math.exp."""
+    if x != types.float32:
+        return lambda x: math.exp(x)
+
+    def fast_exp(x):
+        # Branch-free clamps and a truncating int conversion of a positive number (= floor)
+        # keep this free of libm calls.
+        x = x if x > np.float32(-87.0) else np.float32(-87.0)
+        x = x if x < np.float32(88.0) else np.float32(88.0)
+        biased_k = np.int32(x * np.float32(1.4426950408889634) + np.float32(128.5))  # round(x/ln2) + 128
+        k = np.float32(biased_k - np.int32(128))
+        r = x - k * np.float32(0.693145751953125)  # ln2 split in two so k·ln2 is exact
+        r = r - k * np.float32(1.428606765330187e-06)
+        p = np.float32(1.0 / 720.0)
+        p = p * r + np.float32(1.0 / 120.0)
+        p = p * r + np.float32(1.0 / 24.0)
+        p = p * r + np.float32(1.0 / 6.0)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        p = p * r + np.float32(1.0)
+        return p * _float32_from_bits((biased_k - np.int32(1)) << np.int32(23))  # 2^k: exponent bits k + 127
+
+    return fast_exp
+
+
+@numba.njit
+def _discretised_delta(x, softplus):
+    if softplus and x <= 20.0:
+        return math.log1p(math.exp(x))
+    return x
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
+def _forward(u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, out, states,
+             b_var, c_var, has_z, softplus, has_route, chunk_len):
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    groups_b = Bv.shape[1]
+    groups_c = Cv.shape[1]
+    n_routes = route.shape[0]
+    for job in numba.prange(batch * dim):
+        b = job // dim
+        d = job % dim
+        gb = d // (dim // groups_b)
+        gc = d // (dim // groups_c)
+        k = d // (dim // n_routes)
+        h = np.zeros(nstate, dtype=states.dtype)
+        for t in range(length):
+            p = route[k, t] if has_route else t
+            dt = _discretised_delta(delta[b, d, p] + bias[d], softplus)
+            x = u[b, d, p]
+            dtx = dt * x
+            # Row views instead of per-element branches keep the loop over N vectorisable.
+            B_row = Bv[b, gb, p] if b_var else Bc[d]
+            C_row = Cv[b, gc, p] if c_var else Cc[d]
+            A_row = A[d]
+            y = np.float32(0.0)  # stays fp32 on the fp32 path; numba widens it for fp64 inputs
+            for n in range(nstate):
+                h[n] = _exp(dt * A_row[n]) * h[n] + dtx * B_row[n]
+                y += C_row[n] * h[n]
+            y += Dv[d] * x
+            if has_z:
+                zz = z[b, d, p]
+                y *= zz / (1.0 + math.exp(-zz))
+            out[b, d, p] = y
+            if (t + 1) % chunk_len == 0 or t == length - 1:
+                states[b, d, t // chunk_len, :] = h
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
+def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
+              du, ddelta, dz, dA_part, dBc_part, dCc_part, dD_part, dbias_part, dBv_part, dCv_part,
+              b_var, c_var, has_z, softplus, has_route, chunk_len, n_blocks):
+    """Adjoint sweep. Per-channel results: dA/dBc/dCc (batch, dim, N), dD/dbias (batch, dim); for
+    variable B/C, (batch, G, slots, L, N) with one slot per block of channels sharing a group."""
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    groups_b = Bv.shape[1]
+    groups_c = Cv.shape[1]
+    # Jobs are (batch, group, block) over the finer of the B/C groupings (one divides the other),
+    # so all channels of a block share one B group and one C group.
+    groups = max(groups_b, groups_c)
+    per_group = dim // groups
+    per_block = (per_group + n_blocks - 1) // n_blocks
+    n_routes = route.shape[0]
+    n_chunks = states.shape[2]
+    for job in numba.prange(batch * groups * n_blocks):
+        b = job // (groups * n_blocks)
+        g = (job // n_blocks) % groups
+        blk = job % n_blocks
+        slot_b = (g % (groups // groups_b)) * n_blocks + blk
+        slot_c = (g % (groups // groups_c)) * n_blocks + blk
+        hs = np.empty((chunk_len, nstate), dtype=states.dtype)
+        h_before = np.empty(nstate, dtype=states.dtype)
+        lam = np.empty(nstate, dtype=states.dtype)
+        a_next = np.empty(nstate, dtype=states.dtype)
+        # Sums over the whole sequence are kept in float64 so long L loses no precision.
+        dA_acc = np.empty(nstate, dtype=np.float64)
+        dB_acc = np.empty(nstate, dtype=np.float64)
+        dC_acc = np.empty(nstate, dtype=np.float64)
+        first = g * per_group + blk * per_block
+        for d in range(first, min(first + per_block, (g + 1) * per_group)):
+            gb = d // (dim // groups_b)
+            gc = d // (dim // groups_c)
+            k = d // (dim // n_routes)
+            lam[:] = 0.0
+            a_next[:] = 0.0  # ā_L = 0: nothing follows the last step
+            dA_acc[:] = 0.0
+            dB_acc[:] = 0.0
+            dC_acc[:] = 0.0
+            dD_acc = 0.0
+            dbias_acc = 0.0
+            for c in range(n_chunks - 1, -1, -1):
+                t0 = c * chunk_len
+                t1 = min(length, t0 + chunk_len)
+                for n in range(nstate):
+                    h_before[n] = states[b, d, c - 1, n] if c > 0 else 0.0
+                # Recompute the chunk's states from the one saved before it.
+                for t in range(t0, t1):
+                    p = route[k, t] if has_route else t
+                    dt = _discretised_delta(delta[b, d, p] + bias[d], softplus)
+                    dtx = dt * u[b, d, p]
+                    i = t - t0
+                    for n in range(nstate):
+                        hp = hs[i - 1, n] if i > 0 else h_before[n]
+                        bn = Bv[b, gb, p, n] if b_var else Bc[d, n]
+                        hs[i, n] = _exp(dt * A[d, n]) * hp + dtx * bn
+                # Sweep the adjoint λ_t = gy_t·C_t + ā_{t+1}·λ_{t+1} backwards through the chunk.
+                for t in range(t1 - 1, t0 - 1, -1):
+                    p = route[k, t] if has_route else t
+                    x_raw = delta[b, d, p] + bias[d]
+                    dt = _discretised_delta(x_raw, softplus)
+                    x = u[b, d, p]
+                    g_out = dout[b, d, p]
+                    i = t - t0
+                    if has_z:
+                        zz = z[b, d, p]
+                        sig = 1.0 / (1.0 + math.exp(-zz))
+                        y = Dv[d] * x
+                        for n in range(nstate):
+                            y += (Cv[b, gc, p, n] if c_var else Cc[d, n]) * hs[i, n]
+                        dz[b, d, p] = g_out * y * sig * (1.0 + zz * (1.0 - sig))
+                        gy = g_out * zz * sig
+                    else:
+                        gy = g_out
+                    du_acc = 0.0
+                    ddt = 0.0
+                    for n in range(nstate):
+                        cn = Cv[b, gc, p, n] if c_var else Cc[d, n]
+                        bn = Bv[b, gb, p, n] if b_var else Bc[d, n]
+                        lam_n = gy * cn + a_next[n] * lam[n]
+                        lam[n] = lam_n
+                        a = _exp(dt * A[d, n])
+                        a_next[n] = a
+                        ah = a * (hs[i - 1, n] if i > 0 else h_before[n])  # ā_t·h_{t-1}
+                        if c_var:
+                            dCv_part[b, gc, slot_c, p, n] += gy * hs[i, n]
+                        else:
+                            dC_acc[n] += gy * hs[i, n]
+                        if b_var:
+                            dBv_part[b, gb, slot_b, p, n] += lam_n * dt * x
+                        else:
+                            dB_acc[n] += lam_n * dt * x
+                        du_acc += lam_n * bn
+                        ddt += lam_n * (A[d, n] * ah + bn * x)
+                        dA_acc[n] += lam_n * dt * ah
+                    du[b, d, p] = Dv[d] * gy + dt * du_acc
+                    dD_acc += gy * x
+                    if softplus and x_raw <= 20.0:
+                        ddt *= 1.0 / (1.0 + math.exp(-x_raw))
+                    ddelta[b, d, p] = ddt
+                    dbias_acc += ddt
+            for n in range(nstate):
+                dA_part[b, d, n] = dA_acc[n]
+                dBc_part[b, d, n] = dB_acc[n]
+                dCc_part[b, d, n] = dC_acc[n]
+            dD_part[b, d] = dD_acc
+            dbias_part[b, d] = dbias_acc
+
+
+def _np(x: torch.Tensor, dtype) -> np.ndarray:
+    return x.detach().to(dtype=_TORCH[dtype]).contiguous().numpy()
+
+
+_TORCH = {np.float32: torch.float32, np.float64: torch.float64}
+
+
+class _Args:
+    """Numba wants every argument present and typed: absent D/bias become zeros, absent z, B/C
+    layouts and routes become tiny dummies, flagged off. Variable B/C are laid out (batch, G, L, N)
+    so the inner loop over N reads contiguous memory."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, route_index):
+        self.dtype = dtype = np.float64 if u.dtype == torch.float64 else np.float32
+        self.shape = tuple(u.shape)
+        dim = u.shape[1]
+        self.b_var, self.c_var = B.dim() == 4, C.dim() == 4
+        dummy4 = np.zeros((1, 1, 1, 1), dtype)
+        self.Bv = _np(B.transpose(2, 3), dtype) if self.b_var else dummy4
+        self.Cv = _np(C.transpose(2, 3), dtype) if self.c_var else dummy4
+        self.Bc = np.zeros((1, 1), dtype) if self.b_var else _np(B, dtype)
+        self.Cc = np.zeros((1, 1), dtype) if self.c_var else _np(C, dtype)
+        self.u, self.delta, self.A = _np(u, dtype), _np(delta, dtype), _np(A, dtype)
+        self.D = _np(D, dtype) if D is not None else np.zeros(dim, dtype)
+        self.bias = _np(delta_bias, dtype) if delta_bias is not None else np.zeros(dim, dtype)
+        self.has_z = z is not None
+        self.z = _np(z, dtype) if self.has_z else np.zeros((1, 1, 1), dtype)
+        self.has_route = route_index is not None
+        self.route = (route_index.contiguous().numpy() if self.has_route
+                      else np.zeros((1, 1), dtype=np.int64))
+
+    def inputs(self):
+        return (self.u, self.delta, self.A, self.Bc, self.Bv, self.Cc, self.Cv, self.D, self.z, self.bias, self.route)
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc):
+    """See ``medmamba_kernels.op`` for the backend contract. ``route_desc`` is unused: on the CPU an
+    index table costs no more than strides."""
+    args = _Args(u, delta, A, B, C, D, z, delta_bias, route_index)
+    batch, dim, length = args.shape
+    out = np.empty((batch, dim, length), dtype=args.dtype)
+    states = np.empty((batch, dim, -(-length // CHUNK_LEN), A.shape[1]), dtype=args.dtype)
+    _forward(*args.inputs(), out, states, args.b_var, args.c_var, args.has_z, bool(softplus),
+             args.has_route, CHUNK_LEN)
+    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(states)
+
+
+def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc, chunk_states):
+    args = _Args(u, delta, A, B, C, D, z, delta_bias, route_index)
+    dtype = args.dtype
+    batch, dim, length = args.shape
+    nstate = A.shape[1]
+    groups_b, groups_c = args.Bv.shape[1], args.Cv.shape[1]
+    groups = max(groups_b, groups_c)
+    # Enough channel blocks that every thread has work, but at least 8 channels a block, so the
+    # per-block dB/dC buffers stay at most max(B·G·L·N, B·D·L·N / 8).
+    threads = numba.get_num_threads()
+    n_blocks = max(1, min((dim // groups) // 8, -(-2 * threads // (batch * groups))))
+    du = np.empty((batch, dim, length), dtype=dtype)
+    ddelta = np.empty_like(du)
+    dz = np.empty_like(du) if args.has_z else np.zeros((1, 1, 1), dtype)
+    per_channel = lambda: np.zeros((batch, dim, nstate), dtype)  # noqa: E731
+    dA_part, dBc_part, dCc_part = per_channel(), per_channel(), per_channel()
+    dD_part = np.zeros((batch, dim), dtype)
+    dbias_part = np.zeros((batch, dim), dtype)
+
+    def variable_part(is_var, n_groups):
+        if not is_var:
+            return np.zeros((1, 1, 1, 1, 1), dtype)
+        return np.zeros((batch, n_groups, n_blocks * groups // n_groups, length, nstate), dtype)
+
+    dBv_part = variable_part(args.b_var, groups_b)
+    dCv_part = variable_part(args.c_var, groups_c)
+    _backward(_np(dout, dtype), *args.inputs(), _np(chunk_states, dtype),
+              du, ddelta, dz, dA_part, dBc_part, dCc_part, dD_part, dbias_part, dBv_part, dCv_part,
+              args.b_var, args.c_var, args.has_z, bool(softplus), args.has_route, CHUNK_LEN, n_blocks)
+
+    def variable_grad(part, like):  # (batch, G, slots, L, N) -> (batch, G, N, L)
+        return torch.from_numpy(part.sum(axis=2)).transpose(2, 3).contiguous().to(like.dtype)
+
+    def summed(part, like):
+        return torch.from_numpy(part.sum(axis=0)).to(like.dtype)
+
+    return (
+        torch.from_numpy(du).to(u.dtype),
+        torch.from_numpy(ddelta).to(delta.dtype),
+        summed(dA_part, A),
+        variable_grad(dBv_part, B) if args.b_var else summed(dBc_part, B),
+        variable_grad(dCv_part, C) if args.c_var else summed(dCc_part, C),
+        summed(dD_part, D) if D is not None else None,
+        torch.from_numpy(dz).to(z.dtype) if args.has_z else None,
+        summed(dbias_part, delta_bias) if delta_bias is not None else None,
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``medmamba benchmark``: ratios against a baseline measured in the same run."""

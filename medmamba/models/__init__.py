@@ -1,0 +1,5 @@
+"""Networks and their building blocks."""
+
+from .mamba import Mamba
+
+__all__ = ["Mamba"]
