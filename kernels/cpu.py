@@ -15,6 +15,7 @@ accumulates into its own partial buffer, summed afterwards, so no two threads wr
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -24,6 +25,13 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 CHUNK_LEN = 256
+
+# Numba's OpenMP layer brings a second OpenMP runtime beside PyTorch's; their idle threads spin
+# against each other and cost ~8 ms a call on 2 cores. The workqueue layer has no such clash
+# (measured: 0.3 ms). It must not be entered from several Python threads at once, and the scan is
+# called from the training thread only. NUMBA_THREADING_LAYER still overrides this.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 @intrinsic
@@ -141,7 +149,11 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
         h_before = np.empty(nstate, dtype=states.dtype)
         lam = np.empty(nstate, dtype=states.dtype)
         a_next = np.empty(nstate, dtype=states.dtype)
-        # Sums over the whole sequence are kept in float64 so long L loses no precision.
+        # Sums over the whole sequence: fp32 within a chunk (same type as the per-position rows,
+        # so the state loop has no branches), flushed into float64 at each chunk's end.
+        dA_chunk = np.empty(nstate, dtype=states.dtype)
+        dB_chunk = np.empty(nstate, dtype=states.dtype)
+        dC_chunk = np.empty(nstate, dtype=states.dtype)
         dA_acc = np.empty(nstate, dtype=np.float64)
         dB_acc = np.empty(nstate, dtype=np.float64)
         dC_acc = np.empty(nstate, dtype=np.float64)
@@ -150,6 +162,7 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
             gb = d // (dim // groups_b)
             gc = d // (dim // groups_c)
             k = d // (dim // n_routes)
+            A_row = A[d]
             lam[:] = 0.0
             a_next[:] = 0.0  # ā_L = 0: nothing follows the last step
             dA_acc[:] = 0.0
@@ -168,55 +181,62 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                     dt = _discretised_delta(delta[b, d, p] + bias[d], softplus)
                     dtx = dt * u[b, d, p]
                     i = t - t0
+                    B_row = Bv[b, gb, p] if b_var else Bc[d]
+                    h_prev = hs[i - 1] if i > 0 else h_before
+                    h_row = hs[i]
                     for n in range(nstate):
-                        hp = hs[i - 1, n] if i > 0 else h_before[n]
-                        bn = Bv[b, gb, p, n] if b_var else Bc[d, n]
-                        hs[i, n] = _exp(dt * A[d, n]) * hp + dtx * bn
+                        h_row[n] = _exp(dt * A_row[n]) * h_prev[n] + dtx * B_row[n]
                 # Sweep the adjoint λ_t = gy_t·C_t + ā_{t+1}·λ_{t+1} backwards through the chunk.
+                dA_chunk[:] = 0.0
+                dB_chunk[:] = 0.0
+                dC_chunk[:] = 0.0
                 for t in range(t1 - 1, t0 - 1, -1):
                     p = route[k, t] if has_route else t
                     x_raw = delta[b, d, p] + bias[d]
                     dt = _discretised_delta(x_raw, softplus)
                     x = u[b, d, p]
+                    dtx = dt * x
                     g_out = dout[b, d, p]
                     i = t - t0
+                    B_row = Bv[b, gb, p] if b_var else Bc[d]
+                    C_row = Cv[b, gc, p] if c_var else Cc[d]
+                    dB_row = dBv_part[b, gb, slot_b, p] if b_var else dB_chunk
+                    dC_row = dCv_part[b, gc, slot_c, p] if c_var else dC_chunk
+                    h_row = hs[i]
+                    h_prev = hs[i - 1] if i > 0 else h_before
                     if has_z:
                         zz = z[b, d, p]
                         sig = 1.0 / (1.0 + math.exp(-zz))
                         y = Dv[d] * x
                         for n in range(nstate):
-                            y += (Cv[b, gc, p, n] if c_var else Cc[d, n]) * hs[i, n]
+                            y += C_row[n] * h_row[n]
                         dz[b, d, p] = g_out * y * sig * (1.0 + zz * (1.0 - sig))
                         gy = g_out * zz * sig
                     else:
                         gy = g_out
-                    du_acc = 0.0
-                    ddt = 0.0
+                    du_acc = np.float32(0.0)
+                    ddt = np.float32(0.0)
                     for n in range(nstate):
-                        cn = Cv[b, gc, p, n] if c_var else Cc[d, n]
-                        bn = Bv[b, gb, p, n] if b_var else Bc[d, n]
-                        lam_n = gy * cn + a_next[n] * lam[n]
+                        lam_n = gy * C_row[n] + a_next[n] * lam[n]
                         lam[n] = lam_n
-                        a = _exp(dt * A[d, n])
+                        a = _exp(dt * A_row[n])
                         a_next[n] = a
-                        ah = a * (hs[i - 1, n] if i > 0 else h_before[n])  # ā_t·h_{t-1}
-                        if c_var:
-                            dCv_part[b, gc, slot_c, p, n] += gy * hs[i, n]
-                        else:
-                            dC_acc[n] += gy * hs[i, n]
-                        if b_var:
-                            dBv_part[b, gb, slot_b, p, n] += lam_n * dt * x
-                        else:
-                            dB_acc[n] += lam_n * dt * x
-                        du_acc += lam_n * bn
-                        ddt += lam_n * (A[d, n] * ah + bn * x)
-                        dA_acc[n] += lam_n * dt * ah
+                        ah = a * h_prev[n]  # ā_t·h_{t-1}
+                        dC_row[n] += gy * h_row[n]
+                        dB_row[n] += lam_n * dtx
+                        du_acc += lam_n * B_row[n]
+                        ddt += lam_n * (A_row[n] * ah + B_row[n] * x)
+                        dA_chunk[n] += lam_n * dt * ah
                     du[b, d, p] = Dv[d] * gy + dt * du_acc
                     dD_acc += gy * x
                     if softplus and x_raw <= 20.0:
                         ddt *= 1.0 / (1.0 + math.exp(-x_raw))
                     ddelta[b, d, p] = ddt
                     dbias_acc += ddt
+                for n in range(nstate):
+                    dA_acc[n] += dA_chunk[n]
+                    dB_acc[n] += dB_chunk[n]
+                    dC_acc[n] += dC_chunk[n]
             for n in range(nstate):
                 dA_part[b, d, n] = dA_acc[n]
                 dBc_part[b, d, n] = dB_acc[n]

@@ -58,14 +58,13 @@ def selective_scan_ref(
     else:
         drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B_per_channel, u)
 
+    # unbind, not indexing in the loop: the backward of L slices would add L full-size gradients.
+    C_steps = C_per_channel.unbind(-1) if C_per_channel.dim() == 4 else [C_per_channel[None]] * length
     state = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        if C_per_channel.dim() == 2:
-            ys.append(torch.einsum("bdn,dn->bd", state, C_per_channel))
-        else:
-            ys.append(torch.einsum("bdn,bdn->bd", state, C_per_channel[..., t]))
+    for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C_steps):
+        state = decay_t * state + drive_t
+        ys.append((state * C_t).sum(-1))
     y = torch.stack(ys, dim=2)
     if D is not None:
         y = y + u * D.to(compute)[:, None]

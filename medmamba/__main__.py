@@ -1,0 +1,5 @@
+"""``python -m medmamba``: same as the ``medmamba`` command."""
+
+from medmamba.cli import main
+
+main()
