@@ -18,6 +18,7 @@ import os
 from typing import Sequence
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from .reference import selective_scan_ref
 from .routes import Route, cached_route_tables
@@ -123,6 +124,25 @@ def _backward(ctx, dout, dstates):
 
 
 torch.library.register_autograd("medmamba::selective_scan_fwd", _backward, setup_context=_setup_context)
+
+
+# FLOP counters (torch.utils.flop_counter, and so `medmamba models`) see only aten ops; without these
+# formulas the scan would count as free.
+@register_flop_formula(torch.ops.medmamba.selective_scan_fwd)
+def _scan_fwd_flops(u_shape, *args, out_shape=None, **kwargs) -> int:
+    """The Mamba authors' count, 9·B·L·D·N (state-spaces/mamba#110; also VMamba's): discretisation,
+    state update and output contraction, with the parallel-scan overhead."""
+    batch, dim, length = u_shape
+    A_shape = args[1]
+    return 9 * batch * length * dim * A_shape[1]
+
+
+@register_flop_formula(torch.ops.medmamba.selective_scan_bwd)
+def _scan_bwd_flops(dout_shape, u_shape, delta_shape, A_shape, *args, out_shape=None, **kwargs) -> int:
+    """Three forwards' worth (reference doc §12): the states are recomputed, then the adjoint scan
+    and its products with B, C, Δ and u."""
+    batch, dim, length = u_shape
+    return 3 * 9 * batch * length * dim * A_shape[1]
 
 
 def selective_scan(

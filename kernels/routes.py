@@ -30,6 +30,7 @@ __all__ = [
     "route_for",
     "route_tables",
     "cached_route_tables",
+    "register_route_kind",
 ]
 
 
@@ -206,6 +207,18 @@ _INDEX_ROUTES = {
     "spiral": _spiral,
     "hilbert": _hilbert,
 }
+
+
+def register_route_kind(name: str, builder, family_names: bool = True) -> None:
+    """Add an index route kind: ``builder(shape) -> int array``, a permutation of the C-order
+    flattened grid. With ``family_names`` it is also addressable as route families ``name`` and
+    ``name + "_reverse"``. Kinds are global; registering the same name twice is an error."""
+    if name in _INDEX_ROUTES or name == "axes":
+        raise ValueError(f"route kind {name!r} is already registered")
+    _INDEX_ROUTES[name] = builder
+    if family_names:
+        ROUTE_FAMILIES[name] = lambda shape: Route(tuple(int(s) for s in shape), name, None, False)
+        ROUTE_FAMILIES[name + "_reverse"] = lambda shape: Route(tuple(int(s) for s in shape), name, None, True)
 
 
 def raster(shape: Sequence[int], reverse: bool = False) -> Route:

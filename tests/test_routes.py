@@ -113,3 +113,13 @@ def test_route_length_must_match():
     inputs = _scan_inputs(60)
     with pytest.raises(ValueError, match="L=60"):
         selective_scan(**inputs, routes=[routes.raster((4, 4))])
+
+
+def test_registered_route_kind_is_usable_everywhere():
+    def columns(shape):
+        return np.arange(int(np.prod(shape))).reshape(shape).T.reshape(-1)
+
+    routes.register_route_kind("test_columns", columns)
+    with pytest.raises(ValueError, match="already registered"):
+        routes.register_route_kind("test_columns", columns)
+    assert route_for("test_columns_reverse", (2, 3)).permutation().tolist() == [5, 2, 4, 1, 3, 0]
