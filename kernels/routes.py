@@ -107,10 +107,11 @@ def _snake(shape) -> np.ndarray:
     grid = np.arange(int(np.prod(shape))).reshape(shape)
     if grid.ndim == 1:
         return grid
-    rows = grid.reshape(-1, shape[-1]).copy()
-    rows[1::2] = rows[1::2, ::-1]
+    rows = grid.copy()
+    rows[..., 1::2, :] = rows[..., 1::2, ::-1]  # alternate rows within each plane
     if grid.ndim == 2:
         return rows.reshape(-1)
+    # Walking every other plane backwards as a whole starts it where the previous plane ended.
     planes = rows.reshape(shape[0], -1).copy()
     planes[1::2] = planes[1::2, ::-1]
     return planes.reshape(-1)

@@ -47,6 +47,43 @@ def _benchmark_scan(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _benchmark_models(args: argparse.Namespace) -> None:
+    from medmamba.benchmarks.models import run_models_benchmark
+
+    device = _device(args.device)
+    patch = _patch_shape(args.patch or ([128, 128, 128] if device.type == "cuda" else [64, 64, 64]))
+    if args.repeats < 1 or args.batch_size < 1:
+        raise SystemExit("medmamba: --repeats and --batch-size must be at least 1")
+    rows = run_models_benchmark(device, patch, args.in_channels, args.num_classes, args.batch_size,
+                                args.repeats, args.arch)
+    if args.json is not None:
+        _write_json_atomically(args.json, rows)
+        print(f"wrote {args.json}")
+
+
+def _patch_shape(patch: list[int]) -> tuple[int, ...]:
+    if len(patch) not in (2, 3) or any(p < 1 for p in patch):
+        raise SystemExit(f"medmamba: --patch needs 2 or 3 positive sizes, got {patch}")
+    return tuple(patch)
+
+
+def _models(args: argparse.Namespace) -> None:
+    from medmamba.models.profile import architecture_costs, format_costs
+
+    patch = _patch_shape(args.patch)
+    if args.in_channels < 1 or args.num_classes < 1 or args.batch_size < 1:
+        raise SystemExit("medmamba: --in-channels, --num-classes and --batch-size must be at least 1")
+    measure_on = _device(args.device) if args.measure else None
+    if args.measure and measure_on.type != "cuda":
+        raise SystemExit("medmamba: --measure needs a CUDA GPU; without it memory is estimated with fake tensors")
+    rows = architecture_costs(args.in_channels, args.num_classes, patch, batch_size=args.batch_size,
+                              names=args.arch, measure_on=measure_on)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        print(format_costs(rows, args.in_channels, args.num_classes, patch, args.batch_size))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medmamba",
@@ -54,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "nnU-Net planning, training, prediction and comparison.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser(
+        "models", help="list every architecture with parameters, FLOPs and training memory",
+        description="Builds every registered architecture for the given channels, classes and patch and "
+                    "prints its parameter count, the FLOPs of one forward pass at batch 1 (the selective "
+                    "scan included, 9·B·L·D·N per scan) and the peak memory of one training step at the "
+                    "given batch size, estimated with fake tensors (or measured on a CUDA GPU with "
+                    "--measure). Defaults reproduce the reference 3D table (nnU-Net 6-stage configuration, "
+                    "deep supervision on).")
+    models.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
+    models.add_argument("--num-classes", type=int, default=14, help="output classes (default 14)")
+    models.add_argument("--patch", type=int, nargs="+", default=[128, 128, 128], metavar="SIZE",
+                        help="patch size, 2 or 3 numbers (default 128 128 128)")
+    models.add_argument("--batch-size", type=int, default=2, help="batch size of the training step (default 2)")
+    models.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    models.add_argument("--measure", action="store_true", help="measure training memory on the CUDA GPU")
+    models.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device for --measure")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_models)
 
     bench = commands.add_parser("benchmark", help="measure speed and memory against a baseline run alongside")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -70,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--quick", action="store_true", help="one tiny shape, to check the set-up in seconds")
     scan.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     scan.set_defaults(handler=_benchmark_scan)
+    nets = targets.add_parser(
+        "models", help="every architecture's forward and forward+backward time and peak memory, as ratios to unet",
+        description="Builds every registered architecture at its default size for one patch and measures "
+                    "forward and forward+backward time (median) and peak memory, as ratios to the unet "
+                    "baseline measured in the same run.")
+    nets.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    nets.add_argument("--patch", type=int, nargs="+", metavar="SIZE",
+                      help="patch size (default 128³ on GPU, 64³ on CPU)")
+    nets.add_argument("--in-channels", type=int, default=4, help="input channels (default 4, BraTS)")
+    nets.add_argument("--num-classes", type=int, default=3, help="outputs (default 3, BraTS regions)")
+    nets.add_argument("--batch-size", type=int, default=1)
+    nets.add_argument("--repeats", type=int, default=2)
+    nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
+    nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    nets.set_defaults(handler=_benchmark_models)
     return parser
 
 

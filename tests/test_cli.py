@@ -36,3 +36,25 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "medmamba.cli", "benchmark", "scan", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--device" in result.stdout and "--quick" in result.stdout
+
+
+def test_models_lists_parameters_flops_and_memory(capsys):
+    main(["models", "--arch", "unet", "--arch", "umamba_bot", "--patch", "32", "32", "32", "--json"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["unet"]["params"] == 31_205_254  # the patch does not change the U-Net's size
+    assert rows["unet"]["scan_gflops"] == 0 and rows["unet"]["forward_gflops"] > 0
+    bot = rows["umamba_bot"]
+    assert bot["scan_gflops"] > 0 and bot["forward_gflops"] > bot["scan_gflops"]
+    assert 0 < bot["train_activation_gib"] <= bot["train_peak_gib"]
+
+
+def test_models_table_reports_skipped_architectures(capsys):
+    main(["models", "--arch", "segmamba", "--patch", "64", "64"])
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_benchmark_models_reports_ratios_to_unet(capsys):
+    main(["benchmark", "models", "--device", "cpu", "--arch", "unet", "--patch", "32", "32", "32",
+          "--in-channels", "1", "--num-classes", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "ratios are to unet" in out and "unet" in out.splitlines()[-1]

@@ -45,8 +45,10 @@ def test_known_orders():
     np.testing.assert_array_equal(routes.diagonal_zigzag((3, 3)).permutation(), [0, 1, 3, 6, 4, 2, 5, 7, 8])
 
 
-@pytest.mark.parametrize("family", ["snake", "hilbert"])
-@pytest.mark.parametrize("shape", [(8, 8), (4, 4, 4)])
+@pytest.mark.parametrize("family,shape", [
+    ("snake", (8, 8)), ("snake", (3, 5)), ("snake", (4, 4, 4)), ("snake", (2, 3, 4)), ("snake", (3, 3, 5)),
+    ("hilbert", (8, 8)), ("hilbert", (4, 4, 4)),
+])
 def test_space_filling_routes_step_to_neighbours(family, shape):
     coords = np.stack(np.unravel_index(route_for(family, shape).permutation(), shape), 1)
     steps = np.abs(np.diff(coords, axis=0)).sum(1)
