@@ -27,6 +27,8 @@ TINY = {
     ("umamba_bot", 2): (_TINY_UNET, (32, 32)),
     ("umamba_enc", 3): (dict(_TINY_UNET, input_size=[16, 16, 16]), (16, 16, 16)),
     ("umamba_enc", 2): (dict(_TINY_UNET, input_size=[32, 32], variant="repo_2024_03"), (32, 32)),
+    # First axis 48: no stage has depth 2 (see the autocast test).
+    ("segmamba", 3): (dict(feat_size=[4, 8, 8, 16], hidden_size=16, depths=[1, 1, 1, 1]), (48, 16, 16)),
     ("mhs_vm", 2): (_TINY_MHS, (32, 32)),
     ("mhs_vm", 3): (_TINY_MHS, (32, 32, 32)),
 }
@@ -116,9 +118,13 @@ def test_checkpoint_round_trip_is_bit_exact(name, dims, tmp_path):
 def test_training_step_under_autocast_is_finite(name, dims, dtype):
     model, size = _build(name, dims)
     image, label = _sphere_case(size)
-    with torch.autocast("cpu", dtype=dtype):
-        loss = F.cross_entropy(model(image).float(), label)
-    loss.backward()
+    # torch 2.13's oneDNN bf16 3D-conv backward intermittently returns NaN weight gradients when a
+    # spatial axis is 2 with ≥ 16 channels (reproduced with a bare Conv3d, no network code); the
+    # native convolution keeps this test about the networks.
+    with torch.backends.mkldnn.flags(enabled=dtype is not torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
+            loss = F.cross_entropy(model(image).float(), label)
+        loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 

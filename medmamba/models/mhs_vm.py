@@ -677,8 +677,9 @@ class MHSVM(nn.Module):
             mixer_kwargs = dict(d_state=d_state)
 
         dims_decoder = dims[::-1]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        dpr_decoder = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
+        # Plain Python, not torch.linspace(...).tolist(): the network must build on the meta device.
+        dpr = _linspace(0.0, drop_path_rate, sum(depths))
+        dpr_decoder = _linspace(0.0, drop_path_rate, sum(depths_decoder))[::-1]
         self.patch_embed = PatchEmbed(input_channels, dims[0], patch, spatial_dims)
         self.layers = nn.ModuleList(
             VSSLayer(dims[i], depths[i], dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < self.n_stages - 1,
@@ -753,3 +754,8 @@ def build_mhs_vm(in_channels: int, num_classes: int, spatial_dims: int = 3, **kw
     """
     kwargs.setdefault("dims", list(_DEFAULT_DIMS.get(spatial_dims, _DEFAULT_DIMS[2])))
     return MHSVM(in_channels, num_classes, spatial_dims=spatial_dims, **kwargs)
+
+
+def _linspace(start: float, stop: float, count: int) -> list[float]:
+    """``torch.linspace(start, stop, count).tolist()`` without a tensor."""
+    return [start + (stop - start) * i / max(count - 1, 1) for i in range(count)]

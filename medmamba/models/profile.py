@@ -58,8 +58,10 @@ def training_step_memory(build: Callable[[], nn.Module], input_shape: Sequence[i
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    # The network is built for real (its parameters are small; initialisers such as trunc_normal_
+    # need real values); only the step's activations are fake.
+    model = build()
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build()
         x = torch.randn(*input_shape)
         tracker = MemTracker()
         tracker.track_external(model)
@@ -117,15 +119,15 @@ class ArchitectureCost:
 
 
 def builder_for_patch(name: str, in_channels: int, num_classes: int, patch: Sequence[int]) -> Callable[[], nn.Module]:
-    """A no-argument builder of ``name`` for this patch: builders that size themselves from the patch
-    (e.g. U-Mamba Enc's channel-token rule) take it as ``patch_size``."""
+    """A no-argument builder of ``name`` for this patch: builders that size themselves from the
+    training patch (U-Mamba Enc's channel-token rule) take it as ``input_size``."""
     import inspect
 
     from .registry import create, get
 
     kwargs = {}
-    if "patch_size" in inspect.signature(get(name).builder).parameters:
-        kwargs["patch_size"] = list(patch)
+    if "input_size" in inspect.signature(get(name).builder).parameters:
+        kwargs["input_size"] = list(patch)
     return lambda: create(name, in_channels, num_classes, spatial_dims=len(patch), **kwargs)
 
 
@@ -156,13 +158,13 @@ def format_costs(rows: Sequence[ArchitectureCost], in_channels: int, num_classes
                  batch_size: int) -> str:
     patch_text = "×".join(str(p) for p in patch)
     lines = [f"in_channels {in_channels}, num_classes {num_classes}, patch {patch_text}; FLOPs per forward at "
-             f"batch 1 (scan included); training-step memory at batch {batch_size}",
+             f"batch 1 (scan included); fp32 training-step memory at batch {batch_size}",
              f"{'architecture':<14}{'params':>14}{'GFLOPs':>10}{'scan GFLOPs':>13}{'act GiB':>9}{'peak GiB':>10}  memory"]
     for row in rows:
         if row.cost is None:
             lines.append(f"{row.name:<14}  skipped: {row.skipped}")
             continue
         c = row.cost
-        lines.append(f"{row.name:<14}{c.params:>14,}{c.forward_gflops:>10.1f}{c.scan_gflops:>13.1f}"
+        lines.append(f"{row.name:<14}{c.params:>14,}{c.forward_gflops:>10.1f}{c.scan_gflops:>13.2f}"
                      f"{c.train_activation_gib:>9.2f}{c.train_peak_gib:>10.2f}  {c.memory_source}")
     return "\n".join(lines)
