@@ -289,7 +289,8 @@ def route_tables(routes: Sequence[Route], length: int, device) -> tuple[torch.Te
         raise ValueError("routes must name at least one route")
     for route in routes:
         if route.length != length:
-            raise ValueError(f"route over grid {route.shape} has length {route.length}, but the sequence has L={length}")
+            raise ValueError(f"route over grid {route.shape} has length {route.length}, "
+                             f"but the sequence has L={length}")
     index = torch.from_numpy(np.stack([r.permutation() for r in routes])).to(device)
     if all(r.is_strided for r in routes):
         desc = torch.tensor([r.descriptor() for r in routes], dtype=torch.int64, device=device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from medmamba_kernels import selective_scan_ref
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

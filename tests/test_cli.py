@@ -39,7 +39,7 @@ def test_console_script_help():
 
 
 def test_models_lists_parameters_flops_and_memory(capsys):
-    main(["models", "--arch", "unet", "--arch", "umamba_bot", "--patch", "32", "32", "32", "--json"])
+    main(["models", "--arch", "unet", "--arch", "umamba_bot", "--patch", "64", "64", "64", "--json"])
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["unet"]["params"] == 31_205_254  # the patch does not change the U-Net's size
     assert rows["unet"]["scan_gflops"] == 0 and rows["unet"]["forward_gflops"] > 0

@@ -23,22 +23,9 @@ from medmamba.models.lightm_unet import (
     build_lightm_unet,
 )
 from medmamba.models.mamba import Mamba
+from medmamba.models.profile import count_parameters as _n_params
 
 TINY = dict(init_filters=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with several intra-op threads on a shared, loaded machine every op waits
-    # at OpenMP barriers (measured 0.25 s vs 0.5 ms per Mamba call), so run them on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _p_mamba(d: int) -> int:

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from medmamba.models import Mamba
 from medmamba_kernels import selective_scan_ref
 from medmamba_kernels.routes import route_for
+
+from medmamba.models import Mamba
 
 
 def test_parameter_names_and_shapes_match_mamba_ssm():

@@ -11,30 +11,26 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from medmamba.models import mhs_vm, registry
-from medmamba.models.mhs_vm import (
-    HEAD_KINDS, MHSM, MHSVM, SS2D, FinalPatchExpand, MultiRouteS6, PatchExpand, PatchMerging, VSSGate,
-    gated_fusion, head_routes,
-)
 from medmamba_kernels import selective_scan_ref
 from medmamba_kernels.routes import Route
 
+from medmamba.models import mhs_vm, registry
+from medmamba.models.mhs_vm import (
+    HEAD_KINDS,
+    MHSM,
+    MHSVM,
+    SS2D,
+    FinalPatchExpand,
+    MultiRouteS6,
+    PatchExpand,
+    PatchMerging,
+    VSSGate,
+    gated_fusion,
+    head_routes,
+)
+from medmamba.models.profile import count_parameters as n_params
+
 TINY = dict(dims=[8, 16, 32, 64], depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are tiny: on a shared 2-core machine torch's intra-op threads mostly spin and
-    # wait (a forward takes 0.06 s on one thread, up to 3 s on two when the machine is busy).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------- parameter counts (reference §8)

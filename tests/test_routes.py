@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from medmamba_kernels import routes, selective_scan, selective_scan_ref
 from medmamba_kernels.routes import ROUTE_FAMILIES, route_for
 

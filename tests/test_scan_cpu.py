@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from medmamba_kernels import routes, selective_scan, selective_scan_ref
-from medmamba.benchmarks.memory import PeakMemory
 from scan_cases import assert_matches_oracle, make_inputs, oracle, run_with_grads
+
+from medmamba.benchmarks.memory import PeakMemory
 
 
 @pytest.fixture(autouse=True)

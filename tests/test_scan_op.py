@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import medmamba_kernels
 import pytest
 import torch
-
-import medmamba_kernels
 from medmamba_kernels import scan_backend, selective_scan, selective_scan_ref
 from scan_cases import make_inputs
 

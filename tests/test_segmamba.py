@@ -11,18 +11,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from medmamba.models.registry import create, get, plans_architecture
-from medmamba.models.segmamba import GSC, TOM_ROUTES, MambaLayer, SegMamba
 from medmamba_kernels import routes, selective_scan_ref
 from medmamba_kernels.routes import route_for
 
+from medmamba.models.profile import count_parameters as _count
+from medmamba.models.registry import create, get, plans_architecture
+from medmamba.models.segmamba import GSC, TOM_ROUTES, MambaLayer, SegMamba
+
 # Four stages as released, tiny widths: every test input below is a few thousand voxels.
 TINY = dict(feat_size=[4, 8, 8, 16], hidden_size=16, depths=[1, 1, 1, 1])
-
-
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _tiny(in_channels=2, num_classes=3, seed=0, **overrides) -> SegMamba:

@@ -16,6 +16,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from medmamba.models import Mamba
+from medmamba.models.profile import count_parameters as n_params
 from medmamba.models.registry import plans_architecture
 from medmamba.models.umamba import (
     BasicResBlock,
@@ -35,20 +36,6 @@ ANISO_STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2
 # nnU-Net plans (1, 3, 3) only where the in-plane spacing is still much finer than the slice spacing:
 # stage 0 here; this choice reproduces all three doc counts (Plain 30.71M, Bot 41.95M, Enc 42.84M).
 ANISO_KERNELS = [[1, 3, 3]] + [[3, 3, 3]] * 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: with several threads on a shared 2-core machine each small op waits
-    on the others (measured 1.3 s vs 5 ms per forward), so run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_meta(name: str, *args, **kwargs) -> nn.Module:

@@ -13,7 +13,6 @@ import time
 from typing import Callable
 
 import torch
-
 from medmamba_kernels import selective_scan, selective_scan_ref
 from medmamba_kernels.op import scan_backend
 

@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from medmamba_kernels import selective_scan
 from medmamba_kernels.routes import cached_route_tables, route_for
 

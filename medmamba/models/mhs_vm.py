@@ -76,11 +76,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers import DropPath
-
 from medmamba_kernels import routes as _routes
 from medmamba_kernels import selective_scan
 from medmamba_kernels.routes import Route, register_route_kind
+from monai.networks.layers import DropPath
 
 from .registry import register
 
@@ -646,14 +645,16 @@ class MHSVM(nn.Module):
             raise ValueError("MHS-VM has no deep supervision (its released code has one output); "
                              "pass deep_supervision=False")
         _conv_op(spatial_dims)
-        depths, depths_decoder, dims = [int(v) for v in depths], [int(v) for v in depths_decoder], [int(v) for v in dims]
+        depths, depths_decoder = [int(v) for v in depths], [int(v) for v in depths_decoder]
+        dims = [int(v) for v in dims]
         if not (len(depths) == len(depths_decoder) == len(dims) >= 1):
             raise ValueError(f"depths, depths_decoder and dims need the same non-zero length, got {depths}, "
                              f"{depths_decoder} and {dims}")
         if any(b != 2 * a for a, b in zip(dims, dims[1:])):
             raise ValueError(f"each of dims must be twice the previous (PatchMerging doubles the width), got {dims}")
         if dims[0] % 4:
-            raise ValueError(f"dims[0] must be divisible by 4 (the final expansion outputs dims[0] // 4), got {dims[0]}")
+            raise ValueError("dims[0] must be divisible by 4 (the final expansion outputs dims[0] // 4), "
+                             f"got {dims[0]}")
         patch = [int(patch_size)] * spatial_dims if isinstance(patch_size, int) else [int(p) for p in patch_size]
         if len(patch) != spatial_dims or min(patch) < 1:
             raise ValueError(f"patch_size must be a positive int or {spatial_dims} positive ints, got {patch_size}")

@@ -159,7 +159,8 @@ def format_costs(rows: Sequence[ArchitectureCost], in_channels: int, num_classes
     patch_text = "×".join(str(p) for p in patch)
     lines = [f"in_channels {in_channels}, num_classes {num_classes}, patch {patch_text}; FLOPs per forward at "
              f"batch 1 (scan included); fp32 training-step memory at batch {batch_size}",
-             f"{'architecture':<14}{'params':>14}{'GFLOPs':>10}{'scan GFLOPs':>13}{'act GiB':>9}{'peak GiB':>10}  memory"]
+             f"{'architecture':<14}{'params':>14}{'GFLOPs':>10}{'scan GFLOPs':>13}{'act GiB':>9}"
+             f"{'peak GiB':>10}  memory"]
     for row in rows:
         if row.cost is None:
             lines.append(f"{row.name:<14}  skipped: {row.skipped}")
