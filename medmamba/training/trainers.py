@@ -1,0 +1,432 @@
+"""nnU-Net trainer subclasses that implement :mod:`medmamba.training.recipes`.
+
+Every trainer here is a subclass of nnunetv2's ``nnUNetTrainer`` with the same constructor
+signature (nnU-Net records ``__init__``'s arguments by name, so extra parameters would break it).
+Construct them directly (DESIGN decision 1); never look them up by name. Per-run settings that
+nnU-Net hard-codes in ``__init__`` (``num_epochs``, ``num_iterations_per_epoch``,
+``num_val_iterations_per_epoch``) are set on the instance after construction and before
+``initialize()`` (the LR schedule is built from ``num_epochs`` in ``initialize``).
+
+What the base class is changed for, and why:
+
+- the recipe: optimiser, LR schedule, loss, deep supervision, AMP and gradient clipping;
+- networks without deep supervision (SegMamba, LightM-UNet, MHS-VM): ``enable_deep_supervision``
+  is forced off and ``set_deep_supervision_enabled`` does nothing for them (they have no
+  ``decoder.deep_supervision``);
+- DDP off CUDA: nnU-Net's ``__init__`` moves every DDP rank to ``cuda:rank`` and wraps the network
+  in ``DDP(device_ids=[rank])``; here a CPU (gloo) run stays on the CPU and DDP gets no device ids;
+- checkpoints are written to a temporary name and renamed (``os.replace``), every epoch;
+- torch.compile only when ``nnUNet_compile`` is explicitly true (medmamba's scan kernels are not
+  verified under compile), never on CPU;
+- a per-epoch progress bar (tqdm) with loss and pseudo-Dice, and epoch-end callbacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import math
+import os
+import pydoc
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import (
+    determine_num_input_channels,
+)
+from nnunetv2.utilities.plans_handling.plans_handler import (
+    ConfigurationManager,
+    PlansManager,
+)
+from torch import autocast, nn
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from .recipes import RECIPES, Recipe, get_recipe
+
+__all__ = [
+    "TRAINERS",
+    "EpochCosineLRScheduler",
+    "MedMambaTrainer",
+    "labels_from_regions",
+    "network_supports_deep_supervision",
+    "nnUNetTrainerMedMamba",
+    "nnUNetTrainerMedMambaLightMUNetAdam",
+    "nnUNetTrainerMedMambaMHSVMAdamW",
+    "nnUNetTrainerMedMambaSegMambaCE",
+    "nnUNetTrainerMedMambaUMambaNoAMP",
+    "trainer_class",
+]
+
+# Network classes with a single output. A class may also declare ``supports_deep_supervision``.
+_NO_DEEP_SUPERVISION = {"SegMamba", "LightMUNet", "MHSVM"}
+
+
+def network_supports_deep_supervision(network_class_name: str) -> bool:
+    """Whether the plans' network class (dotted path) has nnU-Net deep supervision."""
+    cls = pydoc.locate(network_class_name)
+    short = network_class_name.rsplit(".", 1)[-1]
+    if cls is not None and getattr(cls, "supports_deep_supervision", None) is not None:
+        return bool(cls.supports_deep_supervision)
+    return short not in _NO_DEEP_SUPERVISION
+
+
+def labels_from_regions(dataset_json: dict) -> dict:
+    """A label-based copy of a region-based ``dataset.json`` (unchanged if it has no regions).
+
+    The preprocessed segmentations store integer labels; regions only appear in augmentation, so the
+    same preprocessed data trains label-based with these labels. Labels are named ``label_<value>``;
+    the original regions are kept under ``medmamba_regions`` for evaluation.
+    """
+    labels = dataset_json["labels"]
+    has_regions = "regions_class_order" in dataset_json or any(
+        isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+    if not has_regions:
+        return dataset_json
+    ignore = labels.get("ignore")
+    values = sorted({int(x) for k, v in labels.items() if k != "ignore"
+                     for x in (v if isinstance(v, (list, tuple)) else [v]) if int(x) != 0})
+    out = copy.deepcopy(dataset_json)
+    out["labels"] = {"background": 0, **{f"label_{v}": v for v in values}}
+    if ignore is not None:
+        out["labels"]["ignore"] = ignore
+    out.pop("regions_class_order", None)
+    out["medmamba_regions"] = {k: v for k, v in labels.items() if k not in ("background", "ignore")}
+    return out
+
+
+class EpochCosineLRScheduler(torch.optim.lr_scheduler._LRScheduler):
+    """``CosineAnnealingLR`` in closed form, stepped with the epoch like nnU-Net's PolyLR.
+
+    Stateless in the epoch (``step(epoch)``), so a resumed run continues the same curve.
+    """
+
+    def __init__(self, optimizer, initial_lr: float, t_max: int, eta_min: float = 0.0):
+        self.initial_lr, self.t_max, self.eta_min, self.ctr = initial_lr, max(1, int(t_max)), eta_min, 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.eta_min + (self.initial_lr - self.eta_min) * (1 + math.cos(math.pi * current_step / self.t_max)) / 2
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return self._last_lr
+
+
+class MedMambaTrainer(nnUNetTrainer):
+    """nnU-Net trainer driven by :attr:`recipe` (a class attribute; subclasses pick the recipe).
+
+    Attributes set after construction (before ``initialize``/``run_training``): ``num_epochs``,
+    ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``, ``show_progress``,
+    ``epoch_end_callbacks`` (callables ``(trainer, epoch)`` run after each epoch's checkpoint).
+    """
+
+    recipe: Recipe = RECIPES["nnunet_default"]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        requested_device = torch.device(device)
+        if self.recipe.loss == "ce":
+            dataset_json = labels_from_regions(dataset_json)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and requested_device.type != "cuda":
+            # nnU-Net assumes CUDA under DDP; a gloo run stays where it was asked to run.
+            self.device = requested_device
+        if self.device.type != "cuda" or not self.recipe.amp:
+            self.grad_scaler = None
+        self.enable_deep_supervision = bool(self.recipe.deep_supervision) and network_supports_deep_supervision(
+            self.configuration_manager.network_arch_class_name)
+        self.initial_lr = self.recipe.lr
+        self.weight_decay = self.recipe.weight_decay
+        self.save_every = 1  # checkpoint_latest every epoch, so --continue loses at most one epoch
+        self.show_progress = True
+        self.epoch_end_callbacks: list[Callable[[MedMambaTrainer, int], None]] = []
+        self.print_to_log_file(f"medmamba recipe: {self.recipe.name}: {self.recipe.summary}; deep supervision "
+                               f"{'on' if self.enable_deep_supervision else 'off'}; device {self.device}"
+                               f"{'; DDP world size %d' % dist.get_world_size() if self.is_ddp else ''}",
+                               also_print_to_console=False)
+
+    # ---------------------------------------------------------------- network and optimisation
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        ds = enable_deep_supervision and network_supports_deep_supervision(
+            configuration_manager.network_arch_class_name)
+        return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True, deep_supervision=ds)
+
+    def initialize(self):
+        # nnU-Net's initialize, except DDP without device_ids off CUDA and SyncBatchNorm only on CUDA
+        # (SyncBatchNorm has no CPU kernel).
+        if self.was_initialized:
+            raise RuntimeError("initialize() called twice")
+        self._set_batch_size_and_oversample()
+        self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                               self.dataset_json)
+        self.network = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
+        if self._do_i_compile():
+            self.print_to_log_file('Using torch.compile...')
+            self.network = torch.compile(self.network)
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        if self.is_ddp:
+            if self.device.type == "cuda":
+                self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+                self.network = DDP(self.network, device_ids=[self.device.index])
+            else:
+                self.network = DDP(self.network)
+        self.loss = self._build_loss()
+        self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.was_initialized = True
+        self.logger.update_config({"hparas": {
+            "recipe": self.recipe.name, "initial_lr": self.initial_lr, "weight_decay": self.weight_decay,
+            "oversample_foreground_percent": self.oversample_foreground_percent,
+            "num_iterations_per_epoch": self.num_iterations_per_epoch,
+            "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch, "num_epochs": self.num_epochs,
+            "enable_deep_supervision": self.enable_deep_supervision,
+            "batch_size": self.configuration_manager.batch_size}})
+
+    def _do_i_compile(self):
+        if self.device.type != "cuda" or os.name == "nt":
+            return False
+        return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
+
+    def configure_optimizers(self):
+        r, params = self.recipe, self.network.parameters()
+        if r.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, r.lr, weight_decay=r.weight_decay, momentum=r.momentum,
+                                        nesterov=r.nesterov)
+        elif r.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, r.lr, weight_decay=r.weight_decay, eps=r.eps)
+        else:
+            optimizer = torch.optim.AdamW(params, r.lr, weight_decay=r.weight_decay, eps=r.eps)
+        if r.lr_schedule == "poly":
+            scheduler = PolyLRScheduler(optimizer, r.lr, self.num_epochs, exponent=r.poly_exponent)
+        else:
+            scheduler = EpochCosineLRScheduler(optimizer, r.lr, r.cosine_t_max, r.cosine_eta_min)
+        return optimizer, scheduler
+
+    def _build_loss(self):
+        if self.recipe.loss != "ce":
+            return super()._build_loss()
+        if self.label_manager.has_regions:
+            raise RuntimeError("the 'ce' loss needs label-based training; the dataset.json still has regions")
+        # Cross-entropy only: nnU-Net's Dice+CE with the Dice weight 0 (it then skips the Dice term)
+        # keeps nnU-Net's target handling and ignore label.
+        loss = DC_and_CE_loss({'batch_dice': self.configuration_manager.batch_dice, 'smooth': 1e-5, 'do_bg': False,
+                               'ddp': self.is_ddp}, {}, weight_ce=1, weight_dice=0,
+                              ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self.enable_deep_supervision:
+            weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+            weights[-1] = 1e-6 if self.is_ddp and not self._do_i_compile() else 0
+            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
+        return loss
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        mod = self.network.module if self.is_ddp else self.network
+        if isinstance(mod, OptimizedModule):
+            mod = mod._orig_mod
+        decoder = getattr(mod, "decoder", None)
+        if decoder is None or not hasattr(decoder, "deep_supervision"):
+            return  # a single-output network: nothing to switch
+        # A network built without deep supervision (recipe) must not start emitting lists.
+        decoder.deep_supervision = bool(enabled) and self.enable_deep_supervision
+
+    # ---------------------------------------------------------------- steps
+    def _autocast(self):
+        if self.device.type == "cuda" and self.recipe.amp:
+            return autocast(self.device.type, enabled=True)
+        return dummy_context()
+
+    def _clip(self):
+        if self.recipe.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            self._clip()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+        return {'loss': loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net 2.8.1's validation_step with the recipe's autocast (no autocast for no-AMP recipes).
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        with self._autocast():
+            output = self.network(data)
+            del data
+            loss = self.loss(output, target)
+        if self.enable_deep_supervision:
+            output, target = output[0], target[0]
+        axes = [0] + list(range(2, output.ndim))
+        if self.label_manager.has_regions:
+            onehot = (torch.sigmoid(output) > 0.5).long()
+        else:
+            output_seg = output.argmax(1)[:, None]
+            onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+            onehot.scatter_(1, output_seg, 1)
+        mask = None
+        if self.label_manager.has_ignore_label:
+            if not self.label_manager.has_regions:
+                mask = (target != self.label_manager.ignore_label).float()
+                target[target == self.label_manager.ignore_label] = 0
+            else:
+                mask = ~target[:, -1:] if target.dtype == torch.bool else 1 - target[:, -1:]
+                target = target[:, :-1]
+        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=axes, mask=mask)
+        tp, fp, fn = (x.detach().cpu().numpy() for x in (tp, fp, fn))
+        if not self.label_manager.has_regions:
+            tp, fp, fn = tp[1:], fp[1:], fn[1:]
+        return {'loss': loss.detach().cpu().numpy(), 'tp_hard': tp, 'fp_hard': fp, 'fn_hard': fn}
+
+    # ---------------------------------------------------------------- checkpoints, logs, loop
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        # Written under a temporary name in the same folder, then renamed: a kill mid-write never
+        # leaves a truncated checkpoint under the real name.
+        tmp = f"{filename}.tmp-{os.getpid()}"
+        try:
+            super().save_checkpoint(tmp)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def adopt_previous_log_file(self) -> str | None:
+        """Continue writing the most recent earlier ``training_log_*.txt`` of this output folder.
+
+        nnU-Net starts a new timestamped log per construction; on resume one log showing the whole
+        run is easier to read. The new log (banner only) is removed. Returns the adopted path.
+        """
+        logs = sorted(p for p in glob.glob(os.path.join(self.output_folder, "training_log_*.txt"))
+                      if os.path.abspath(p) != os.path.abspath(self.log_file))
+        if not logs or self.local_rank != 0:
+            return None
+        if os.path.isfile(self.log_file):
+            os.remove(self.log_file)
+        self.log_file = logs[-1]
+        return self.log_file
+
+    def _shutdown_dataloaders(self):
+        for dl in (self.dataloader_train, self.dataloader_val):
+            if dl is not None and hasattr(dl, "_finish"):
+                try:
+                    dl._finish()
+                except Exception:  # noqa: BLE001 - best effort cleanup on the error path
+                    pass
+
+    def run_training(self):
+        if self.num_val_iterations_per_epoch < 1:
+            raise ValueError("num_val_iterations_per_epoch must be ≥ 1 (pseudo-Dice needs one batch)")
+        try:
+            self.on_train_start()
+            for epoch in range(self.current_epoch, self.num_epochs):
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                bar = tqdm(total=self.num_iterations_per_epoch, desc=f"epoch {epoch + 1}/{self.num_epochs}",
+                           disable=not self.show_progress or self.local_rank != 0, file=sys.stderr,
+                           dynamic_ncols=True, leave=True)
+                train_outputs = []
+                for _ in range(self.num_iterations_per_epoch):
+                    out = self.train_step(next(self.dataloader_train))
+                    train_outputs.append(out)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(np.mean(out['loss'])):.4f}")
+                self.on_train_epoch_end(train_outputs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    val_outputs = [self.validation_step(next(self.dataloader_val))
+                                   for _ in range(self.num_val_iterations_per_epoch)]
+                    self.on_validation_epoch_end(val_outputs)
+                bar.set_postfix(loss=f"{float(self.logger.get_value('train_losses', step=-1)):.4f}",
+                                pseudo_dice=f"{float(self.logger.get_value('mean_fg_dice', step=-1)):.4f}")
+                bar.close()
+                self.on_epoch_end()
+                for callback in self.epoch_end_callbacks:
+                    callback(self, epoch)
+            self.on_train_end()
+        except BaseException:
+            self._shutdown_dataloaders()
+            raise
+
+
+class nnUNetTrainerMedMamba(MedMambaTrainer):
+    """The shared default (``nnunet_default``): nnU-Net's recipe for every architecture."""
+    recipe = RECIPES["nnunet_default"]
+
+
+class nnUNetTrainerMedMambaLightMUNetAdam(MedMambaTrainer):
+    """LightM-UNet's recipe (``lightm_unet_adam``)."""
+    recipe = RECIPES["lightm_unet_adam"]
+
+
+class nnUNetTrainerMedMambaSegMambaCE(MedMambaTrainer):
+    """SegMamba's recipe (``segmamba_ce``): CE only, label-based."""
+    recipe = RECIPES["segmamba_ce"]
+
+
+class nnUNetTrainerMedMambaUMambaNoAMP(MedMambaTrainer):
+    """U-Mamba's NoAMP trainer (``umamba_noamp``)."""
+    recipe = RECIPES["umamba_noamp"]
+
+
+class nnUNetTrainerMedMambaMHSVMAdamW(MedMambaTrainer):
+    """MHS-VM's host recipe (``mhs_vm_adamw``)."""
+    recipe = RECIPES["mhs_vm_adamw"]
+
+
+#: recipe name → trainer class (the class name becomes part of nnU-Net's output folder name).
+TRAINERS: dict[str, type[MedMambaTrainer]] = {
+    cls.recipe.name: cls for cls in (nnUNetTrainerMedMamba, nnUNetTrainerMedMambaLightMUNetAdam,
+                                     nnUNetTrainerMedMambaSegMambaCE, nnUNetTrainerMedMambaUMambaNoAMP,
+                                     nnUNetTrainerMedMambaMHSVMAdamW)}
+
+
+def trainer_class(recipe: Recipe | str) -> type[MedMambaTrainer]:
+    """The trainer class for a recipe (a new subclass for a recipe not in :data:`TRAINERS`)."""
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    known = TRAINERS.get(recipe.name)
+    if known is not None and known.recipe == recipe:
+        return known
+    safe = "".join(c if c.isalnum() else "_" for c in recipe.name)
+    return type(f"nnUNetTrainerMedMamba_{safe}", (MedMambaTrainer,), {"recipe": recipe, "__module__": __name__})
