@@ -61,6 +61,31 @@ def _benchmark_models(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _synth(args: argparse.Namespace) -> None:
+    from medmamba.data import DatasetError
+    from medmamba.data.synth import synth
+
+    try:
+        out = synth(args.out, cases=args.cases, shape=args.shape, style=args.style, seed=args.seed,
+                    random_affine=args.random_affine, spacing=args.spacing)
+    except (DatasetError, ValueError) as err:
+        raise SystemExit(f"medmamba synth: {err}") from None
+    print(f"wrote {args.cases} synthetic {args.style} cases to {out}")
+
+
+def _spacing(text: str):
+    if text == "random":
+        return text
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"spacing must be 'random' or three positive numbers like 1,1,3; got {text!r}")
+    return values
+
+
 def _patch_shape(patch: list[int]) -> tuple[int, ...]:
     if len(patch) not in (2, 3) or any(p < 1 for p in patch):
         raise SystemExit(f"medmamba: --patch needs 2 or 3 positive sizes, got {patch}")
@@ -91,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "nnU-Net planning, training, prediction and comparison.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser(
+        "synth", help="write a synthetic BraTS-style dataset",
+        description="Writes OUT/<case>/<case>_<modality>.nii.gz and the label in BraTS 2021 or 2023 naming and "
+                    "label convention: a head-like volume with a tumour (edema, necrotic core, enhancing rim) "
+                    "whose contrast differs by modality as in real MRI, with noise and a bias field. The same "
+                    "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
+    synth.add_argument("out", type=Path, help="output folder")
+    synth.add_argument("--cases", type=int, default=4, help="number of cases (default 4)")
+    synth.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"),
+                       help="voxels per case (default 64 64 64)")
+    synth.add_argument("--style", choices=["brats2021", "brats2023"], default="brats2021",
+                       help="naming and label convention (default brats2021)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--random-affine", action="store_true", help="random flips, oblique rotations and shifts")
+    synth.add_argument("--spacing", type=_spacing, default=None,
+                       help="voxel spacing in mm as X,Y,Z, or 'random' for anisotropic spacings (default 1 mm)")
+    synth.set_defaults(handler=_synth)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",

@@ -58,3 +58,20 @@ def test_benchmark_models_reports_ratios_to_unet(capsys):
           "--in-channels", "1", "--num-classes", "2", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "ratios are to unet" in out and "unet" in out.splitlines()[-1]
+
+
+def test_synth_writes_a_brats_folder_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "synth"
+    main(["synth", str(out), "--cases", "2", "--shape", "32", "32", "32", "--style", "brats2023", "--seed", "3"])
+    cases = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(cases) == 2 and all(c.startswith("BraTS-GLI-") for c in cases)
+    assert len(list((out / cases[0]).glob("*.nii.gz"))) == 5
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.nii.gz"))
+    with pytest.raises(SystemExit, match="not an empty folder"):
+        main(["synth", str(out), "--cases", "1"])
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")) == before  # inputs untouched
+
+
+def test_synth_rejects_bad_spacing():
+    with pytest.raises(SystemExit):
+        main(["synth", "unused", "--spacing", "1,2"])

@@ -1,0 +1,677 @@
+"""BraTS-style folders: discovery, validation and conversion to an nnU-Net raw dataset.
+
+Layouts (``discover``)
+    - **BraTS 2021**: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``.
+    - **BraTS 2023**: ``BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (other 2023
+      sub-challenge prefixes such as ``BraTS-MET-`` too).
+    - **generic**: one subfolder per case (the case id is the folder name); the caller names the modality
+      suffixes (``modalities=["t1", "flair"]``, any number, in channel order) and the label suffix
+      (default ``"seg"``). A file matches suffix ``s`` when its name without ``.nii.gz``/``.nii`` is ``s`` or
+      ends in ``_s``, ``-s`` or ``.s`` (so ``t1`` never matches ``..._t1ce``).
+    The two BraTS namings are detected from the case-folder names when ``modalities`` is not given. Both
+    keep the channel order of nnU-Net's Dataset137 (T1, T1ce, T2, Flair ↔ t1n, t1c, t2w, t2f), so a
+    model trained on one naming predicts on the other. Hidden files (``.*``, e.g. macOS ``._x.nii.gz``) and
+    files that are not NIfTI are ignored; subfolders that hold no NIfTI file are ignored.
+
+Label convention
+    ``label_convention=`` forces one of :data:`medmamba.data.labels.CONVENTIONS`. Otherwise: a BraTS naming
+    fixes it (a 2021 folder is in the 2021 convention; a label outside it is a broken file, and the
+    error says how to force another convention); the generic layout detects it from the label values of
+    all valid cases (:func:`medmamba.data.labels.detect_convention`), falling back to ``brats2021`` with
+    a warning when no enhancing label occurs (the conversion is then the same for every convention; only
+    the value used when writing predictions back differs).
+
+Validation (``validate``)
+    Every file is read completely (one volume at a time): unreadable/truncated files, 2D or 4D images,
+    NaN/Inf voxels, shape or affine differences between a case's files (tolerances in
+    :mod:`medmamba.data.nifti`), non-integer labels and label values outside the convention each stop
+    with one :class:`DatasetError` naming the case, the file and the problem; so do missing and unknown
+    files, duplicate case ids and folders without recognisable cases. With ``skip_invalid=True`` a bad
+    case is dropped with one :class:`DatasetWarning` (Python ``warnings``: testable, filterable, and the
+    CLI can print them) and an error is raised only when no valid case remains.
+
+Conversion (``convert_to_nnunet``)
+    Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
+    image files in place (absolute paths; nothing is copied), ``labelsTr/<case>.nii.gz`` with labels
+    remapped to nnU-Net's region space (uint8, the source label's header), and ``medmamba_dataset.json``
+    recording the source, channel order and label mapping so that predictions can be written back in the
+    user's convention (:func:`load_label_convention`). The folder is assembled under a hidden temporary
+    name beside it and renamed when complete; after any error nothing of it remains. Inputs are never
+    written to.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import re
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+from medmamba.data.labels import (
+    CONVENTIONS, LabelConvention, detect_convention, get_convention, present_values, to_nnunet_labels,
+)
+from medmamba.data.nifti import (
+    GRID_POSITION_TOL_VOXELS, VOXEL_SIZE_RTOL, VolumeReadError, atomic_output_folder, geometry_mismatch,
+    nonfinite_voxels, read_volume, strip_ending, write_volume,
+)
+
+__all__ = [
+    "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
+    "discover", "validate", "convert_to_nnunet", "ingest", "load_conversion_record", "load_label_convention",
+    "RECORD_NAME",
+]
+
+RECORD_NAME = "medmamba_dataset.json"
+_FILE_ENDING = ".nii.gz"  # of the converted dataset; referenced images may also be .nii
+
+
+class DatasetError(ValueError):
+    """Bad input or a refused output: one message naming the case, the file and the problem.
+
+    Attributes:
+        problem: what is wrong.
+        case: the case id, or None for dataset-level problems.
+        path: the file or folder concerned, or None.
+    """
+
+    def __init__(self, problem: str, *, case: str | None = None, path: Path | str | None = None):
+        self.problem, self.case, self.path = problem, case, None if path is None else Path(path)
+        where = [f"case {case}" if case else None, str(path) if path is not None else None]
+        super().__init__(": ".join([w for w in where if w] + [problem]))
+
+    def __reduce__(self):  # keep case and path when raised in a worker process
+        return _rebuild_error, (self.problem, self.case, self.path)
+
+
+def _rebuild_error(problem: str, case: str | None, path: Path | None) -> DatasetError:
+    return DatasetError(problem, case=case, path=path)
+
+
+class DatasetWarning(UserWarning):
+    """An invalid case skipped (``skip_invalid=True``) or an assumption made during ingestion."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem found with one file (or folder) of a case."""
+
+    path: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case as discovered.
+
+    Attributes:
+        case_id: the case folder's name, e.g. ``BraTS2021_00000``.
+        folder: the case folder.
+        images: one path per channel, in channel order (missing modalities are absent: see ``problems``).
+        label: the label file, or None when the case has none.
+        problems: what discovery found wrong (missing/unknown/duplicate files, a bad folder name).
+    """
+
+    case_id: str
+    folder: Path
+    images: tuple[Path, ...]
+    label: Path | None
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True)
+class Naming:
+    """A file-naming scheme: case-folder pattern, separator, modality suffixes in channel order."""
+
+    name: str
+    title: str
+    pattern: re.Pattern | None
+    separator: str
+    modalities: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    label_suffix: str
+    convention: str | None
+
+
+NAMINGS: dict[str, Naming] = {
+    "brats2021": Naming("brats2021", "BraTS 2021", re.compile(r"^BraTS2021_\d{5}$"), "_",
+                        ("t1", "t1ce", "t2", "flair"), ("T1", "T1ce", "T2", "Flair"), "seg", "brats2021"),
+    "brats2023": Naming("brats2023", "BraTS 2023", re.compile(r"^BraTS-[A-Z]{2,5}-\d{5}-\d{3}$"), "-",
+                        ("t1n", "t1c", "t2w", "t2f"), ("T1n", "T1c", "T2w", "T2f"), "seg", "brats2023"),
+}
+_EXAMPLE = {"brats2021": "BraTS2021_XXXXX", "brats2023": "BraTS-GLI-XXXXX-XXX"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A discovered (and possibly validated) dataset.
+
+    Attributes:
+        roots: the input folder(s).
+        naming: ``"brats2021"``, ``"brats2023"`` or ``"generic"``.
+        modalities: file suffixes in channel order, e.g. ``("t1", "t1ce", "t2", "flair")``.
+        channel_names: nnU-Net channel names in the same order (they pick the normalisation: ``CT`` →
+            CT normalisation, anything else → z-score).
+        label_suffix: suffix of the label files.
+        cases: the cases, sorted by id.
+        label_convention: a ``CONVENTIONS`` key, or None until validation detects it.
+        convention_source: why that convention (``"given"``, the naming, or the detection rule).
+        validated: True once ``validate`` accepted every remaining case.
+        skipped: (case id, reason) of cases dropped by ``validate(skip_invalid=True)``.
+    """
+
+    roots: tuple[Path, ...]
+    naming: str
+    modalities: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    label_suffix: str
+    cases: tuple[Case, ...]
+    label_convention: str | None = None
+    convention_source: str = "to be detected from the label values"
+    validated: bool = False
+    skipped: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def convention(self) -> LabelConvention:
+        """The label convention (only once known)."""
+        if self.label_convention is None:
+            raise ValueError("the label convention is detected by validate(); call it first")
+        return get_convention(self.label_convention)
+
+    def summary(self) -> str:
+        """A few readable lines for the command line."""
+        title = NAMINGS[self.naming].title + " naming" if self.naming in NAMINGS else "generic layout"
+        conv = (f"{self.label_convention} ({get_convention(self.label_convention).description}; "
+                f"{self.convention_source})" if self.label_convention else "to be detected")
+        lines = [f"{', '.join(map(str, self.roots))}: {title}, {len(self.cases)} cases"
+                 + (f" ({len(self.skipped)} skipped)" if self.skipped else ""),
+                 f"channels: {', '.join(f'{i}={n}' for i, n in enumerate(self.channel_names))}",
+                 f"labels: {conv}"]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- discovery
+
+def _visible(entries: Iterable[Path]) -> list[Path]:
+    return sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder.iterdir()) if p.is_file() and strip_ending(p.name)]
+
+
+def _normalise_suffix(suffix: str) -> str:
+    parts = strip_ending(suffix)
+    s = parts[0] if parts else suffix
+    s = s.lstrip("_-.")
+    if not s or "/" in s:
+        raise DatasetError(f"invalid file suffix {suffix!r}")
+    return s
+
+
+def _generic_match(stem: str, suffixes: Sequence[str]) -> str | None:
+    hits = [s for s in suffixes if stem == s or any(stem.endswith(sep + s) for sep in "_-.")]
+    return max(hits, key=len) if hits else None
+
+
+def _discover_case(folder: Path, naming: Naming | None, modalities: tuple[str, ...],
+                   label_suffix: str) -> Case:
+    case_id = folder.name
+    problems: list[Problem] = []
+    found: dict[str, list[Path]] = {}
+    for f in _nifti_files(folder):
+        stem, _ = strip_ending(f.name)
+        if naming is not None:
+            prefix = case_id + naming.separator
+            if not stem.startswith(prefix):
+                problems.append(Problem(f, f"file name does not start with the case id '{prefix}'"))
+                continue
+            suffix = stem[len(prefix):]
+            if suffix not in modalities and suffix != label_suffix:
+                problems.append(Problem(f, f"unknown modality '{suffix}': expected one of "
+                                           f"{', '.join(modalities)} (images) or {label_suffix} (label)"))
+                continue
+        else:
+            suffix = _generic_match(stem, list(modalities) + [label_suffix])
+            if suffix is None:
+                problems.append(Problem(f, f"unknown file: its name ends in none of the modality suffixes "
+                                           f"({', '.join(modalities)}) nor the label suffix ({label_suffix})"))
+                continue
+        found.setdefault(suffix, []).append(f)
+    for suffix, files in found.items():
+        if len(files) > 1:
+            what = "the label" if suffix == label_suffix else f"modality '{suffix}'"
+            problems.append(Problem(files[1], f"two files for {what}: {files[0].name} and {files[1].name}"))
+    images = []
+    for m in modalities:
+        if m in found:
+            images.append(found[m][0])
+        else:
+            expected = (f"{case_id}{naming.separator}{m}.nii.gz" if naming is not None
+                        else f"a file whose name ends in _{m}.nii.gz")
+            problems.append(Problem(folder, f"missing modality '{m}' (expected {expected})"))
+    label = found[label_suffix][0] if label_suffix in found else None
+    return Case(case_id, folder, tuple(images), label, tuple(problems))
+
+
+def _as_roots(folder: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:
+    if isinstance(folder, (str, Path)):
+        folder = [folder]
+    roots = tuple(Path(f).expanduser().absolute() for f in folder)
+    if not roots:
+        raise DatasetError("no input folder given")
+    return roots
+
+
+def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[str] | None = None,
+             label_suffix: str | None = None, label_convention: str | None = None) -> Dataset:
+    """Find the cases of a BraTS-style folder (or several folders forming one dataset).
+
+    Reads only folder listings; per-case problems (missing or unknown files, duplicate ids) are recorded
+    in ``Case.problems`` and reported by ``validate``. Dataset-level problems raise here.
+
+    Args:
+        folder: the folder holding one subfolder per case, or a list of such folders.
+        modalities: modality suffixes in channel order for the generic layout; None detects a BraTS naming.
+        label_suffix: label suffix for the generic layout (default ``"seg"``); with a BraTS naming it must
+            be None or ``"seg"``.
+        label_convention: force a convention (``"brats2021"``, ``"brats2023"``, ``"brats2015"``,
+            ``"msd_task01"``); None: from the naming, or detected by ``validate`` for the generic layout.
+    Returns:
+        the ``Dataset`` (not yet validated).
+    Raises:
+        DatasetError: a folder that does not exist, is empty, holds no recognisable cases, or mixes namings.
+    """
+    roots = _as_roots(folder)
+    if label_convention is not None:
+        get_convention(label_convention)  # unknown names fail here, before any reading
+    listings: list[tuple[Path, list[Path]]] = []
+    for root in roots:
+        if not root.exists():
+            raise DatasetError("input folder does not exist", path=root)
+        if not root.is_dir():
+            raise DatasetError("input is not a folder (give the folder that holds one subfolder per case)",
+                               path=root)
+        entries = _visible(root.iterdir())
+        if not entries:
+            raise DatasetError("input folder is empty", path=root)
+        listings.append((root, entries))
+
+    naming: Naming | None
+    if modalities is None:
+        styles = {name for _, entries in listings for e in entries if e.is_dir()
+                  for name, n in NAMINGS.items() if n.pattern.match(e.name)}
+        if len(styles) > 1:
+            raise DatasetError("case folders in both BraTS 2021 and BraTS 2023 naming; convert one dataset at "
+                               "a time", path=roots[0])
+        if not styles:
+            loose = [e for _, entries in listings for e in entries if e.is_file() and strip_ending(e.name)]
+            hint = (" It holds NIfTI files directly: give the folder that contains the case folders."
+                    if loose else "")
+            raise DatasetError(
+                "no recognisable cases: no subfolder is named like BraTS 2021 (BraTS2021_XXXXX) or BraTS 2023 "
+                "(BraTS-GLI-XXXXX-XXX). For another layout (one subfolder per case) name the modality "
+                "suffixes and the label suffix (modalities=[...], label_suffix=...; CLI: --modalities, "
+                "--label-suffix)." + hint, path=roots[0] if len(roots) == 1 else None)
+        naming = NAMINGS[styles.pop()]
+        if label_suffix not in (None, naming.label_suffix):
+            raise DatasetError(f"label_suffix={label_suffix!r} does not apply to the {naming.title} naming "
+                               f"(labels are *{naming.separator}{naming.label_suffix}.nii.gz)")
+        mods, channel_names, lab = naming.modalities, naming.channel_names, naming.label_suffix
+        naming_name = naming.name
+    else:
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        mods = tuple(_normalise_suffix(m) for m in modalities)
+        if not mods:
+            raise DatasetError("modalities=[] names no modality")
+        lab = _normalise_suffix(label_suffix if label_suffix is not None else "seg")
+        if len(set(mods + (lab,))) != len(mods) + 1:
+            raise DatasetError(f"modality and label suffixes must be distinct: {list(mods) + [lab]}")
+        naming, channel_names, naming_name = None, mods, "generic"
+
+    cases: list[Case] = []
+    seen: dict[str, Path] = {}
+    for root, entries in listings:
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            has_nifti = bool(_nifti_files(entry))
+            if naming is not None and not naming.pattern.match(entry.name):
+                if has_nifti:  # a case with a wrong name, not an unrelated folder
+                    cases.append(Case(entry.name, entry, (), None, (Problem(
+                        entry, f"folder holds NIfTI files but its name does not follow the {naming.title} "
+                               f"naming ({_EXAMPLE[naming.name]})"),)))
+                continue
+            if not has_nifti:
+                if naming is not None:
+                    cases.append(Case(entry.name, entry, (), None, (Problem(entry, "case folder holds no NIfTI "
+                                                                                   "file"),)))
+                continue
+            case = _discover_case(entry, naming, mods, lab)
+            key = case.case_id.lower()  # ids differing only in case collide on macOS/Windows file systems
+            if key in seen:
+                case = replace(case, problems=(Problem(entry, f"duplicate case id {case.case_id}: also "
+                                                              f"{seen[key]}"),) + case.problems)
+            else:
+                seen[key] = entry
+            cases.append(case)
+    loose = [e for _, entries in listings for e in entries if e.is_file() and strip_ending(e.name)]
+    if cases and loose:
+        warnings.warn(DatasetWarning(f"ignoring {len(loose)} NIfTI file(s) lying directly in the input folder, "
+                                     f"e.g. {loose[0]} (cases are subfolders)"), stacklevel=2)
+    if not cases:
+        raise DatasetError(f"no case folders found (one subfolder per case, holding files ending in "
+                           f"{', '.join('_' + m + '.nii.gz' for m in mods)})",
+                           path=roots[0] if len(roots) == 1 else None)
+
+    if label_convention is not None:
+        conv, source = label_convention, "given"
+    elif naming is not None:
+        conv, source = naming.convention, f"the {naming.title} naming"
+    else:
+        conv, source = None, "to be detected from the label values"
+    return Dataset(roots=roots, naming=naming_name, modalities=mods, channel_names=tuple(channel_names),
+                   label_suffix=lab, cases=tuple(sorted(cases, key=lambda c: c.case_id)),
+                   label_convention=conv, convention_source=source)
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+@dataclass(frozen=True)
+class _Report:
+    problem: Problem | None
+    label_values: tuple[int, ...] = ()
+
+
+def _dims_problem(shape: tuple[int, ...]) -> str | None:
+    if len(shape) < 3:
+        return f"is {len(shape)}D (shape {shape}) where a 3D volume is expected"
+    if len(shape) > 3:
+        hint = ("; it holds several volumes: give one file per modality" if any(s > 1 for s in shape[3:])
+                else "; re-save it as 3D (trailing axes of size 1)")
+        return f"is {len(shape)}D (shape {shape}) where a 3D volume is expected{hint}"
+    if min(shape) <= 1:
+        return f"is a single slice (shape {shape}): 2D where a 3D volume is expected"
+    return None
+
+
+def _label_values_problem(values: Iterable[int], conv: LabelConvention, source: str) -> str | None:
+    bad = sorted({int(v) for v in values} - set(conv.values))
+    if not bad:
+        return None
+    hint = ""
+    detected, _ = detect_convention(set(values))
+    if detected and detected != conv.name and source != "given":
+        hint = (f"; if the whole dataset uses the {detected} convention ({get_convention(detected).description}), "
+                f"pass label_convention='{detected}'")
+    return (f"label values {bad} are outside the {conv.name} convention (valid: {list(conv.values)}, "
+            f"{conv.description}){hint}")
+
+
+def _check_case(case: Case, require_label: bool, convention: str | None, source: str,
+                label_suffix: str) -> _Report:
+    """Read every file of a case once, one volume at a time; the first problem found is returned."""
+    if case.problems:
+        return _Report(case.problems[0])
+    if case.label is None and require_label:
+        return _Report(Problem(case.folder, f"no label file (expected a file whose name ends in "
+                                            f"_{label_suffix}.nii.gz)"))
+    ref: tuple[Path, tuple[int, ...], object] | None = None
+    for path in case.images:
+        try:
+            vol = read_volume(path)
+        except VolumeReadError as exc:
+            return _Report(Problem(path, str(exc)))
+        shape = tuple(vol.data.shape)
+        if (why := _dims_problem(shape)) is not None:
+            return _Report(Problem(path, why))
+        count, first = nonfinite_voxels(vol.data)
+        if count:
+            return _Report(Problem(path, f"{count} NaN/Inf voxels (first at voxel {first})"))
+        if ref is None:
+            ref = (path, shape, vol.affine)
+        elif (why := geometry_mismatch(ref[1], ref[2], shape, vol.affine)) is not None:
+            return _Report(Problem(path, f"geometry differs from {ref[0].name}: {why}"))
+        del vol
+    if case.label is None:
+        return _Report(None)
+    try:
+        vol = read_volume(case.label)
+    except VolumeReadError as exc:
+        return _Report(Problem(case.label, str(exc)))
+    shape = tuple(vol.data.shape)
+    if (why := _dims_problem(shape)) is not None:
+        return _Report(Problem(case.label, "label " + why))
+    try:
+        values = present_values(vol.data)
+    except ValueError as exc:
+        return _Report(Problem(case.label, str(exc)))
+    if ref is not None and (why := geometry_mismatch(ref[1], ref[2], shape, vol.affine)) is not None:
+        return _Report(Problem(case.label, f"label geometry differs from the image {ref[0].name}: {why}"))
+    if convention is not None and (why := _label_values_problem(values, get_convention(convention),
+                                                                   source)) is not None:
+        return _Report(Problem(case.label, why))
+    return _Report(None, tuple(int(v) for v in values))
+
+
+R = TypeVar("R")
+
+
+def _ordered_map(func: Callable[..., R], items: Sequence[tuple], num_workers: int) -> Iterator[R]:
+    """``func(*item)`` for each item, in order; in spawned worker processes when ``num_workers > 1``."""
+    if num_workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield func(*item)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
+        futures = [pool.submit(func, *item) for item in items]
+        try:
+            for fut in futures:
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+
+def _fail_or_skip(err: DatasetError, skip_invalid: bool, skipped: list[tuple[str, str]]) -> None:
+    if not skip_invalid:
+        raise err
+    warnings.warn(DatasetWarning(f"skipping {err}"), stacklevel=3)
+    skipped.append((err.case or "", str(err)))
+
+
+def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bool = True,
+             num_workers: int = 1) -> Dataset:
+    """Check every case completely before anything is written.
+
+    Args:
+        dataset: from ``discover``.
+        skip_invalid: drop bad cases with one ``DatasetWarning`` each instead of raising.
+        require_labels: a case without a label file is invalid (training data).
+        num_workers: worker processes reading cases in parallel (memory: one case per worker).
+    Returns:
+        a ``Dataset`` with the valid cases, the label convention resolved, ``validated=True``.
+    Raises:
+        DatasetError: the first bad case (``skip_invalid=False``), or no valid case left.
+    """
+    skipped: list[tuple[str, str]] = list(dataset.skipped)
+    conv, source = dataset.label_convention, dataset.convention_source
+    items = [(c, require_labels, conv, source, dataset.label_suffix) for c in dataset.cases]
+    good: list[tuple[Case, tuple[int, ...]]] = []
+    for case, report in zip(dataset.cases, _ordered_map(_check_case, items, num_workers)):
+        if report.problem is not None:
+            _fail_or_skip(DatasetError(report.problem.message, case=case.case_id, path=report.problem.path),
+                          skip_invalid, skipped)
+        else:
+            good.append((case, report.label_values))
+
+    if conv is None:
+        conv, why = detect_convention({v for _, values in good for v in values})
+        if conv is None:
+            conv = "brats2021"
+            if any(values for _, values in good):
+                warnings.warn(DatasetWarning(
+                    f"{why}: assuming label convention brats2021 (1 and 2 mean the same in every BraTS "
+                    f"convention, so the conversion is unaffected; predictions written back will use 4 for "
+                    f"enhancing tumour). Pass label_convention= to choose."), stacklevel=2)
+            source = f"assumed: {why}"
+        else:
+            source = f"detected: {why}"
+        remaining = []
+        for case, values in good:  # values outside every convention (e.g. 5) are caught here
+            if case.label is not None and (why := _label_values_problem(values, get_convention(conv),
+                                                                          source)) is not None:
+                _fail_or_skip(DatasetError(why, case=case.case_id, path=case.label), skip_invalid, skipped)
+            else:
+                remaining.append(case)
+    else:
+        remaining = [case for case, _ in good]
+
+    if not remaining:
+        raise DatasetError(f"no valid case remains ({len(skipped)} skipped: "
+                           f"{'; '.join(reason for _, reason in skipped[:3])}"
+                           f"{'; …' if len(skipped) > 3 else ''})",
+                           path=dataset.roots[0] if len(dataset.roots) == 1 else None)
+    return replace(dataset, cases=tuple(remaining), label_convention=conv, convention_source=source,
+                   validated=True, skipped=tuple(skipped))
+
+
+# ---------------------------------------------------------------------------------------- conversion
+
+def _convert_label(case: Case, out_file: Path, convention: str) -> None:
+    """Read, check and remap one label file into the temporary dataset folder."""
+    try:
+        vol = read_volume(case.label)
+        if (why := _dims_problem(tuple(vol.data.shape))) is not None:
+            raise DatasetError("label " + why, case=case.case_id, path=case.label)
+        mapped = to_nnunet_labels(vol.data, convention)
+    except VolumeReadError as exc:
+        raise DatasetError(str(exc), case=case.case_id, path=case.label) from None
+    except DatasetError:
+        raise
+    except ValueError as exc:
+        raise DatasetError(str(exc), case=case.case_id, path=case.label) from None
+    write_volume(out_file, mapped, affine=vol.affine, header=vol.header)
+
+
+def _check_target(raw_root: Path, dataset_id: int, name: str) -> Path:
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise DatasetError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise DatasetError(f"dataset name {name!r} must be letters, digits, '_', '-' or '.'")
+    folder_name = f"Dataset{dataset_id:03d}_{name}"
+    if raw_root.is_dir():
+        clash = [p.name for p in raw_root.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{dataset_id:03d}_")
+                 and p.name != folder_name]
+        if clash:
+            raise DatasetError(f"dataset id {dataset_id} is already used by {clash[0]} (nnU-Net finds a dataset "
+                               f"by its id); choose another id", path=raw_root)
+    return raw_root / folder_name
+
+
+def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, name: str, *,
+                      skip_invalid: bool = False, num_workers: int = 1) -> Path:
+    """Write an nnU-Net v2 raw dataset that references the images in place.
+
+    Args:
+        dataset: from ``discover`` (validated here first unless ``validate`` already ran).
+        raw_root: the ``nnUNet_raw`` folder.
+        dataset_id: nnU-Net dataset id, 1–999.
+        name: dataset name; the folder is ``DatasetXXX_<name>``.
+        skip_invalid: passed to ``validate``.
+        num_workers: worker processes for validation and label conversion.
+    Returns:
+        the dataset folder.
+    Raises:
+        DatasetError: invalid input (see ``validate``), an output inside an input folder, an existing
+            non-empty output, an id already used by another dataset folder. Nothing is left behind.
+    """
+    if not dataset.validated:
+        dataset = validate(dataset, skip_invalid=skip_invalid, num_workers=num_workers)
+    for case in dataset.cases:
+        if case.label is None:
+            raise DatasetError("no label file: an nnU-Net training dataset needs one per case",
+                               case=case.case_id, path=case.folder)
+    conv = dataset.convention
+    target = _check_target(Path(raw_root).expanduser().absolute(), dataset_id, name)
+
+    def refuse(message: str) -> DatasetError:
+        return DatasetError(message)
+
+    with atomic_output_folder(target, refuse_inside=dataset.roots, error=refuse) as tmp:
+        labels_dir = tmp / "labelsTr"
+        labels_dir.mkdir()
+        items = [(case, labels_dir / f"{case.case_id}{_FILE_ENDING}", conv.name) for case in dataset.cases]
+        for _ in _ordered_map(_convert_label, items, num_workers):
+            pass
+        entries = {case.case_id: {"images": [str(p) for p in case.images],
+                                  "label": f"labelsTr/{case.case_id}{_FILE_ENDING}"}
+                   for case in dataset.cases}
+        dataset_json = {
+            "name": target.name,
+            "description": f"converted by medmamba from {', '.join(map(str, dataset.roots))} "
+                           f"({dataset.naming} naming, label convention {conv.name}); images referenced in place",
+            "channel_names": {str(i): n for i, n in enumerate(dataset.channel_names)},
+            "labels": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.nnunet_labels.items()},
+            "regions_class_order": list(conv.regions_class_order),
+            "numTraining": len(dataset.cases),
+            "file_ending": _FILE_ENDING,
+            "dataset": entries,
+        }
+        record = {
+            "format": "medmamba-dataset/1",
+            "nnunet_dataset": target.name,
+            "source": {"roots": [str(r) for r in dataset.roots], "naming": dataset.naming,
+                       "modalities": list(dataset.modalities), "label_suffix": dataset.label_suffix},
+            "channel_names": list(dataset.channel_names),
+            "label_convention": conv.as_json(),
+            "label_convention_source": dataset.convention_source,
+            "cases": {case.case_id: {"images": [str(p) for p in case.images], "label": str(case.label)}
+                      for case in dataset.cases},
+            "skipped": [{"case": c, "reason": r} for c, r in dataset.skipped],
+            "geometry_tolerance": {"voxel_size_rtol": VOXEL_SIZE_RTOL,
+                                   "grid_position_voxels": GRID_POSITION_TOL_VOXELS},
+        }
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return target
+
+
+def ingest(folder: str | Path | Sequence[str | Path], raw_root: str | Path, dataset_id: int, name: str, *,
+           modalities: Sequence[str] | None = None, label_suffix: str | None = None,
+           label_convention: str | None = None, skip_invalid: bool = False, num_workers: int = 1) -> Path:
+    """``discover`` + ``validate`` + ``convert_to_nnunet`` in one call (what ``plan-and-train`` needs).
+
+    Returns:
+        the nnU-Net dataset folder ``<raw_root>/DatasetXXX_<name>``.
+    """
+    dataset = discover(folder, modalities=modalities, label_suffix=label_suffix,
+                       label_convention=label_convention)
+    dataset = validate(dataset, skip_invalid=skip_invalid, num_workers=num_workers)
+    return convert_to_nnunet(dataset, raw_root, dataset_id, name, num_workers=num_workers)
+
+
+def load_conversion_record(dataset_folder: str | Path) -> dict:
+    """The ``medmamba_dataset.json`` written beside ``dataset.json`` by ``convert_to_nnunet``."""
+    path = Path(dataset_folder) / RECORD_NAME
+    if not path.is_file():
+        raise DatasetError(f"no {RECORD_NAME} here: not a dataset converted by medmamba", path=dataset_folder)
+    return json.loads(path.read_text())
+
+
+def load_label_convention(dataset_folder: str | Path) -> LabelConvention:
+    """The user's label convention of a converted dataset, for writing predictions back
+    (``from_nnunet_labels(prediction, load_label_convention(folder))``)."""
+    record = load_conversion_record(dataset_folder)["label_convention"]
+    conv = CONVENTIONS.get(record["name"])
+    stored = {int(k): int(v) for k, v in record["to_nnunet"].items()}
+    if conv is None or dict(conv.to_nnunet) != stored:
+        raise DatasetError(f"label convention {record['name']!r} recorded with mapping {stored} is not the one "
+                           f"this medmamba knows", path=Path(dataset_folder) / RECORD_NAME)
+    return conv
