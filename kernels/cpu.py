@@ -20,6 +20,7 @@ import os
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
@@ -78,16 +79,9 @@ def _exp_overload(x):
     return fast_exp
 
 
-@numba.njit
-def _discretised_delta(x, softplus):
-    if softplus and x <= 20.0:
-        return math.log1p(math.exp(x))
-    return x
-
-
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
-def _forward(u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, out, states,
-             b_var, c_var, has_z, softplus, has_route, chunk_len):
+def _forward(u, dt_all, A, Bc, Bv, Cc, Cv, Dv, z, route, out, states,
+             b_var, c_var, has_z, has_route, chunk_len):
     batch, dim, length = u.shape
     nstate = A.shape[1]
     groups_b = Bv.shape[1]
@@ -102,7 +96,7 @@ def _forward(u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, out, states,
         h = np.zeros(nstate, dtype=states.dtype)
         for t in range(length):
             p = route[k, t] if has_route else t
-            dt = _discretised_delta(delta[b, d, p] + bias[d], softplus)
+            dt = dt_all[b, d, p]
             x = u[b, d, p]
             dtx = dt * x
             # Row views instead of per-element branches keep the loop over N vectorisable.
@@ -123,11 +117,12 @@ def _forward(u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, out, states,
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
-def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
-              du, ddelta, dz, dA_part, dBc_part, dCc_part, dD_part, dbias_part, dBv_part, dCv_part,
-              b_var, c_var, has_z, softplus, has_route, chunk_len, n_blocks):
-    """Adjoint sweep. Per-channel results: dA/dBc/dCc (batch, dim, N), dD/dbias (batch, dim); for
-    variable B/C, (batch, G, slots, L, N) with one slot per block of channels sharing a group."""
+def _backward(dout, u, dt_all, A, Bc, Bv, Cc, Cv, Dv, z, route, states,
+              du, ddt_all, dz, dA_part, dBc_part, dCc_part, dD_part, dBv_part, dCv_part,
+              b_var, c_var, has_z, has_route, chunk_len, n_blocks):
+    """Adjoint sweep; writes dL/dΔ (the wrapper applies softplus' derivative). Per-channel results:
+    dA/dBc/dCc (batch, dim, N), dD (batch, dim); for variable B/C, (batch, G, slots, L, N) with one
+    slot per block of channels sharing a group."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     groups_b = Bv.shape[1]
@@ -146,6 +141,7 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
         slot_b = (g % (groups // groups_b)) * n_blocks + blk
         slot_c = (g % (groups // groups_c)) * n_blocks + blk
         hs = np.empty((chunk_len, nstate), dtype=states.dtype)
+        decays = np.empty((chunk_len, nstate), dtype=states.dtype)  # ā of the chunk, kept for the sweep
         h_before = np.empty(nstate, dtype=states.dtype)
         lam = np.empty(nstate, dtype=states.dtype)
         a_next = np.empty(nstate, dtype=states.dtype)
@@ -169,7 +165,6 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
             dB_acc[:] = 0.0
             dC_acc[:] = 0.0
             dD_acc = 0.0
-            dbias_acc = 0.0
             for c in range(n_chunks - 1, -1, -1):
                 t0 = c * chunk_len
                 t1 = min(length, t0 + chunk_len)
@@ -178,22 +173,23 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                 # Recompute the chunk's states from the one saved before it.
                 for t in range(t0, t1):
                     p = route[k, t] if has_route else t
-                    dt = _discretised_delta(delta[b, d, p] + bias[d], softplus)
+                    dt = dt_all[b, d, p]
                     dtx = dt * u[b, d, p]
                     i = t - t0
                     B_row = Bv[b, gb, p] if b_var else Bc[d]
                     h_prev = hs[i - 1] if i > 0 else h_before
                     h_row = hs[i]
+                    a_row = decays[i]
                     for n in range(nstate):
-                        h_row[n] = _exp(dt * A_row[n]) * h_prev[n] + dtx * B_row[n]
+                        a_row[n] = _exp(dt * A_row[n])
+                        h_row[n] = a_row[n] * h_prev[n] + dtx * B_row[n]
                 # Sweep the adjoint λ_t = gy_t·C_t + ā_{t+1}·λ_{t+1} backwards through the chunk.
                 dA_chunk[:] = 0.0
                 dB_chunk[:] = 0.0
                 dC_chunk[:] = 0.0
                 for t in range(t1 - 1, t0 - 1, -1):
                     p = route[k, t] if has_route else t
-                    x_raw = delta[b, d, p] + bias[d]
-                    dt = _discretised_delta(x_raw, softplus)
+                    dt = dt_all[b, d, p]
                     x = u[b, d, p]
                     dtx = dt * x
                     g_out = dout[b, d, p]
@@ -204,6 +200,7 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                     dC_row = dCv_part[b, gc, slot_c, p] if c_var else dC_chunk
                     h_row = hs[i]
                     h_prev = hs[i - 1] if i > 0 else h_before
+                    a_row = decays[i]
                     if has_z:
                         zz = z[b, d, p]
                         sig = 1.0 / (1.0 + math.exp(-zz))
@@ -219,7 +216,7 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                     for n in range(nstate):
                         lam_n = gy * C_row[n] + a_next[n] * lam[n]
                         lam[n] = lam_n
-                        a = _exp(dt * A_row[n])
+                        a = a_row[n]
                         a_next[n] = a
                         ah = a * h_prev[n]  # ā_t·h_{t-1}
                         dC_row[n] += gy * h_row[n]
@@ -229,10 +226,7 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                         dA_chunk[n] += lam_n * dt * ah
                     du[b, d, p] = Dv[d] * gy + dt * du_acc
                     dD_acc += gy * x
-                    if softplus and x_raw <= 20.0:
-                        ddt *= 1.0 / (1.0 + math.exp(-x_raw))
-                    ddelta[b, d, p] = ddt
-                    dbias_acc += ddt
+                    ddt_all[b, d, p] = ddt
                 for n in range(nstate):
                     dA_acc[n] += dA_chunk[n]
                     dB_acc[n] += dB_chunk[n]
@@ -242,7 +236,6 @@ def _backward(dout, u, delta, A, Bc, Bv, Cc, Cv, Dv, z, bias, route, states,
                 dBc_part[b, d, n] = dB_acc[n]
                 dCc_part[b, d, n] = dC_acc[n]
             dD_part[b, d] = dD_acc
-            dbias_part[b, d] = dbias_acc
 
 
 def _np(x: torch.Tensor, dtype) -> np.ndarray:
@@ -253,11 +246,15 @@ _TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 class _Args:
-    """Numba wants every argument present and typed: absent D/bias become zeros, absent z, B/C
-    layouts and routes become tiny dummies, flagged off. Variable B/C are laid out (batch, G, L, N)
-    so the inner loop over N reads contiguous memory."""
+    """Numba wants every argument present and typed: absent D becomes zeros, absent z, B/C layouts
+    and routes become tiny dummies, flagged off. Variable B/C are laid out (batch, G, L, N) so the
+    inner loop over N reads contiguous memory.
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, route_index):
+    Δ = softplus(delta + bias) is computed here with PyTorch's vectorised softplus (threshold 20, as
+    the CUDA kernel): inside the sequential kernel a scalar log1p and exp per step cost as much as
+    the whole scan over 16 states."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, softplus, route_index):
         self.dtype = dtype = np.float64 if u.dtype == torch.float64 else np.float32
         self.shape = tuple(u.shape)
         dim = u.shape[1]
@@ -267,9 +264,13 @@ class _Args:
         self.Cv = _np(C.transpose(2, 3), dtype) if self.c_var else dummy4
         self.Bc = np.zeros((1, 1), dtype) if self.b_var else _np(B, dtype)
         self.Cc = np.zeros((1, 1), dtype) if self.c_var else _np(C, dtype)
-        self.u, self.delta, self.A = _np(u, dtype), _np(delta, dtype), _np(A, dtype)
+        self.delta_in = delta.detach().to(_TORCH[dtype])
+        if delta_bias is not None:
+            self.delta_in = self.delta_in + delta_bias.detach().to(_TORCH[dtype])[:, None]
+        self.softplus = bool(softplus)
+        dt = F.softplus(self.delta_in) if self.softplus else self.delta_in
+        self.u, self.dt, self.A = _np(u, dtype), _np(dt, dtype), _np(A, dtype)
         self.D = _np(D, dtype) if D is not None else np.zeros(dim, dtype)
-        self.bias = _np(delta_bias, dtype) if delta_bias is not None else np.zeros(dim, dtype)
         self.has_z = z is not None
         self.z = _np(z, dtype) if self.has_z else np.zeros((1, 1, 1), dtype)
         self.has_route = route_index is not None
@@ -277,23 +278,29 @@ class _Args:
                       else np.zeros((1, 1), dtype=np.int64))
 
     def inputs(self):
-        return (self.u, self.delta, self.A, self.Bc, self.Bv, self.Cc, self.Cv, self.D, self.z, self.bias, self.route)
+        return (self.u, self.dt, self.A, self.Bc, self.Bv, self.Cc, self.Cv, self.D, self.z, self.route)
+
+    def delta_grad(self, ddt: np.ndarray) -> torch.Tensor:
+        """dL/d(delta + bias) from dL/dΔ: softplus' derivative is the logistic below 20, 1 above."""
+        ddt = torch.from_numpy(ddt)
+        if self.softplus:
+            ddt = torch.where(self.delta_in <= 20.0, ddt * torch.sigmoid(self.delta_in), ddt)
+        return ddt
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc):
     """See ``medmamba_kernels.op`` for the backend contract. ``route_desc`` is unused: on the CPU an
     index table costs no more than strides."""
-    args = _Args(u, delta, A, B, C, D, z, delta_bias, route_index)
+    args = _Args(u, delta, A, B, C, D, z, delta_bias, softplus, route_index)
     batch, dim, length = args.shape
     out = np.empty((batch, dim, length), dtype=args.dtype)
     states = np.empty((batch, dim, -(-length // CHUNK_LEN), A.shape[1]), dtype=args.dtype)
-    _forward(*args.inputs(), out, states, args.b_var, args.c_var, args.has_z, bool(softplus),
-             args.has_route, CHUNK_LEN)
+    _forward(*args.inputs(), out, states, args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(states)
 
 
 def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc, chunk_states):
-    args = _Args(u, delta, A, B, C, D, z, delta_bias, route_index)
+    args = _Args(u, delta, A, B, C, D, z, delta_bias, softplus, route_index)
     dtype = args.dtype
     batch, dim, length = args.shape
     nstate = A.shape[1]
@@ -304,12 +311,11 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     threads = numba.get_num_threads()
     n_blocks = max(1, min((dim // groups) // 8, -(-2 * threads // (batch * groups))))
     du = np.empty((batch, dim, length), dtype=dtype)
-    ddelta = np.empty_like(du)
+    ddt = np.empty_like(du)
     dz = np.empty_like(du) if args.has_z else np.zeros((1, 1, 1), dtype)
     per_channel = lambda: np.zeros((batch, dim, nstate), dtype)  # noqa: E731
     dA_part, dBc_part, dCc_part = per_channel(), per_channel(), per_channel()
     dD_part = np.zeros((batch, dim), dtype)
-    dbias_part = np.zeros((batch, dim), dtype)
 
     def variable_part(is_var, n_groups):
         if not is_var:
@@ -319,8 +325,8 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     dBv_part = variable_part(args.b_var, groups_b)
     dCv_part = variable_part(args.c_var, groups_c)
     _backward(_np(dout, dtype), *args.inputs(), _np(chunk_states, dtype),
-              du, ddelta, dz, dA_part, dBc_part, dCc_part, dD_part, dbias_part, dBv_part, dCv_part,
-              args.b_var, args.c_var, args.has_z, bool(softplus), args.has_route, CHUNK_LEN, n_blocks)
+              du, ddt, dz, dA_part, dBc_part, dCc_part, dD_part, dBv_part, dCv_part,
+              args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN, n_blocks)
 
     def variable_grad(part, like):  # (batch, G, slots, L, N) -> (batch, G, N, L)
         return torch.from_numpy(part.sum(axis=2)).transpose(2, 3).contiguous().to(like.dtype)
@@ -328,13 +334,14 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     def summed(part, like):
         return torch.from_numpy(part.sum(axis=0)).to(like.dtype)
 
+    ddelta = args.delta_grad(ddt)
     return (
         torch.from_numpy(du).to(u.dtype),
-        torch.from_numpy(ddelta).to(delta.dtype),
+        ddelta.to(delta.dtype),
         summed(dA_part, A),
         variable_grad(dBv_part, B) if args.b_var else summed(dBc_part, B),
         variable_grad(dCv_part, C) if args.c_var else summed(dCc_part, C),
         summed(dD_part, D) if D is not None else None,
         torch.from_numpy(dz).to(z.dtype) if args.has_z else None,
-        summed(dbias_part, delta_bias) if delta_bias is not None else None,
+        ddelta.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -9,6 +11,15 @@ import time
 import torch
 
 __all__ = ["PeakMemory"]
+
+
+def _release_freed_memory() -> None:
+    """Return memory that earlier, freed allocations left in glibc's heap to the system, so that
+    the next block's growth in resident memory is its own and not hidden by reused pages."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is only less tight
+        pass
 
 
 def _rss_bytes() -> int:
@@ -35,6 +46,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        gc.collect()
+        _release_freed_memory()
         self._base = _rss_bytes()
         self._peak = self._base
         self._stop = threading.Event()
