@@ -1,0 +1,38 @@
+"""nnU-Net experiment planning for every medmamba architecture.
+
+- :func:`plan` — fingerprint a raw nnU-Net dataset and write ``medmambaPlans_<preset>.json`` per
+  architecture; :func:`summary` — the readable report (spacing, patch, batch, stages, memory).
+- :mod:`.planners` — one ``ExperimentPlanner`` subclass per architecture (:data:`PLANNERS`).
+- :mod:`.memory` — the memory model: a fake-tensor trace of one training step.
+- :mod:`.presets` — the declarative presets in ``plans/<name>.toml`` (and user folders).
+"""
+
+from .api import nnunet_paths, plan, resolve_dataset, summary
+from .memory import MemoryBudget, MemoryModel, NetworkSpec, StepMemory, proxy_loss, trace_training_step
+from .planners import (
+    CONFIGURATIONS,
+    PLANNERS,
+    FixedLayoutPlanner,
+    LightMUNetPlanner,
+    MedMambaPlanner,
+    MHSVMPlanner,
+    PlanningError,
+    ResEncLPlanner,
+    ResEncMPlanner,
+    SegMambaPlanner,
+    UMambaBotPlanner,
+    UMambaEncPlanner,
+    UNetLikePlanner,
+    UNetPlanner,
+    planner_class,
+)
+from .presets import PLANS_DIR_ENV, Preset, PresetError, available_presets, load_preset, plans_dirs
+
+__all__ = [
+    "plan", "summary", "nnunet_paths", "resolve_dataset",
+    "MemoryBudget", "MemoryModel", "NetworkSpec", "StepMemory", "proxy_loss", "trace_training_step",
+    "CONFIGURATIONS", "PLANNERS", "planner_class", "PlanningError", "MedMambaPlanner", "UNetLikePlanner",
+    "FixedLayoutPlanner", "UNetPlanner", "ResEncMPlanner", "ResEncLPlanner", "UMambaBotPlanner", "UMambaEncPlanner",
+    "SegMambaPlanner", "LightMUNetPlanner", "MHSVMPlanner",
+    "PLANS_DIR_ENV", "Preset", "PresetError", "available_presets", "load_preset", "plans_dirs",
+]

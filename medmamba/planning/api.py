@@ -1,0 +1,177 @@
+"""``plan()``: fingerprint a raw nnU-Net dataset once, plan it for several architectures, write one
+plans file per architecture; ``summary()``: the readable report of those plans.
+
+nnU-Net's paths. nnunetv2 (2.8.1) reads ``nnUNet_raw``, ``nnUNet_preprocessed`` and
+``nnUNet_results`` from the environment each time it builds a path (``nnunetv2.paths`` holds lazy
+``_EnvPath`` objects, not strings fixed at import), and its planner and fingerprint extractor take
+no path arguments. :func:`plan` therefore sets ``nnUNet_raw`` (the parent of the dataset folder, or
+the environment's) and ``nnUNet_preprocessed`` (``preprocessed_root``, or the environment's) for the
+duration of the call and restores the previous values afterwards; ``nnUNet_results`` is not needed
+for planning and is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .planners import CONFIGURATIONS, PlanningError, planner_class
+from .presets import PresetError, load_preset
+
+__all__ = ["plan", "summary", "nnunet_paths", "resolve_dataset"]
+
+_DATASET_NAME = re.compile(r"^Dataset\d{3}_.+$")
+
+
+@contextlib.contextmanager
+def nnunet_paths(raw: str | os.PathLike | None = None, preprocessed: str | os.PathLike | None = None,
+                 results: str | os.PathLike | None = None) -> Iterator[None]:
+    """Set nnU-Net's path variables for the block (those given), restoring them afterwards."""
+    wanted = {"nnUNet_raw": raw, "nnUNet_preprocessed": preprocessed, "nnUNet_results": results}
+    previous = {k: os.environ.get(k) for k in wanted}
+    try:
+        for key, value in wanted.items():
+            if value is not None:
+                os.environ[key] = str(Path(value).resolve())
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def resolve_dataset(dataset: str | os.PathLike | int) -> tuple[Path, str]:
+    """(nnU-Net raw root, dataset name) for a raw dataset folder ``…/DatasetXXX_Name``, a dataset
+    name, or an ID (names and IDs are looked up in ``$nnUNet_raw``). Raises :class:`PlanningError`."""
+    text = str(dataset)
+    path = Path(text).expanduser()
+    if isinstance(dataset, os.PathLike) or os.sep in text or path.is_dir():
+        if not path.is_dir():
+            raise PlanningError(f"dataset folder {path} does not exist")
+        if not _DATASET_NAME.match(path.name):
+            raise PlanningError(f"dataset folder {path} is not an nnU-Net raw dataset: its name must be "
+                                f"DatasetXXX_Name (three-digit ID)")
+        if not (path / "dataset.json").is_file():
+            raise PlanningError(f"dataset folder {path} has no dataset.json (not an nnU-Net raw dataset)")
+        return path.resolve().parent, path.name
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise PlanningError(f"dataset {text!r} is not a folder, and nnUNet_raw is not set to look it up in")
+    root = Path(raw)
+    if _DATASET_NAME.match(text):
+        candidates = [root / text] if (root / text).is_dir() else []
+    elif text.isdigit():
+        candidates = sorted(root.glob(f"Dataset{int(text):03d}_*")) if root.is_dir() else []
+    else:
+        raise PlanningError(f"dataset {text!r}: expected a raw dataset folder, a DatasetXXX_Name or an integer ID")
+    if len(candidates) != 1:
+        found = "no" if not candidates else f"{len(candidates)} ({', '.join(c.name for c in candidates)})"
+        raise PlanningError(f"dataset {text!r}: {found} matching folder in nnUNet_raw={root}")
+    return resolve_dataset(candidates[0])
+
+
+def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: float | None = None,
+         preprocessed_root: str | os.PathLike | None = None, *, plans_dir=None,
+         configurations: Sequence[str] = CONFIGURATIONS, num_processes: int = 2,
+         overwrite_fingerprint: bool = False, fingerprint_samples: int | None = None,
+         verbose: bool = False) -> dict[str, dict]:
+    """Plan a raw nnU-Net dataset for each named architecture (or preset).
+
+    Args:
+        dataset: a raw dataset folder ``…/DatasetXXX_Name`` (with dataset.json), or a name or ID in
+            ``$nnUNet_raw``.
+        archs: preset names (every registered architecture has one of its own name; user presets
+            from ``plans_dir`` / ``$MEDMAMBA_PLANS_DIR`` too).
+        gpu_memory_gb: GPU memory (GiB) every plan must fit; default: each preset's own target.
+        preprocessed_root: nnU-Net's preprocessed folder (default ``$nnUNet_preprocessed``).
+        configurations: "3d_fullres" and/or "2d".
+        num_processes: fingerprint extraction workers.
+        overwrite_fingerprint: re-extract an existing ``dataset_fingerprint.json``.
+        fingerprint_samples: foreground intensities sampled for the fingerprint over the whole
+            dataset (nnU-Net: 1e8, spread over the cases; only CT normalisation uses them); lower
+            it to fingerprint tiny test datasets quickly.
+        verbose: show nnU-Net's own output.
+
+    Returns:
+        ``{preset name: plans dict}``; each is written to
+        ``<preprocessed_root>/<dataset>/medmambaPlans_<preset>.json``. Names, presets, the dataset
+        folder and the preprocessed folder are checked before anything is written; problems raise
+        :class:`PlanningError` (a ``ValueError``), as does a memory target no patch fits.
+
+    The fingerprint is extracted by nnU-Net's spawn-based worker pool: a script calling this needs
+    the ``if __name__ == "__main__":`` guard.
+    """
+    if isinstance(archs, str):
+        archs = [archs]
+    if not archs:
+        raise PlanningError("name at least one architecture to plan")
+    try:
+        presets = [load_preset(name, plans_dir) for name in archs]
+    except PresetError as err:
+        raise PlanningError(str(err)) from None
+    classes = [planner_class(p.architecture) for p in presets]
+    raw_root, name = resolve_dataset(dataset)
+    preprocessed = preprocessed_root or os.environ.get("nnUNet_preprocessed")
+    if not preprocessed:
+        raise PlanningError("no preprocessed folder: pass preprocessed_root or set nnUNet_preprocessed")
+    if gpu_memory_gb is not None and gpu_memory_gb <= 0:
+        raise PlanningError(f"gpu_memory_gb must be positive, got {gpu_memory_gb}")
+
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    results: dict[str, dict] = {}
+    with nnunet_paths(raw=raw_root, preprocessed=preprocessed), quiet:
+        fingerprint = Path(preprocessed) / name / "dataset_fingerprint.json"
+        if overwrite_fingerprint or not fingerprint.is_file():
+            extractor = DatasetFingerprintExtractor(name, num_processes=max(1, num_processes), verbose=verbose)
+            extractor.show_progress_bar = verbose
+            if fingerprint_samples is not None:
+                extractor.num_foreground_voxels_for_intensitystats = fingerprint_samples
+            extractor.run(overwrite_existing=overwrite_fingerprint)
+        for preset, cls in zip(presets, classes):
+            planner = cls(name, gpu_memory_gb, preset=preset, configurations=configurations)
+            plans = planner.plan_experiment()
+            plans["medmamba"]["plans_file"] = str(Path(preprocessed).resolve() / name / f"{planner.plans_identifier}.json")
+            results[preset.name] = plans
+    return results
+
+
+def _fmt(values, spec: str = "g") -> str:
+    return "×".join(format(v, spec) for v in values)
+
+
+def summary(plans: dict[str, dict] | dict) -> str:
+    """A readable report per architecture: spacing, patch, batch, stages, estimated memory."""
+    if "configurations" in plans:  # a single plans dict
+        plans = {plans.get("medmamba", {}).get("preset", {}).get("name", plans.get("plans_name", "?")): plans}
+    lines = []
+    for name, p in plans.items():
+        info = p.get("medmamba", {})
+        recipe = info.get("recipe", {})
+        lines.append(f"{name} ({info.get('architecture', '?')}): {p['dataset_name']}, plans {p['plans_name']}"
+                     + (f" → {info['plans_file']}" if info.get("plans_file") else ""))
+        lines.append(f"  GPU memory target {info.get('gpu_memory_target_gb', float('nan')):g} GB, "
+                     f"{info.get('precision', '?')} training, recipe {recipe.get('name', '?')}"
+                     + (f" (paper recipe: {recipe['paper']})" if recipe.get("paper") else ""))
+        for cfg_name, cfg in p["configurations"].items():
+            if "architecture" not in cfg:
+                continue
+            mm = cfg.get("medmamba", {})
+            mem = mm.get("memory", {})
+            network = cfg["architecture"]["network_class_name"].rsplit(".", 1)[-1]
+            lines.append(f"  {cfg_name:<10} spacing {_fmt(cfg['spacing'], '.3g')} mm, patch {_fmt(cfg['patch_size'])}, "
+                         f"batch {cfg['batch_size']}, {mm.get('n_stages', '?')} stages ({network}), "
+                         f"est. {mem.get('estimated_gb', float('nan')):.2f} GB")
+            if mem:
+                lines.append(f"  {'':<10} step {mem['step_gib']:.2f} GiB = activations {mem['activations_gib']:.2f} + "
+                             f"weights {mem['params_gib']:.2f} + grads {mem['grads_gib']:.2f} + optimiser "
+                             f"{mem['optimizer_gib']:.2f}; + {mem['reserve_gb']:g} GB reserve, "
+                             f"+{mem['fragmentation']:.0%} allocator")
+    return "\n".join(lines)
