@@ -73,6 +73,27 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.cases} synthetic {args.style} cases to {out}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from medmamba.data import DatasetError, prepare
+    from medmamba.planning import PlanningError, plan, summary
+
+    if args.gpu_memory is not None and args.gpu_memory <= 0:
+        raise SystemExit(f"medmamba plan: --gpu-memory must be positive, got {args.gpu_memory}")
+    if not args.data.is_dir():
+        raise SystemExit(f"medmamba plan: {args.data} is not a folder")
+    work = args.out.expanduser().absolute()
+    name = args.name or "".join(c if c.isalnum() else "_" for c in args.data.name) or "Data"
+    try:
+        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, name, modalities=args.modalities,
+                      label_suffix=args.label_suffix, label_convention=args.label_convention,
+                      skip_invalid=args.skip_invalid)
+        plans = plan(raw, args.arch, gpu_memory_gb=args.gpu_memory, preprocessed_root=work / "nnUNet_preprocessed")
+    except (DatasetError, PlanningError) as err:
+        raise SystemExit(f"medmamba plan: {err}") from None
+    print(summary(plans))
+    print(f"plans written to {work / 'nnUNet_preprocessed' / raw.name}")
+
+
 def _spacing(text: str):
     if text == "random":
         return text
@@ -134,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--spacing", type=_spacing, default=None,
                        help="voxel spacing in mm as X,Y,Z, or 'random' for anisotropic spacings (default 1 mm)")
     synth.set_defaults(handler=_synth)
+
+    plan_cmd = commands.add_parser(
+        "plan", help="ingest a BraTS-style folder and plan each architecture for a GPU memory target",
+        description="Validates and converts DATA (BraTS 2021/2023 naming, a generic layout with --modalities, "
+                    "or an nnU-Net raw dataset folder) into OUT/nnUNet_raw without copying images, extracts "
+                    "nnU-Net's fingerprint and writes one plans file per architecture into "
+                    "OUT/nnUNet_preprocessed, with patch and batch size chosen from that architecture's own "
+                    "training-step memory. Prints a summary per architecture.")
+    plan_cmd.add_argument("data", type=Path, help="BraTS-style folder or nnU-Net raw dataset folder")
+    plan_cmd.add_argument("--arch", action="append", required=True,
+                          help="architecture or preset name from plans/ (repeatable)")
+    plan_cmd.add_argument("--out", type=Path, default=Path("medmamba_work"),
+                          help="work folder holding nnUNet_raw and nnUNet_preprocessed (default ./medmamba_work)")
+    plan_cmd.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit "
+                          "(default: each preset's target, 8 GiB for most)")
+    plan_cmd.add_argument("--dataset-id", type=int, default=500, help="nnU-Net dataset id (default 500)")
+    plan_cmd.add_argument("--name", help="nnU-Net dataset name (default: from the folder name)")
+    plan_cmd.add_argument("--modalities", nargs="+", help="generic layout: modality suffixes in channel order")
+    plan_cmd.add_argument("--label-suffix", help="generic layout: label file suffix (default seg)")
+    plan_cmd.add_argument("--label-convention", help="force a label convention (brats2021, brats2023, brats2015, …)")
+    plan_cmd.add_argument("--skip-invalid", action="store_true", help="skip bad cases with a warning each")
+    plan_cmd.set_defaults(handler=_plan)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",

@@ -75,3 +75,27 @@ def test_synth_writes_a_brats_folder_and_refuses_to_overwrite(tmp_path, capsys):
 def test_synth_rejects_bad_spacing():
     with pytest.raises(SystemExit):
         main(["synth", "unused", "--spacing", "1,2"])
+
+
+@pytest.mark.slow
+def test_plan_ingests_once_and_writes_plans(tmp_path, capsys):
+    data = tmp_path / "brats"
+    main(["synth", str(data), "--cases", "2", "--shape", "32", "32", "32"])
+    work = tmp_path / "work"
+    for _ in range(2):  # the second run reuses the converted dataset
+        main(["plan", str(data), "--arch", "unet", "--out", str(work)])
+    printed = capsys.readouterr().out
+    plans = work / "nnUNet_preprocessed" / "Dataset500_brats" / "medmambaPlans_unet.json"
+    assert plans.is_file() and "3d_fullres" in json.loads(plans.read_text())["configurations"]
+    assert "patch" in printed and "batch" in printed
+    assert len(list((work / "nnUNet_raw").iterdir())) == 1
+
+
+def test_plan_stops_with_one_message_for_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="medmamba plan: .*empty"):
+        main(["plan", str(empty), "--arch", "unet", "--out", str(tmp_path / "work")])
+    with pytest.raises(SystemExit, match="not a folder"):
+        main(["plan", str(tmp_path / "missing"), "--arch", "unet"])
+    assert not (tmp_path / "work" / "nnUNet_raw" / "Dataset500_empty").exists()

@@ -16,7 +16,7 @@ conventions), :mod:`medmamba.data.synth` (the generator and its intensity table)
 
 from medmamba.data.brats import (
     NAMINGS, RECORD_NAME, Case, Dataset, DatasetError, DatasetWarning, Problem, convert_to_nnunet, discover,
-    ingest, load_conversion_record, load_label_convention, validate,
+    ingest, load_conversion_record, load_label_convention, prepare, validate,
 )
 from medmamba.data.labels import (
     CONVENTIONS, LabelConvention, detect_convention, from_nnunet_labels, get_convention, to_nnunet_labels,
@@ -24,7 +24,7 @@ from medmamba.data.labels import (
 from medmamba.data.synth import INTENSITY_TABLE, SynthCase, generate_case, synth
 
 __all__ = [
-    "discover", "validate", "convert_to_nnunet", "ingest", "synth", "generate_case",
+    "discover", "validate", "convert_to_nnunet", "ingest", "prepare", "synth", "generate_case",
     "to_nnunet_labels", "from_nnunet_labels", "detect_convention", "get_convention",
     "load_conversion_record", "load_label_convention",
     "Dataset", "Case", "Problem", "DatasetError", "DatasetWarning", "LabelConvention", "SynthCase",

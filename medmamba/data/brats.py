@@ -62,7 +62,8 @@ from medmamba.data.nifti import (
 
 __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
-    "discover", "validate", "convert_to_nnunet", "ingest", "load_conversion_record", "load_label_convention",
+    "discover", "validate", "convert_to_nnunet", "ingest", "prepare", "load_conversion_record",
+    "load_label_convention",
     "RECORD_NAME",
 ]
 
@@ -675,3 +676,23 @@ def load_label_convention(dataset_folder: str | Path) -> LabelConvention:
         raise DatasetError(f"label convention {record['name']!r} recorded with mapping {stored} is not the one "
                            f"this medmamba knows", path=Path(dataset_folder) / RECORD_NAME)
     return conv
+
+
+def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str, **ingest_kwargs) -> Path:
+    """The nnU-Net raw dataset for ``folder``, for commands that may run more than once:
+
+    - ``folder`` itself when it already is an nnU-Net raw dataset (has a ``dataset.json``);
+    - the dataset ``<raw_root>/DatasetXXX_<name>`` converted earlier from the same folder (its
+      ``medmamba_dataset.json`` names it as the source), so a second run does not convert again;
+    - otherwise a fresh :func:`ingest` with ``ingest_kwargs``.
+    """
+    folder = Path(folder).expanduser().absolute()
+    if (folder / "dataset.json").is_file():
+        return folder
+    target = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    if (target / RECORD_NAME).is_file():
+        if load_conversion_record(target)["source"]["roots"] == [str(folder)]:
+            return target
+        raise DatasetError(f"{target} was converted from another folder; choose another --dataset-id or output",
+                           path=target)
+    return ingest(folder, raw_root, dataset_id, name, **ingest_kwargs)
