@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--in-channels", type=int, default=4, help="input channels (default 4, BraTS)")
     nets.add_argument("--num-classes", type=int, default=3, help="outputs (default 3, BraTS regions)")
     nets.add_argument("--batch-size", type=int, default=1)
-    nets.add_argument("--repeats", type=int, default=2)
+    nets.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median; default 3)")
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     nets.set_defaults(handler=_benchmark_models)

@@ -13,8 +13,18 @@ import numpy as np
 import pytest
 
 from medmamba.data import (
-    CONVENTIONS, DatasetError, DatasetWarning, convert_to_nnunet, discover, from_nnunet_labels, ingest,
-    load_conversion_record, load_label_convention, synth, to_nnunet_labels, validate,
+    CONVENTIONS,
+    DatasetError,
+    DatasetWarning,
+    convert_to_nnunet,
+    discover,
+    from_nnunet_labels,
+    ingest,
+    load_conversion_record,
+    load_label_convention,
+    synth,
+    to_nnunet_labels,
+    validate,
 )
 from medmamba.data import brats as brats_module
 from medmamba.data.labels import detect_convention
@@ -479,7 +489,9 @@ def test_conversion_references_images_and_remaps_labels(brats21, tmp_path):
 
 
 def test_converted_dataset_passes_nnunet_integrity_check(brats23, tmp_path, capsys):
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from nnunetv2.experiment_planning.verify_dataset_integrity import (
+        verify_dataset_integrity,
+    )
 
     out = convert_to_nnunet(discover(brats23), tmp_path / "raw", 7, "Synth23")
     capsys.readouterr()

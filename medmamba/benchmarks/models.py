@@ -43,7 +43,7 @@ def _measure(build, shape, device, repeats) -> dict:
 
 
 def run_models_benchmark(device: torch.device, patch: Sequence[int], in_channels: int = 4, num_classes: int = 3,
-                         batch_size: int = 1, repeats: int = 2, names: Sequence[str] | None = None,
+                         batch_size: int = 1, repeats: int = 3, names: Sequence[str] | None = None,
                          log: Callable[[str], None] = print) -> list[dict]:
     """Measure ``unet`` first, then every other (or every named) architecture that takes this patch."""
     names = list(names or available())

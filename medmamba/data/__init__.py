@@ -15,11 +15,28 @@ conventions), :mod:`medmamba.data.synth` (the generator and its intensity table)
 """
 
 from medmamba.data.brats import (
-    NAMINGS, RECORD_NAME, Case, Dataset, DatasetError, DatasetWarning, Problem, convert_to_nnunet, discover,
-    ingest, load_conversion_record, load_label_convention, prepare, validate,
+    NAMINGS,
+    RECORD_NAME,
+    Case,
+    Dataset,
+    DatasetError,
+    DatasetWarning,
+    Problem,
+    convert_to_nnunet,
+    discover,
+    ingest,
+    load_conversion_record,
+    load_label_convention,
+    prepare,
+    validate,
 )
 from medmamba.data.labels import (
-    CONVENTIONS, LabelConvention, detect_convention, from_nnunet_labels, get_convention, to_nnunet_labels,
+    CONVENTIONS,
+    LabelConvention,
+    detect_convention,
+    from_nnunet_labels,
+    get_convention,
+    to_nnunet_labels,
 )
 from medmamba.data.synth import INTENSITY_TABLE, SynthCase, generate_case, synth
 

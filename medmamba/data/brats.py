@@ -47,17 +47,29 @@ import json
 import multiprocessing
 import re
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from medmamba.data.labels import (
-    CONVENTIONS, LabelConvention, detect_convention, get_convention, present_values, to_nnunet_labels,
+    CONVENTIONS,
+    LabelConvention,
+    detect_convention,
+    get_convention,
+    present_values,
+    to_nnunet_labels,
 )
 from medmamba.data.nifti import (
-    GRID_POSITION_TOL_VOXELS, VOXEL_SIZE_RTOL, VolumeReadError, atomic_output_folder, geometry_mismatch,
-    nonfinite_voxels, read_volume, strip_ending, write_volume,
+    GRID_POSITION_TOL_VOXELS,
+    VOXEL_SIZE_RTOL,
+    VolumeReadError,
+    atomic_output_folder,
+    geometry_mismatch,
+    nonfinite_voxels,
+    read_volume,
+    strip_ending,
+    write_volume,
 )
 
 __all__ = [

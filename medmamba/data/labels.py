@@ -35,8 +35,8 @@ Conventions (``CONVENTIONS``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 

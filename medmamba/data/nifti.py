@@ -18,9 +18,9 @@ import gzip
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import nibabel as nib
 import numpy as np

@@ -61,8 +61,12 @@ from dynamic_network_architectures.building_blocks.helper import (
     maybe_convert_scalar_to_list,
 )
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
+from dynamic_network_architectures.building_blocks.residual_encoders import (
+    ResidualEncoder,
+)
+from dynamic_network_architectures.building_blocks.unet_residual_decoder import (
+    UNetResDecoder,
+)
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
 from .baselines import nnunet_unet_kwargs

@@ -8,7 +8,14 @@
 """
 
 from .api import nnunet_paths, plan, resolve_dataset, summary
-from .memory import MemoryBudget, MemoryModel, NetworkSpec, StepMemory, proxy_loss, trace_training_step
+from .memory import (
+    MemoryBudget,
+    MemoryModel,
+    NetworkSpec,
+    StepMemory,
+    proxy_loss,
+    trace_training_step,
+)
 from .planners import (
     CONFIGURATIONS,
     PLANNERS,
@@ -26,7 +33,14 @@ from .planners import (
     UNetPlanner,
     planner_class,
 )
-from .presets import PLANS_DIR_ENV, Preset, PresetError, available_presets, load_preset, plans_dirs
+from .presets import (
+    PLANS_DIR_ENV,
+    Preset,
+    PresetError,
+    available_presets,
+    load_preset,
+    plans_dirs,
+)
 
 __all__ = [
     "plan", "summary", "nnunet_paths", "resolve_dataset",

@@ -123,7 +123,9 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: 
     if gpu_memory_gb is not None and gpu_memory_gb <= 0:
         raise PlanningError(f"gpu_memory_gb must be positive, got {gpu_memory_gb}")
 
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     results: dict[str, dict] = {}

@@ -38,13 +38,18 @@ defaults to the preset named after its architecture; ``preset=`` selects another
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
+    ExperimentPlanner,
+)
+from nnunetv2.experiment_planning.experiment_planners.network_topology import (
+    get_pool_and_conv_props,
+)
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from medmamba.models import registry
@@ -64,7 +69,7 @@ class PlanningError(ValueError):
     """Planning cannot proceed (bad input, or a memory target no patch fits); one clear message."""
 
 
-class MedMambaPlanner(ExperimentPlanner):
+class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
     """Base of the medmamba planners: preset handling, memory budget, batch size, plan assembly.
 
     Args (nnU-Net's, plus):
@@ -207,12 +212,13 @@ class MedMambaPlanner(ExperimentPlanner):
 
     # -- architecture-specific parts ---------------------------------------------------------------
 
+    @abstractmethod
     def search_patch(self, spacing: list[float], median: list[float]) -> tuple[list[int], NetworkSpec, StepMemory, int]:
         """(patch, network, its step memory at ``min_batch_size``, number of stages)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def input_multiple(self, net: NetworkSpec, patch, spacing) -> list[int]:
-        raise NotImplementedError
+        """The multiple every patch axis must be for ``net``."""
 
     # -- shared helpers ----------------------------------------------------------------------------
 
