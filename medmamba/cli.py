@@ -84,14 +84,47 @@ def _plan(args: argparse.Namespace) -> None:
     work = args.out.expanduser().absolute()
     name = args.name or "".join(c if c.isalnum() else "_" for c in args.data.name) or "Data"
     try:
-        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, name, modalities=args.modalities,
-                      label_suffix=args.label_suffix, label_convention=args.label_convention,
-                      skip_invalid=args.skip_invalid)
+        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, name, **_dataset_options(args))
         plans = plan(raw, args.arch, gpu_memory_gb=args.gpu_memory, preprocessed_root=work / "nnUNet_preprocessed")
     except (DatasetError, PlanningError) as err:
         raise SystemExit(f"medmamba plan: {err}") from None
     print(summary(plans))
     print(f"plans written to {work / 'nnUNet_preprocessed' / raw.name}")
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-id", type=int, default=500, help="nnU-Net dataset id (default 500)")
+    parser.add_argument("--name", help="nnU-Net dataset name (default: from the folder name)")
+    parser.add_argument("--modalities", nargs="+", help="generic layout: modality suffixes in channel order")
+    parser.add_argument("--label-suffix", help="generic layout: label file suffix (default seg)")
+    parser.add_argument("--label-convention", help="force a label convention (brats2021, brats2023, brats2015, …)")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip bad cases with a warning each")
+
+
+def _dataset_options(args: argparse.Namespace) -> dict:
+    return dict(modalities=args.modalities, label_suffix=args.label_suffix, label_convention=args.label_convention,
+                skip_invalid=args.skip_invalid)
+
+
+def _plan_and_train(args: argparse.Namespace) -> None:
+    from medmamba.pipeline import plan_and_train
+
+    if not args.data.is_dir():
+        raise SystemExit(f"medmamba plan-and-train: {args.data} is not a folder")
+    fold = args.fold if args.fold == "all" else int(args.fold) if args.fold.isdigit() else None
+    if fold is None:
+        raise SystemExit(f"medmamba plan-and-train: --fold must be a number or 'all', got {args.fold!r}")
+    for option in ("epochs", "iters_per_epoch"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise SystemExit(f"medmamba plan-and-train: --{option.replace('_', '-')} must be at least 1")
+    recipe = None if args.recipe == "default" else args.recipe
+    try:
+        plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=fold, device=args.device,
+                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, recipe=recipe, seed=args.seed,
+                       continue_training=args.continue_training, dataset_id=args.dataset_id, name=args.name,
+                       **_dataset_options(args))
+    except ValueError as err:  # DatasetError, PlanningError, unknown recipe
+        raise SystemExit(f"medmamba plan-and-train: {err}") from None
 
 
 def _spacing(text: str):
@@ -170,13 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="work folder holding nnUNet_raw and nnUNet_preprocessed (default ./medmamba_work)")
     plan_cmd.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit "
                           "(default: each preset's target, 8 GiB for most)")
-    plan_cmd.add_argument("--dataset-id", type=int, default=500, help="nnU-Net dataset id (default 500)")
-    plan_cmd.add_argument("--name", help="nnU-Net dataset name (default: from the folder name)")
-    plan_cmd.add_argument("--modalities", nargs="+", help="generic layout: modality suffixes in channel order")
-    plan_cmd.add_argument("--label-suffix", help="generic layout: label file suffix (default seg)")
-    plan_cmd.add_argument("--label-convention", help="force a label convention (brats2021, brats2023, brats2015, …)")
-    plan_cmd.add_argument("--skip-invalid", action="store_true", help="skip bad cases with a warning each")
+    _add_dataset_options(plan_cmd)
     plan_cmd.set_defaults(handler=_plan)
+
+    pat = commands.add_parser(
+        "plan-and-train", help="ingest, plan, preprocess and train several architectures on one split",
+        description="Runs `medmamba plan` for every --arch, preprocesses the dataset once with nnU-Net (all "
+                    "architectures share the preprocessed data and the split), then trains each architecture "
+                    "with the shared default recipe (--recipe paper: the paper's). Everything lands in OUT "
+                    "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill.")
+    pat.add_argument("data", type=Path, help="BraTS-style folder or nnU-Net raw dataset folder")
+    pat.add_argument("--arch", action="append", required=True, help="architecture or preset name (repeatable)")
+    pat.add_argument("--out", type=Path, default=Path("medmamba_work"), help="work folder (default ./medmamba_work)")
+    pat.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit")
+    pat.add_argument("--fold", default="0", help="fold 0-4, or 'all' to train on every case (default 0)")
+    pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
+    pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
+    pat.add_argument("--recipe", default="default",
+                     help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
+    pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
+    pat.add_argument("--continue", dest="continue_training", action="store_true",
+                     help="resume every architecture from its last checkpoint")
+    _add_dataset_options(pat)
+    pat.set_defaults(handler=_plan_and_train)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
