@@ -264,11 +264,13 @@ class _Args:
         self.Cv = _np(C.transpose(2, 3), dtype) if self.c_var else dummy4
         self.Bc = np.zeros((1, 1), dtype) if self.b_var else _np(B, dtype)
         self.Cc = np.zeros((1, 1), dtype) if self.c_var else _np(C, dtype)
-        self.delta_in = delta.detach().to(_TORCH[dtype])
+        delta_in = delta.detach().to(_TORCH[dtype])
         if delta_bias is not None:
-            self.delta_in = self.delta_in + delta_bias.detach().to(_TORCH[dtype])[:, None]
+            delta_in = delta_in + delta_bias.detach().to(_TORCH[dtype])[:, None]
         self.softplus = bool(softplus)
-        dt = F.softplus(self.delta_in) if self.softplus else self.delta_in
+        # Only the backward needs the pre-softplus values (for the derivative): keep them then only.
+        self.delta_in = delta_in if self.softplus else None
+        dt = F.softplus(delta_in) if self.softplus else delta_in
         self.u, self.dt, self.A = _np(u, dtype), _np(dt, dtype), _np(A, dtype)
         self.D = _np(D, dtype) if D is not None else np.zeros(dim, dtype)
         self.has_z = z is not None
@@ -281,10 +283,11 @@ class _Args:
         return (self.u, self.dt, self.A, self.Bc, self.Bv, self.Cc, self.Cv, self.D, self.z, self.route)
 
     def delta_grad(self, ddt: np.ndarray) -> torch.Tensor:
-        """dL/d(delta + bias) from dL/dΔ: softplus' derivative is the logistic below 20, 1 above."""
+        """dL/d(delta + bias) from dL/dΔ, in place: softplus' derivative is the logistic below 20,
+        1 above. (In place: at long L every extra (B, D, L) temporary is a large share of the peak.)"""
         ddt = torch.from_numpy(ddt)
         if self.softplus:
-            ddt = torch.where(self.delta_in <= 20.0, ddt * torch.sigmoid(self.delta_in), ddt)
+            ddt.mul_(torch.sigmoid(self.delta_in).masked_fill_(self.delta_in > 20.0, 1.0))
         return ddt
 
 
@@ -292,6 +295,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_d
     """See ``medmamba_kernels.op`` for the backend contract. ``route_desc`` is unused: on the CPU an
     index table costs no more than strides."""
     args = _Args(u, delta, A, B, C, D, z, delta_bias, softplus, route_index)
+    args.delta_in = None  # the forward needs only Δ
     batch, dim, length = args.shape
     out = np.empty((batch, dim, length), dtype=args.dtype)
     states = np.empty((batch, dim, -(-length // CHUNK_LEN), A.shape[1]), dtype=args.dtype)
@@ -306,10 +310,11 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     nstate = A.shape[1]
     groups_b, groups_c = args.Bv.shape[1], args.Cv.shape[1]
     groups = max(groups_b, groups_c)
-    # Enough channel blocks that every thread has work, but at least 8 channels a block, so the
-    # per-block dB/dC buffers stay at most max(B·G·L·N, B·D·L·N / 8).
+    # One job per thread where batch × groups alone would leave threads idle, with at least 8
+    # channels a block: each block has its own dB/dC partial sums, so their memory stays at most
+    # max(threads·B·G·L·N, B·D·L·N / 8).
     threads = numba.get_num_threads()
-    n_blocks = max(1, min((dim // groups) // 8, -(-2 * threads // (batch * groups))))
+    n_blocks = max(1, min((dim // groups) // 8, -(-threads // (batch * groups))))
     du = np.empty((batch, dim, length), dtype=dtype)
     ddt = np.empty_like(du)
     dz = np.empty_like(du) if args.has_z else np.zeros((1, 1, 1), dtype)
