@@ -75,6 +75,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _plan(args: argparse.Namespace) -> None:
     from medmamba.data import DatasetError, prepare
+    from medmamba.pipeline import dataset_name
     from medmamba.planning import PlanningError, plan, summary
 
     if args.gpu_memory is not None and args.gpu_memory <= 0:
@@ -82,9 +83,9 @@ def _plan(args: argparse.Namespace) -> None:
     if not args.data.is_dir():
         raise SystemExit(f"medmamba plan: {args.data} is not a folder")
     work = args.out.expanduser().absolute()
-    name = args.name or "".join(c if c.isalnum() else "_" for c in args.data.name) or "Data"
     try:
-        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, name, **_dataset_options(args))
+        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, args.name or dataset_name(args.data),
+                      **_dataset_options(args))
         plans = plan(raw, args.arch, gpu_memory_gb=args.gpu_memory, preprocessed_root=work / "nnUNet_preprocessed")
     except (DatasetError, PlanningError) as err:
         raise SystemExit(f"medmamba plan: {err}") from None
@@ -93,6 +94,16 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """What `plan` and `plan-and-train` share: the data, the architectures, the work folder, the GPU
+    memory target and the ingestion options."""
+    parser.add_argument("data", type=Path, help="BraTS-style folder or nnU-Net raw dataset folder")
+    parser.add_argument("--arch", action="append", required=True,
+                        help="architecture or preset name from plans/ (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("medmamba_work"),
+                        help="work folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results "
+                             "(default ./medmamba_work)")
+    parser.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit "
+                        "(default: each preset's target, 8 GiB for most)")
     parser.add_argument("--dataset-id", type=int, default=500, help="nnU-Net dataset id (default 500)")
     parser.add_argument("--name", help="nnU-Net dataset name (default: from the folder name)")
     parser.add_argument("--modalities", nargs="+", help="generic layout: modality suffixes in channel order")
@@ -196,13 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "nnU-Net's fingerprint and writes one plans file per architecture into "
                     "OUT/nnUNet_preprocessed, with patch and batch size chosen from that architecture's own "
                     "training-step memory. Prints a summary per architecture.")
-    plan_cmd.add_argument("data", type=Path, help="BraTS-style folder or nnU-Net raw dataset folder")
-    plan_cmd.add_argument("--arch", action="append", required=True,
-                          help="architecture or preset name from plans/ (repeatable)")
-    plan_cmd.add_argument("--out", type=Path, default=Path("medmamba_work"),
-                          help="work folder holding nnUNet_raw and nnUNet_preprocessed (default ./medmamba_work)")
-    plan_cmd.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit "
-                          "(default: each preset's target, 8 GiB for most)")
     _add_dataset_options(plan_cmd)
     plan_cmd.set_defaults(handler=_plan)
 
@@ -212,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "architectures share the preprocessed data and the split), then trains each architecture "
                     "with the shared default recipe (--recipe paper: the paper's). Everything lands in OUT "
                     "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill.")
-    pat.add_argument("data", type=Path, help="BraTS-style folder or nnU-Net raw dataset folder")
-    pat.add_argument("--arch", action="append", required=True, help="architecture or preset name (repeatable)")
-    pat.add_argument("--out", type=Path, default=Path("medmamba_work"), help="work folder (default ./medmamba_work)")
-    pat.add_argument("--gpu-memory", type=float, help="GPU memory in GiB every plan must fit")
+    _add_dataset_options(pat)
     pat.add_argument("--fold", default="0", help="fold 0-4, or 'all' to train on every case (default 0)")
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
@@ -225,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint")
-    _add_dataset_options(pat)
     pat.set_defaults(handler=_plan_and_train)
 
     models = commands.add_parser(

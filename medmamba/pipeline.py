@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["PlanAndTrainResult", "plan_and_train"]
+__all__ = ["PlanAndTrainResult", "plan_and_train", "dataset_name"]
+
+
+def dataset_name(folder: str | Path) -> str:
+    """The nnU-Net dataset name for a user's folder: its name with non-alphanumerics as '_'."""
+    return "".join(c if c.isalnum() else "_" for c in Path(folder).name) or "Data"
 
 
 @dataclass
@@ -39,7 +44,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     from medmamba.training.run import train
 
     out = Path(out).expanduser().absolute()
-    name = name or "".join(c if c.isalnum() else "_" for c in Path(data).name) or "Data"
+    name = name or dataset_name(data)
     raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
     preprocessed_root = out / "nnUNet_preprocessed"
     log(f"dataset: {raw}")
