@@ -138,6 +138,28 @@ def _plan_and_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba plan-and-train: {err}") from None
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from medmamba.evaluation.compare import CompareError, compare
+
+    if args.n_resamples < 1000:
+        raise SystemExit(f"medmamba compare: --bootstrap-resamples must be at least 1000, got {args.n_resamples}")
+    try:
+        result = compare(args.results, args.out, baseline=args.baseline, test=args.test, archs=args.arch,
+                         device=args.device, tta=args.tta, empty=args.empty_convention,
+                         overlay_case=args.overlay_case, force=args.force, seed=args.seed,
+                         n_resamples=args.n_resamples)
+    except ValueError as err:  # CompareError, DatasetError, evaluate's errors
+        raise SystemExit(f"medmamba compare: {err}") from None
+    print(result.report.markdown)
+    for name, reason in result.skipped:
+        print(f"skipped {name}: {reason}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.baseline is None:
+        print("no statistics (no baseline, or one architecture only)")
+    print(f"report: {result.report.html}")
+
+
 def _spacing(text: str):
     if text == "random":
         return text
@@ -227,6 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint")
     pat.set_defaults(handler=_plan_and_train)
+
+    cmp = commands.add_parser(
+        "compare", help="predict and evaluate every trained architecture on the same held-out cases; report",
+        description="Finds every architecture trained in RESULTS (a `plan-and-train --out` folder; unfinished "
+                    "ones are skipped with the reason), predicts the validation cases of the trained fold (or "
+                    "every case of --test), evaluates them with BraTS conventions and writes OUT: table.md/.csv "
+                    "(Dice and HD95 per region, parameters, FLOPs, training time, inference time and memory), "
+                    "stats.csv (paired Wilcoxon tests and bootstrap CIs against the baseline), plots and "
+                    "report.html. OUT appears complete or not at all.")
+    cmp.add_argument("results", type=Path, help="the work folder of `medmamba plan-and-train`")
+    cmp.add_argument("--out", type=Path, required=True, help="report folder (must not exist or be empty)")
+    cmp.add_argument("--baseline", help="architecture to test the others against (default unet, else resenc_m, "
+                                        "resenc_l)")
+    cmp.add_argument("--test", type=Path, help="BraTS-style folder with labels to evaluate on instead of the "
+                                               "held-out fold (needed for models trained with --fold all)")
+    cmp.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    cmp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    cmp.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
+    cmp.add_argument("--empty-convention", default="brats",
+                     help="scores when a region is empty in the ground truth or the prediction (default brats: "
+                          "Dice 1 / HD95 0 when both are empty, Dice 0 / HD95 373.13 when one is)")
+    cmp.add_argument("--overlay-case", help="case shown in the overlay figure (default: the first)")
+    cmp.add_argument("--force", action="store_true", help="replace an existing report folder")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    cmp.add_argument("--bootstrap-resamples", dest="n_resamples", type=int, default=10_000,
+                     help="bootstrap resamples (default 10000)")
+    cmp.set_defaults(handler=_compare)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",

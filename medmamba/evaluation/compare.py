@@ -1,0 +1,484 @@
+"""``medmamba compare``: every trained architecture of a ``plan-and-train`` work folder, predicted and
+evaluated on the same held-out cases, then reported (:mod:`medmamba.evaluation.report`).
+
+What is compared, and how:
+
+- the architectures: every ``nnUNet_results/Dataset*/<Trainer>__<plans>__<configuration>/fold_*`` with a
+  final checkpoint (:func:`medmamba.inference.list_trained_models`); unfinished or unreadable ones and
+  those whose prediction fails are skipped with the reason;
+- the cases: the validation cases of the trained fold in ``splits_final.json`` (the same for every
+  architecture, since all share one split), or every case of ``test`` (a BraTS-style folder with
+  labels). A model trained on fold "all" has no held-out case and needs ``test``;
+- the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case>.nii.gz`` in the
+  ground truth's label convention, timed per case (``time.perf_counter``) with the peak memory
+  measured (:class:`medmamba.benchmarks.memory.PeakMemory`);
+- the scores: :func:`medmamba.evaluation.metrics.evaluate_folder` against the user's own label files;
+- the costs: parameters and forward FLOPs of the network built from the plans at the plans' patch size
+  (batch 1, scan included), training time from the checkpoint's nnU-Net log (sum of the epochs'
+  durations), and the planner's training-memory estimate.
+
+The report folder is built beside ``out`` under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
+
+__all__ = ["CompareError", "CompareResult", "HeldOutCase", "compare", "choose_baseline", "held_out_cases",
+           "network_costs", "training_time", "planned_training_memory", "report_folder", "BASELINE_FALLBACKS"]
+
+#: Baselines tried in order when none is named: nnU-Net's U-Net, then the ResEnc presets.
+BASELINE_FALLBACKS = ("unet", "resenc_m", "resenc_l")
+#: Channel names (lower case) preferred as the overlay's background, best first: FLAIR, then T2.
+_BACKGROUND_CHANNELS = ("flair", "t2f", "t2-flair", "t2", "t2w")
+
+
+class CompareError(ValueError):
+    """A comparison that cannot be made: bad input folders, no trained model, inconsistent models."""
+
+
+@dataclass(frozen=True)
+class HeldOutCase:
+    """A case to predict and score: its image files in channel order and its label file."""
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` did: the report files, the architectures compared and skipped, the
+    baseline (None: no statistics), the cases, and notes shown in the report."""
+
+    out: Path
+    report: ReportFiles
+    architectures: list[str]
+    skipped: list[tuple[str, str]]
+    baseline: str | None
+    cases: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def training_time(checkpoint: str | Path) -> tuple[float | None, int | None]:
+    """(seconds, epochs) of a training run from an nnU-Net checkpoint's log: the sum over epochs of
+    ``epoch_end_timestamps − epoch_start_timestamps`` (training and validation iterations; start-up
+    and the final validation are not included). (None, None) when the log has no timestamps."""
+    import torch
+
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False, mmap=True)
+    log = ckpt.get("logging") or {}
+    starts, ends = log.get("epoch_start_timestamps") or [], log.get("epoch_end_timestamps") or []
+    n = min(len(starts), len(ends))
+    if n == 0:
+        return None, None
+    return float(sum(e - s for s, e in zip(starts[:n], ends[:n]))), n
+
+
+def planned_training_memory(plans: dict, configuration: str = "3d_fullres") -> float | None:
+    """The planner's estimate (GiB) of the GPU memory of one training step, the reserve and the
+    allocator's overhead included (``plans["configurations"][cfg]["medmamba"]["memory"]["estimated_gb"]``,
+    see :func:`medmamba.planning.memory.describe`); None for plans not written by a medmamba planner."""
+    memory = plans.get("configurations", {}).get(configuration, {}).get("medmamba", {}).get("memory", {})
+    value = memory.get("estimated_gb")
+    return float(value) if value is not None else None
+
+
+def network_costs(plans: dict, dataset_json: dict, configuration: str = "3d_fullres"
+                  ) -> tuple[int, float, float, tuple[int, ...]]:
+    """(parameters, forward GFLOPs, scan GFLOPs, patch size) of the network the plans describe, built
+    as the trainer builds it (deep supervision off, as in inference) on meta tensors, for one input
+    of batch 1 at the plans' patch size (:func:`medmamba.models.profile.forward_flops`)."""
+    import torch
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medmamba.models.profile import count_parameters, forward_flops
+    from medmamba.training.trainers import MedMambaTrainer
+
+    manager = PlansManager(plans)
+    config = manager.get_configuration(configuration)
+    n_in = determine_num_input_channels(manager, config, dataset_json)
+    n_out = manager.get_label_manager(dataset_json).num_segmentation_heads
+
+    def build():
+        return MedMambaTrainer.build_network_architecture(manager, config, n_in, n_out, enable_deep_supervision=False)
+
+    with torch.device("meta"):
+        params = count_parameters(build())
+    patch = tuple(int(p) for p in config.patch_size)
+    total, scan = forward_flops(build, [1, n_in, *patch])
+    return params, total / 1e9, scan / 1e9, patch
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+@contextlib.contextmanager
+def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` when the block completes (removed on
+    any error, so ``out`` is complete or untouched).
+
+    An existing non-empty ``out`` is refused unless ``force``; then it is replaced only once the new
+    one is complete. ``out`` must not lie inside an input, nor (when it would be replaced) contain one.
+    """
+    out = Path(out).expanduser().absolute()
+    real = Path(os.path.realpath(out))
+    for root in inputs:
+        root_real = Path(os.path.realpath(Path(root).expanduser().absolute()))
+        if _is_within(real, root_real):
+            raise CompareError(f"the report folder {out} lies inside the input {root}; inputs are never modified, "
+                               f"choose a folder outside it")
+        if force and _is_within(root_real, real):
+            raise CompareError(f"the report folder {out} contains the input {root}; --force would delete it")
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"{out} exists and is not a folder")
+    existing = out.exists() and any(out.iterdir())
+    if existing and not force:
+        raise CompareError(f"the report folder {out} exists and is not empty; choose another or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "report")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def choose_baseline(names: Sequence[str], requested: str | None) -> tuple[str | None, str | None]:
+    """(baseline, note): ``requested`` if given (it must be among ``names``), else the first of
+    :data:`BASELINE_FALLBACKS` present; (None, why) when there is none or only one architecture."""
+    if requested is not None:
+        if requested not in names:
+            raise CompareError(f"--baseline {requested} is not among the compared architectures "
+                               f"({', '.join(names) or 'none'})")
+        return requested, None
+    for name in BASELINE_FALLBACKS:
+        if name in names:
+            return name, None if name == "unet" else f"no unet trained: {name} is the baseline"
+    return None, (f"no baseline: none of {', '.join(BASELINE_FALLBACKS)} was compared and --baseline was not given; "
+                  f"no statistics")
+
+
+def _splits_file(results: Path, dataset: str) -> Path:
+    return results / "nnUNet_preprocessed" / dataset / "splits_final.json"
+
+
+def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | None) -> list[HeldOutCase]:
+    """The validation cases of ``fold`` in the work folder's ``splits_final.json``, with the user's
+    image and label files from the conversion record (``medmamba_dataset.json``)."""
+    results = Path(results)
+    if fold == "all":
+        raise CompareError("the models were trained on every case (fold 'all'), so no case is held out; give "
+                           "held-out data with --test DATA (a BraTS-style folder with labels)")
+    splits_file = _splits_file(results, dataset)
+    if not splits_file.is_file():
+        raise CompareError(f"{splits_file} is missing: cannot tell which cases fold {fold} held out; give --test DATA")
+    try:
+        splits = json.loads(splits_file.read_text())
+        val = [str(c) for c in splits[int(fold)]["val"]]
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise CompareError(f"{splits_file}: no validation cases for fold {fold} ({err})") from None
+    if not val:
+        raise CompareError(f"{splits_file}: fold {fold} holds out no case; give --test DATA")
+    if record is None:
+        raise CompareError(f"no conversion record (medmamba_dataset.json) under {results / 'nnUNet_raw' / dataset}: "
+                           f"cannot find the held-out cases' original files; give --test DATA")
+    out = []
+    for case_id in val:
+        entry = record.get("cases", {}).get(case_id)
+        if entry is None or not entry.get("label"):
+            raise CompareError(f"case {case_id} of {splits_file} is not in the conversion record with a label file")
+        case = HeldOutCase(case_id, tuple(Path(p) for p in entry["images"]), Path(entry["label"]))
+        for path in (*case.images, case.label):
+            if not path.is_file():
+                raise CompareError(f"case {case_id}: {path} is missing (the work folder references the user's files "
+                                   f"in place)")
+        out.append(case)
+    return out
+
+
+def _test_cases(test: Path) -> tuple[list[HeldOutCase], str, tuple[str, ...]]:
+    """(cases, label convention, channel names) of a BraTS-style folder with labels."""
+    from medmamba.data import DatasetError, discover, validate
+
+    try:
+        dataset = validate(discover(test), require_labels=True)
+    except DatasetError as err:
+        raise CompareError(f"--test: {err}") from None
+    cases = [HeldOutCase(c.case_id, tuple(c.images), c.label) for c in dataset.cases]
+    if not cases:
+        raise CompareError(f"--test {test}: no case with a label")
+    return cases, dataset.label_convention, tuple(dataset.channel_names)
+
+
+def _background_channel(channel_names: Sequence[str]) -> int:
+    lowered = [n.lower() for n in channel_names]
+    for wanted in _BACKGROUND_CHANNELS:
+        if wanted in lowered:
+            return lowered.index(wanted)
+    return 0
+
+
+def _gt_folder(cases: Sequence[HeldOutCase], folder: Path) -> Path:
+    """A folder of ``<case_id>.nii.gz`` label maps for evaluate: links to the user's files (a
+    compressed copy of a ``.nii`` label, whose name must say how it is stored)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True)
+    for case in cases:
+        target = folder / f"{case.case_id}.nii.gz"
+        if case.label.name.endswith(".nii.gz"):
+            target.symlink_to(case.label.absolute())
+        else:
+            nib.save(nib.load(str(case.label)), str(target))
+    return folder
+
+
+def _model_name(model) -> str:
+    if getattr(model, "arch", None):
+        return str(model.arch)
+    folder = Path(model.folder).name  # <Trainer>__<plans>__<configuration>
+    parts = folder.split("__")
+    plans = parts[1] if len(parts) == 3 else folder
+    return plans.removeprefix("medmambaPlans_")
+
+
+def _configuration(model) -> str:
+    parts = Path(model.folder).name.split("__")
+    return parts[2] if len(parts) == 3 else "3d_fullres"
+
+
+def _dataset(model) -> str:
+    return Path(model.folder).parent.name
+
+
+def _unique_names(models) -> list[str]:
+    """Architecture names, with ``@recipe`` added where one architecture was trained with several recipes."""
+    base = [_model_name(m) for m in models]
+    return [f"{b}@{m.recipe}" if base.count(b) > 1 else b for b, m in zip(base, models)]
+
+
+def _trained_models(results: Path) -> tuple[list, list[tuple[str, str]]]:
+    """(models, skipped) from :func:`medmamba.inference.list_trained_models`."""
+    from medmamba.inference import list_trained_models
+
+    found = list_trained_models(results)
+    if isinstance(found, tuple):  # (models, skipped)
+        models, skipped = found
+        return list(models), [(str(a), str(r)) for a, r in skipped]
+    return list(found), []
+
+
+def _convert_labels(labels, source: str, target: str):
+    """A label map from one BraTS convention to another, through nnU-Net's shared label space."""
+    from medmamba.data import from_nnunet_labels, to_nnunet_labels
+
+    return labels if source == target else from_nnunet_labels(to_nnunet_labels(labels, source), target)
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+def compare(results: str | Path, out: str | Path, *, baseline: str | None = None, test: str | Path | None = None,
+            archs: Sequence[str] | None = None, device: str = "auto", tta: bool = False, empty: str = "brats",
+            overlay_case: str | None = None, force: bool = False, seed: int = 0, n_resamples: int = 10_000,
+            log: Callable[[str], None] = print) -> CompareResult:
+    """Predict, evaluate and report every trained architecture of a ``plan-and-train`` work folder.
+
+    Args:
+        results: the work folder (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
+        out: the report folder (must not exist or be empty, unless ``force``; not inside an input).
+        baseline: the architecture the others are tested against; None: unet, else resenc_m/resenc_l.
+        test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
+            for models trained on fold "all").
+        archs: only these architectures (names as listed; default all).
+        device: "auto", "cpu" or "cuda", for prediction.
+        tta: mirroring test-time augmentation.
+        empty: evaluate's empty-mask convention ("brats", …).
+        overlay_case: the case of the overlay figure (default: the first held-out case).
+        force: replace an existing report folder.
+        seed, n_resamples: the bootstrap's.
+        log: progress lines.
+    Raises:
+        CompareError: bad folders or options, no trained model, models of different datasets or folds,
+            every architecture skipped.
+    """
+    import numpy as np
+
+    from medmamba.benchmarks.memory import PeakMemory
+    from medmamba.data import load_conversion_record
+    from medmamba.evaluation.metrics import evaluate_folder
+    from medmamba.inference import Predictor
+    from medmamba.training.run import resolve_device
+
+    results = Path(results).expanduser().absolute()
+    if not results.is_dir():
+        raise CompareError(f"{results} is not a folder")
+    if not (results / "nnUNet_results").is_dir():
+        raise CompareError(f"{results} has no nnUNet_results folder: not a `medmamba plan-and-train --out` folder")
+    test = Path(test).expanduser().absolute() if test is not None else None
+    if test is not None and not test.is_dir():
+        raise CompareError(f"--test {test} is not a folder")
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError) as err:
+        raise CompareError(str(err)) from None
+
+    models, skipped = _trained_models(results)
+    names = _unique_names(models)
+    if archs:
+        unknown = [a for a in archs if a not in names and a not in {n for n, _ in skipped}]
+        if unknown:
+            raise CompareError(f"--arch {', '.join(unknown)}: not trained in {results} (trained: "
+                               f"{', '.join(names) or 'none'})")
+        keep = [i for i, n in enumerate(names) if n in archs]
+        models, names = [models[i] for i in keep], [names[i] for i in keep]
+        skipped = [(a, r) for a, r in skipped if a in archs]
+    for name, reason in skipped:
+        log(f"skipped {name}: {reason}")
+    if not models:
+        raise CompareError(f"no trained architecture to compare in {results / 'nnUNet_results'}"
+                           + (f" ({len(skipped)} skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped) + ")"
+                              if skipped else ""))
+    datasets = sorted({_dataset(m) for m in models})
+    if len(datasets) > 1:
+        raise CompareError(f"the models belong to different datasets ({', '.join(datasets)}); compare one at a time "
+                           f"with --arch")
+    folds = sorted({str(m.fold) for m in models})
+    if len(folds) > 1:
+        by_fold = ", ".join(f"{n}: fold {m.fold}" for n, m in zip(names, models))
+        raise CompareError(f"the architectures were trained on different folds ({by_fold}); they would be scored "
+                           f"on different cases. Compare models of one fold (--arch) or train the others on it")
+    dataset, fold = datasets[0], folds[0]
+    record = models[0].record
+    raw = results / "nnUNet_raw" / dataset
+    if record is None and (raw / "medmamba_dataset.json").is_file():
+        record = load_conversion_record(raw)
+    train_convention = (record or {}).get("label_convention", {}).get("name")
+    train_channels = tuple((record or {}).get("channel_names") or
+                           [v for _, v in sorted(models[0].dataset_json.get("channel_names", {}).items(),
+                                                 key=lambda kv: int(kv[0]))])
+    notes: list[str] = []
+    if test is not None:
+        cases, convention, channels = _test_cases(test)
+        if len(channels) != len(train_channels):
+            raise CompareError(f"--test {test} has {len(channels)} channels ({', '.join(channels)}); the models take "
+                               f"{len(train_channels)} ({', '.join(train_channels)})")
+        if [c.lower() for c in channels] != [c.lower() for c in train_channels]:
+            notes.append(f"test channels {', '.join(channels)} are fed in that order as the training channels "
+                         f"{', '.join(train_channels)}")
+        if train_convention is None:
+            raise CompareError(f"no conversion record under {raw}: the models' label convention is unknown")
+        source = f"every case of {test}"
+    else:
+        cases = held_out_cases(results, dataset, fold, record)
+        convention, channels = train_convention, train_channels
+        source = f"the {len(cases)} validation cases of fold {fold} in {_splits_file(results, dataset)}"
+    if convention != train_convention:
+        notes.append(f"predictions converted from the training label convention {train_convention} to the test "
+                     f"data's {convention}")
+    case_ids = [c.case_id for c in cases]
+    if overlay_case is not None and overlay_case not in case_ids:
+        raise CompareError(f"--overlay-case {overlay_case} is not a held-out case ({', '.join(case_ids)})")
+    chosen, baseline_note = choose_baseline(names, baseline)
+    if baseline_note:
+        notes.append(baseline_note)
+    log(f"comparing {', '.join(names)} on {source}")
+
+    inputs = [results, *([test] if test is not None else []),
+              *(Path(r) for r in (record or {}).get("source", {}).get("roots", []))]
+    evaluated: list[ArchitectureResult] = []
+    with report_folder(out, inputs=inputs, force=force) as tmp:
+        gt_dir = _gt_folder(cases, tmp / ".ground_truth")
+        for name, model in zip(names, models):
+            pred_dir = tmp / "predictions" / name
+            pred_dir.mkdir(parents=True)
+            seconds: dict[str, float] = {}
+            peak = 0
+            try:
+                predictor = Predictor(model, device=str(dev), tta=tta, show_progress=False)
+                for i, case in enumerate(cases, 1):
+                    with PeakMemory(dev) as memory:
+                        start = time.perf_counter()
+                        prediction = predictor.predict_case(list(case.images))
+                        seconds[case.case_id] = time.perf_counter() - start
+                    peak = max(peak, memory.bytes)
+                    prediction.labels = _convert_labels(prediction.labels, train_convention, convention)
+                    predictor.write(prediction, pred_dir / f"{case.case_id}.nii.gz")
+                    log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
+                del predictor
+            except Exception as err:  # noqa: BLE001 - one architecture's failure must not stop the others
+                shutil.rmtree(pred_dir, ignore_errors=True)
+                reason = f"prediction failed: {type(err).__name__}: {err}"
+                skipped.append((name, reason))
+                log(f"skipped {name}: {reason}")
+                continue
+            evaluation = evaluate_folder(pred_dir, gt_dir, convention=convention, empty=empty, cases=case_ids)
+            cfg = _configuration(model)
+            params = gflops = scan = patch = None
+            try:
+                params, gflops, scan, patch = network_costs(model.plans, model.dataset_json, cfg)
+            except Exception as err:  # noqa: BLE001 - the scores stand without the cost figures
+                notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
+            train_s, epochs = training_time(model.checkpoint)
+            evaluated.append(ArchitectureResult(
+                name=name, rows=list(evaluation.rows), evaluation=evaluation, params=params, gflops=gflops,
+                scan_gflops=scan, patch_size=patch, training_seconds=train_s, epochs=epochs,
+                inference_seconds=seconds, inference_peak_bytes=peak, inference_device=dev.type,
+                training_memory_gib=planned_training_memory(model.plans, cfg), recipe=model.recipe,
+                trainer_folder=str(model.folder), checkpoint=str(model.checkpoint)))
+            mean = np.nanmean([r["dice"] for r in evaluation.rows]) if evaluation.rows else math.nan
+            log(f"  {name}: mean Dice {mean:.4f} over {len(cases)} cases")
+        if not evaluated:
+            raise CompareError("every architecture was skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped))
+        if chosen is not None and chosen not in {r.name for r in evaluated}:
+            notes.append(f"the baseline {chosen} was skipped: no statistics")
+            chosen = None
+        overlay_id = overlay_case or case_ids[0]
+        overlay_case_obj = next(c for c in cases if c.case_id == overlay_id)
+        overlay = OverlayInput(overlay_id, overlay_case_obj.images[_background_channel(channels)],
+                               overlay_case_obj.label,
+                               {r.name: tmp / "predictions" / r.name / f"{overlay_id}.nii.gz" for r in evaluated})
+        settings: dict[str, Any] = {
+            "results": str(results), "dataset": dataset, "cases": f"{len(cases)} ({source})",
+            "label convention": convention, "empty-mask convention": empty, "baseline": chosen or "none",
+            "device": str(dev), "test-time augmentation": "mirroring" if tta else "off",
+            "architectures": ", ".join(r.name for r in evaluated),
+        }
+        report = write_report(tmp, evaluated, baseline=chosen, skipped=skipped, notes=notes, overlay=overlay,
+                              settings=settings, seed=seed, n_resamples=n_resamples)
+        shutil.rmtree(gt_dir)
+    final = Path(out).expanduser().absolute()
+    report = _relocate(report, tmp, final)
+    return CompareResult(final, report, [r.name for r in evaluated], skipped, chosen, case_ids, notes)
+
+
+def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
+    """The same report with its paths under the renamed folder."""
+    def move(p: Path) -> Path:
+        return new / p.relative_to(old)
+
+    return ReportFiles(new, move(report.table_md), move(report.table_csv), move(report.stats_csv), move(report.html),
+                       move(report.summary_json), {k: move(v) for k, v in report.metrics_csv.items()},
+                       {k: move(v) for k, v in report.plots.items()}, report.table, report.stats, report.markdown)

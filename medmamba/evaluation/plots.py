@@ -1,0 +1,184 @@
+"""Figures of a comparison, written as PNG files with matplotlib's Agg backend (no display needed,
+nothing is shown): per-region box plots, mean Dice against parameter count, and contour overlays of
+one case on axial slices."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["box_plots", "dice_vs_parameters", "overlay_case", "axial_slices"]
+
+_METRIC_LABEL = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": "NSD"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Save under a temporary name beside ``path`` and rename: the PNG is complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        _pyplot().close(fig)
+    return path
+
+
+def box_plots(per_case: Mapping[str, Mapping[tuple[str, str], Mapping[str, float]]], metric: str,
+              regions: Sequence[str], path: str | Path) -> Path:
+    """One panel per region, one box per architecture, of the per-case ``metric``.
+
+    Args:
+        per_case: architecture → (region, metric) → case id → value (non-finite values are left out
+            of the box; the count of plotted cases is in each label).
+        metric: "dice" or "hd95" (or any metric present).
+        regions: the panels, e.g. ("WT", "TC", "ET").
+        path: the PNG to write.
+    """
+    plt = _pyplot()
+    archs = list(per_case)
+    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(archs) + 1.5) * len(regions) / 1.6, 4.2),
+                             squeeze=False)
+    for ax, region in zip(axes[0], regions):
+        data, labels = [], []
+        for arch in archs:
+            values = np.array(list(per_case[arch].get((region, metric), {}).values()), dtype=float)
+            values = values[np.isfinite(values)]
+            data.append(values)
+            labels.append(f"{arch}\n(n={values.size})")
+        ax.boxplot(data, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "white",
+                                                    "markeredgecolor": "black"})
+        for i, values in enumerate(data, start=1):  # the cases themselves: few cases make a box misleading
+            jitter = np.linspace(-0.08, 0.08, values.size) if values.size > 1 else np.zeros(values.size)
+            ax.scatter(np.full(values.size, i) + jitter, values, s=10, alpha=0.6, color="tab:blue", zorder=3)
+        ax.set_xticks(range(1, len(archs) + 1), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(region)
+        ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{_METRIC_LABEL.get(metric, metric)} per case (triangle: mean)")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | Path,
+                       baseline: str | None = None) -> Path:
+    """Mean Dice (over regions and cases) against the parameter count, log x axis.
+
+    Args:
+        points: (architecture, parameters, mean Dice as a fraction); points with an unknown (None
+            or non-finite) coordinate are left out.
+        path: the PNG to write.
+        baseline: drawn as a horizontal reference line when given and present.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    kept = [(n, float(p), float(d)) for n, p, d in points
+            if p is not None and d is not None and np.isfinite(p) and np.isfinite(d) and p > 0]
+    for name, params, dice in kept:
+        ax.scatter(params, dice, s=40, zorder=3, color="tab:red" if name == baseline else "tab:blue")
+        ax.annotate(name, (params, dice), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if name == baseline:
+            ax.axhline(dice, color="tab:red", linestyle=":", linewidth=1, label=f"baseline ({name})")
+    ax.set_xscale("log")
+    if kept:
+        lo, hi = min(p for _, p, _ in kept), max(p for _, p, _ in kept)
+        ax.set_xlim(lo / 2, hi * 2)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("mean Dice (WT, TC, ET)")
+    ax.grid(alpha=0.3, which="both")
+    if baseline in {n for n, _, _ in kept}:
+        ax.legend(fontsize=8)
+    ax.set_title("Dice against model size")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def axial_slices(mask: np.ndarray, count: int = 3) -> list[int]:
+    """``count`` axial (third-axis) slice indices through a mask: the quantiles of its voxels' z
+    coordinates (the median slice in the middle), or the middle slice when the mask is empty."""
+    z = np.nonzero(mask)[2]
+    if z.size == 0:
+        return [mask.shape[2] // 2]
+    qs = np.linspace(0.2, 0.8, count) if count > 1 else np.array([0.5])
+    return sorted({int(round(np.quantile(z, q))) for q in qs})
+
+
+def _canonical(path: Path):
+    """The volume reoriented to RAS+ (nibabel's closest canonical), so that the third voxel axis is
+    inferior → superior and axial slices are ``data[:, :, k]``."""
+    import nibabel as nib
+
+    return nib.as_closest_canonical(nib.load(str(path)))
+
+
+def overlay_case(background: str | Path, ground_truth: str | Path, predictions: Mapping[str, str | Path],
+                 path: str | Path, *, case_id: str = "", count: int = 3) -> Path:
+    """Axial slices of one case with the whole-tumour contour of the ground truth and of each
+    architecture's prediction in distinct colours.
+
+    All volumes are reoriented to RAS+ with ``nibabel.as_closest_canonical`` (axial = third voxel
+    axis) and must then share the background's shape. Slices: :func:`axial_slices` of the ground
+    truth's tumour. Whole tumour = every non-zero label (true of every BraTS label convention).
+    Slices are drawn in neurological view (patient's right on the right, anterior up).
+
+    Args:
+        background: a FLAIR/T2-like image of the case.
+        ground_truth: its label map.
+        predictions: architecture → predicted label map (same geometry as the input).
+        path: the PNG to write.
+        case_id: for the title.
+        count: number of slices.
+    """
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    image = _canonical(Path(background))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim == 4:
+        data = data[..., 0]
+    gt = np.asarray(_canonical(Path(ground_truth)).dataobj) > 0
+    masks = {}
+    for name, file in predictions.items():
+        masks[name] = np.asarray(_canonical(Path(file)).dataobj) > 0
+    for name, mask in [("ground truth", gt), *masks.items()]:
+        if mask.shape[:3] != data.shape[:3]:
+            raise ValueError(f"{name}: shape {mask.shape} after reorientation differs from the image's {data.shape}")
+    slices = axial_slices(gt, count)
+    finite = data[np.isfinite(data)]
+    vmin, vmax = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
+    for ax, k in zip(axes[0], slices):
+        ax.imshow(data[:, :, k].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest")
+        if gt[:, :, k].any():
+            ax.contour(gt[:, :, k].T.astype(float), levels=[0.5], colors=["white"], linewidths=2.2)
+        for i, (name, mask) in enumerate(masks.items()):
+            if mask[:, :, k].any():
+                ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors=[colours[i % len(colours)]],
+                           linewidths=1.3)
+        ax.set_title(f"axial slice {k}")
+        ax.set_axis_off()
+    handles = [Line2D([], [], color="white", linewidth=2.2, label="ground truth")]
+    handles += [Line2D([], [], color=colours[i % len(colours)], linewidth=1.3, label=name)
+                for i, name in enumerate(masks)]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=True)
+    legend.get_frame().set_facecolor("0.6")
+    fig.suptitle(f"whole-tumour contours{f' — {case_id}' if case_id else ''} (RAS, neurological view)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return _save(fig, Path(path))

@@ -1,0 +1,202 @@
+"""`medmamba compare`: paired statistics, the report files and their numbers, and the whole command
+on a tiny trained work folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmamba.evaluation.report import ArchitectureResult, OverlayInput, per_case_values, summarise, write_report
+from medmamba.evaluation.stats import (
+    MIN_CASES_TO_CONCLUDE,
+    TOO_FEW_WARNING,
+    bootstrap_ci,
+    compare_paired,
+    wilcoxon_p,
+)
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def test_wilcoxon_exact_p_by_hand():
+    # Six positive differences: under H0 each sign is a fair coin, the rank sum W- = 0 is the most
+    # extreme outcome, so the exact two-sided p = 2 · (1/2)^6 = 2/64.
+    assert wilcoxon_p([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]) == pytest.approx(2 / 64, abs=1e-12)
+    # Five: 2/32 = 0.0625, which cannot reach 0.05 — the reason for the small-sample rule.
+    assert wilcoxon_p([0.5, 0.1, 0.2, 0.3, 0.4]) == pytest.approx(2 / 32, abs=1e-12)
+    # Signed ranks 1..6 with the rank-2 difference negative: W- = 2. P(W- <= 2) counts the sign
+    # patterns with negative-rank sum 0, 1, 2 ({}, {1}, {2}) = 3 of 64; two-sided p = 6/64.
+    assert wilcoxon_p([0.1, -0.2, 0.3, 0.4, 0.5, 0.6]) == pytest.approx(6 / 64, abs=1e-12)
+    # No difference at all: nothing to test.
+    assert wilcoxon_p([0.0, 0.0, 0.0]) == 1.0
+    assert math.isnan(wilcoxon_p([]))
+
+
+def test_bootstrap_ci_contains_the_mean_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.02, 0.05, size=30)
+    low, high = bootstrap_ci(d, seed=7)
+    assert low < d.mean() < high
+    assert (low, high) == bootstrap_ci(d, seed=7)
+    assert (low, high) != bootstrap_ci(d, seed=8)
+    # The percentile interval of the mean is about mean ± 1.96·sd/√n for a normal sample.
+    half = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    assert all(math.isnan(x) for x in bootstrap_ci([0.1]))
+
+
+def test_paired_comparison_warns_on_small_samples_and_judges_direction():
+    base = {f"c{i}": 0.80 for i in range(8)}
+    better = {f"c{i}": 0.80 + 0.01 * (i + 1) for i in range(8)}
+    c = compare_paired(better, base, architecture="a", baseline="unet", region="WT", metric="dice")
+    assert (c.n, c.n_nonzero) == (8, 8)
+    assert c.mean_difference == pytest.approx(0.045)
+    assert c.p_value == pytest.approx(2 / 2**8)
+    assert c.verdict == "better" and c.warning == ""
+    # HD95: lower is better, so the same positive differences are worse.
+    c = compare_paired(better, base, architecture="a", baseline="unet", region="WT", metric="hd95")
+    assert c.verdict == "worse"
+    # Five cases: the warning and no verdict, although every difference has the same sign.
+    few = {k: better[k] for k in list(better)[:MIN_CASES_TO_CONCLUDE - 1]}
+    c = compare_paired(few, base, architecture="a", baseline="unet", region="WT", metric="dice")
+    assert c.n == 5 and c.verdict == TOO_FEW_WARNING and c.warning.startswith(TOO_FEW_WARNING)
+    # Cases with a NaN on either side are not paired; cases of one side only neither.
+    partial = dict(better, c0=math.nan, extra=0.1)
+    c = compare_paired(partial, base, architecture="a", baseline="unet", region="WT", metric="dice")
+    assert c.n == 7
+
+
+# ----------------------------------------------------------------------------------------- report
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def _rows(dice: dict[str, list[float]], hd95: dict[str, list[float]]) -> list[dict]:
+    """evaluate-style rows from per-region lists over cases case_0, case_1, …"""
+    rows = []
+    n = len(next(iter(dice.values())))
+    for i in range(n):
+        for region in REGIONS:
+            rows.append({"case": f"case_{i}", "region": region, "dice": dice[region][i], "hd95": hd95[region][i],
+                         "nsd": math.nan})
+    return rows
+
+
+def _fabricated(n_cases: int = 7, seed: int = 0) -> list[ArchitectureResult]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, (name, params) in enumerate([("unet", 31_000_000), ("umamba_bot", 28_000_000), ("segmamba", 60_000_000)]):
+        dice = {r: list(np.clip(rng.normal(0.85 + 0.01 * k, 0.05, n_cases), 0, 1)) for r in REGIONS}
+        hd95 = {r: list(np.abs(rng.normal(5 - k, 2, n_cases))) for r in REGIONS}
+        out.append(ArchitectureResult(
+            name=name, rows=_rows(dice, hd95), params=params, gflops=100.0 + k, scan_gflops=0.5 * k,
+            patch_size=(128, 128, 128), training_seconds=3600.0 * (k + 1), epochs=1000,
+            inference_seconds={f"case_{i}": 2.0 + i for i in range(n_cases)}, inference_peak_bytes=2**30,
+            inference_device="cpu", training_memory_gib=7.5, recipe="nnunet_default"))
+    return out
+
+
+def _overlay(tmp_path, names) -> OverlayInput:
+    """A 24³ case with an oblique affine: image, label, and predictions shifted by a voxel."""
+    affine = np.array([[-1.0, 0, 0, 30], [0, 0, 1.2, -10], [0, 1.0, 0, 5], [0, 0, 0, 1]])
+    grid = np.indices((24, 24, 24)).astype(float)
+    r = np.sqrt(((grid - 12) ** 2).sum(0))
+    image = (100 - r * 2).astype(np.float32)
+    label = np.where(r < 4, 4, np.where(r < 7, 2, 0)).astype(np.uint8)
+    paths = {}
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "flair.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "seg.nii.gz")
+    for i, name in enumerate(names):
+        nib.save(nib.Nifti1Image(np.roll(label, i + 1, axis=0), affine), tmp_path / f"{name}.nii.gz")
+        paths[name] = tmp_path / f"{name}.nii.gz"
+    return OverlayInput("case_0", tmp_path / "flair.nii.gz", tmp_path / "seg.nii.gz", paths)
+
+
+def test_report_files_and_table_numbers_equal_the_inputs(tmp_path):
+    results = _fabricated()
+    overlay = _overlay(tmp_path, [r.name for r in results])
+    files = write_report(tmp_path / "report", results, baseline="unet", skipped=[("mhs_vm", "no final checkpoint")],
+                         overlay=overlay, settings={"dataset": "fabricated"})
+    for path in (files.table_md, files.table_csv, files.stats_csv, files.html, files.summary_json,
+                 *files.metrics_csv.values(), *files.plots.values()):
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert set(files.plots) == {"box_dice", "box_hd95", "dice_vs_params", "overlay_case_0"}
+    assert files.plots["overlay_case_0"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with files.table_csv.open() as f:
+        table = {row["architecture"]: row for row in csv.DictReader(f)}
+    for res in results:
+        row = table[res.name]
+        for region in REGIONS:
+            for metric in ("dice", "hd95"):
+                values = np.array([r[metric] for r in res.rows if r["region"] == region])
+                assert float(row[f"{metric}_{region}_mean"]) == pytest.approx(values.mean(), abs=1e-12)
+                assert float(row[f"{metric}_{region}_sd"]) == pytest.approx(values.std(ddof=1), abs=1e-12)
+        per_case_mean = np.mean([[r["dice"] for r in res.rows if r["region"] == g] for g in REGIONS], axis=0)
+        assert float(row["dice_mean_mean"]) == pytest.approx(per_case_mean.mean(), abs=1e-12)
+        assert float(row["params"]) == res.params
+        assert float(row["training_hours"]) == pytest.approx(res.training_seconds / 3600)
+        median = np.median(list(res.inference_seconds.values()))
+        assert float(row["inference_s_per_case_median"]) == pytest.approx(median)
+        assert float(row["inference_peak_gib_measured"]) == pytest.approx(1.0)
+        assert float(row["training_memory_gib_estimated"]) == pytest.approx(7.5)
+
+    # Markdown: Dice in %, mean ± sd, as the CSV's numbers.
+    unet = results[0]
+    wt = np.array([r["dice"] for r in unet.rows if r["region"] == "WT"])
+    md = files.table_md.read_text()
+    assert f"{wt.mean() * 100:.2f} ± {wt.std(ddof=1) * 100:.2f}" in md
+    assert "mhs_vm: no final checkpoint" in md and "0.3 points" in md
+
+    # Statistics: 2 architectures × 4 regions (WT, TC, ET, mean) × 2 metrics; 7 cases is enough.
+    with files.stats_csv.open() as f:
+        stats = list(csv.DictReader(f))
+    assert len(stats) == 2 * 4 * 2
+    seg_wt = next(s for s in stats if s["architecture"] == "segmamba" and s["region"] == "WT" and s["metric"] == "dice")
+    diffs = [a["dice"] - b["dice"] for a, b in zip(results[2].rows, unet.rows) if a["region"] == "WT"]
+    assert float(seg_wt["mean_difference"]) == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert float(seg_wt["p_value"]) == pytest.approx(wilcoxon_p(diffs))
+    assert float(seg_wt["ci_low"]) <= float(seg_wt["mean_difference"]) <= float(seg_wt["ci_high"])
+    assert not any(s["warning"] for s in stats)
+
+    page = files.html.read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "mhs_vm" in page and "Wilcoxon" in page
+    summary = json.loads(files.summary_json.read_text())
+    assert summary["baseline"] == "unet" and len(summary["statistics"]) == 16
+    assert summary["cases"] == [f"case_{i}" for i in range(7)]
+
+
+def test_report_warns_with_few_cases_and_escapes_html(tmp_path):
+    results = _fabricated(n_cases=3)
+    results[1].name = "<b>odd</b>"
+    files = write_report(tmp_path / "r", results, baseline="unet", skipped=[("x&y", "reason <1>")])
+    assert all(c.verdict == TOO_FEW_WARNING for c in files.stats)
+    md = files.table_md.read_text()
+    assert "too few cases to conclude" in md and "cannot reach p < 0.05" in md
+    page = files.html.read_text()
+    assert "<b>odd</b>" not in page and "&lt;b&gt;odd&lt;/b&gt;" in page and "reason &lt;1&gt;" in page
+
+
+def test_single_architecture_report_has_no_statistics(tmp_path):
+    files = write_report(tmp_path / "r", _fabricated()[:1], baseline=None)
+    assert files.stats == []
+    assert "one architecture only: no statistics" in files.table_md.read_text()
+    assert files.stats_csv.read_text().startswith("architecture,baseline,region")
+
+
+def test_nan_values_are_counted_not_dropped_silently():
+    rows = [{"case": "a", "region": "ET", "dice": 0.5, "hd95": math.nan},
+            {"case": "b", "region": "ET", "dice": 0.7, "hd95": 3.0}]
+    values = per_case_values(rows)
+    assert summarise(values[("ET", "hd95")].values()) == {"mean": 3.0, "sd": pytest.approx(math.nan, nan_ok=True),
+                                                         "n": 1, "n_missing": 1}
+    assert summarise(values[("ET", "dice")].values())["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    with pytest.raises(ValueError, match="not among"):
+        write_report("unused", [ArchitectureResult("a", rows)], baseline="unet")
