@@ -139,7 +139,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from medmamba.evaluation.compare import CompareError, compare
+    from medmamba.evaluation.compare import compare
 
     if args.n_resamples < 1000:
         raise SystemExit(f"medmamba compare: --bootstrap-resamples must be at least 1000, got {args.n_resamples}")

@@ -200,3 +200,169 @@ def test_nan_values_are_counted_not_dropped_silently():
     assert summarise(values[("ET", "dice")].values())["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     with pytest.raises(ValueError, match="not among"):
         write_report("unused", [ArchitectureResult("a", rows)], baseline="unet")
+
+
+def test_mean_dice_difference_below_the_noise_level_is_flagged(tmp_path):
+    base = _fabricated(n_cases=8)[0]
+    tiny = ArchitectureResult("tiny", [dict(r, dice=r["dice"] + 0.001 * (1 + int(r["case"][5:]) % 2))
+                                       for r in base.rows])
+    files = write_report(tmp_path / "r", [base, tiny], baseline="unet")
+    mean = next(c for c in files.stats if c.region == "mean" and c.metric == "dice")
+    assert mean.verdict == "better" and mean.mean_difference == pytest.approx(0.0015)
+    assert "better (below the 0.3-point noise level)" in files.table_md.read_text()
+
+
+def test_report_folder_is_atomic_refuses_inputs_and_replaces_only_with_force(tmp_path):
+    from medmamba.evaluation.compare import CompareError, report_folder
+
+    inputs = [tmp_path / "results"]
+    inputs[0].mkdir()
+    with pytest.raises(CompareError, match="lies inside the input"):
+        with report_folder(tmp_path / "results" / "report", inputs=inputs):
+            pass
+    with pytest.raises(CompareError, match="--force would delete it"):
+        with report_folder(tmp_path, inputs=inputs, force=True):
+            pass
+    out = tmp_path / "report"
+    with pytest.raises(RuntimeError):
+        with report_folder(out, inputs=inputs) as tmp:
+            (tmp / "table.md").write_text("half")
+            raise RuntimeError("killed")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+    with report_folder(out, inputs=inputs) as tmp:
+        (tmp / "table.md").write_text("first")
+    with pytest.raises(CompareError, match="pass --force"):
+        with report_folder(out, inputs=inputs):
+            pass
+    with report_folder(out, inputs=inputs, force=True) as tmp:
+        (tmp / "table.md").write_text("second")
+    assert (out / "table.md").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "results"]
+
+
+def test_baseline_choice():
+    from medmamba.evaluation.compare import CompareError, choose_baseline
+
+    assert choose_baseline(["segmamba", "unet"], None) == ("unet", None)
+    assert choose_baseline(["segmamba", "resenc_l", "resenc_m"], None)[0] == "resenc_m"
+    assert choose_baseline(["segmamba"], None)[0] is None
+    assert choose_baseline(["segmamba", "unet"], "segmamba") == ("segmamba", None)
+    with pytest.raises(CompareError, match="--baseline umamba_bot is not among"):
+        choose_baseline(["segmamba", "unet"], "umamba_bot")
+
+
+def test_training_time_sums_the_epochs_of_the_checkpoint_log(tmp_path):
+    import torch
+
+    from medmamba.evaluation.compare import planned_training_memory, training_time
+
+    torch.save({"logging": {"epoch_start_timestamps": [100.0, 200.0, 350.0],
+                            "epoch_end_timestamps": [150.0, 260.0, 420.5]}}, tmp_path / "ckpt.pth")
+    assert training_time(tmp_path / "ckpt.pth") == (pytest.approx(50 + 60 + 70.5), 3)
+    torch.save({"logging": {}}, tmp_path / "empty.pth")
+    assert training_time(tmp_path / "empty.pth") == (None, None)
+    plans = {"configurations": {"3d_fullres": {"medmamba": {"memory": {"estimated_gb": 7.25}}}}}
+    assert planned_training_memory(plans) == 7.25 and planned_training_memory({"configurations": {}}) is None
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def trained_work(tmp_path_factory):
+    """8 synthetic 32³ cases; unet and lightm_unet trained 1 epoch of 2 iterations on fold 0 (its
+    validation fold holds 2 cases). Built once with the CLI, as a user would."""
+    from medmamba.cli import main
+
+    root = tmp_path_factory.mktemp("compare_e2e")
+    main(["synth", str(root / "brats"), "--cases", "8", "--shape", "32", "32", "32", "--seed", "0"])
+    main(["plan-and-train", str(root / "brats"), "--arch", "unet", "--arch", "lightm_unet", "--out", str(root / "work"),
+          "--fold", "0", "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "2", "--seed", "0"])
+    return root
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_matches_evaluate(trained_work, capsys):
+    from medmamba.cli import main
+    from medmamba.evaluation.metrics import evaluate_folder
+
+    work, report = trained_work / "work", trained_work / "report"
+    splits = json.loads((work / "nnUNet_preprocessed" / "Dataset500_brats" / "splits_final.json").read_text())
+    held_out = sorted(splits[0]["val"])
+    main(["compare", str(work), "--out", str(report), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "| unet |" in printed and "| lightm_unet |" in printed and f"report: {report / 'report.html'}" in printed
+
+    for name in ("table.md", "table.csv", "stats.csv", "report.html", "summary.json", "metrics/unet.csv",
+                 "metrics/lightm_unet.csv", "plots/box_dice.png", "plots/box_hd95.png", "plots/dice_vs_params.png",
+                 f"plots/overlay_{held_out[0]}.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    assert not any(p.name.startswith(".") for p in report.iterdir())  # no ground-truth links left behind
+    assert not any(p.name.startswith(".report") for p in trained_work.iterdir())
+
+    with (report / "table.csv").open() as f:
+        table = {row["architecture"]: row for row in csv.DictReader(f)}
+    for arch in ("unet", "lightm_unet"):
+        predictions = report / "predictions" / arch
+        assert sorted(p.name for p in predictions.iterdir()) == [f"{c}.nii.gz" for c in held_out]
+        # The user's files, scored independently of compare: the BraTS folder as the ground truth.
+        evaluation = evaluate_folder(predictions, trained_work / "brats", cases=held_out)
+        row = table[arch]
+        assert int(row["cases"]) == len(held_out)
+        for region in ("WT", "TC", "ET"):
+            for metric in ("dice", "hd95"):
+                values = [r[metric] for r in evaluation.rows if r["region"] == region]
+                assert float(row[f"{metric}_{region}_mean"]) == pytest.approx(np.mean(values), abs=1e-9)
+                assert float(row[f"{metric}_{region}_sd"]) == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+        assert int(float(row["params"])) > 0 and float(row["gflops"]) > 0
+        assert float(row["training_hours"]) > 0 and float(row["epochs"]) == 1
+        assert float(row["inference_s_per_case_median"]) > 0
+        assert float(row["training_memory_gib_estimated"]) > 0
+    assert float(table["lightm_unet"]["scan_gflops"]) > 0 and float(table["unet"]["scan_gflops"]) == 0
+
+    # Two held-out cases: statistics are computed but cannot conclude.
+    with (report / "stats.csv").open() as f:
+        stats = list(csv.DictReader(f))
+    assert {s["architecture"] for s in stats} == {"lightm_unet"} and {s["baseline"] for s in stats} == {"unet"}
+    assert all(s["verdict"] == "too few cases to conclude" for s in stats)
+    assert "too few cases to conclude" in (report / "table.md").read_text()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["cases"] == held_out and summary["baseline"] == "unet"
+
+
+@pytest.mark.slow
+def test_compare_single_architecture_test_data_skips_and_force(trained_work, capsys):
+    import shutil
+
+    from medmamba.cli import main
+
+    work, report = trained_work / "work", trained_work / "report_single"
+    # An unfinished training: a trainer folder without checkpoint_final.pth.
+    results = work / "nnUNet_results" / "Dataset500_brats"
+    unfinished = results / "nnUNetTrainerMedMamba__medmambaPlans_segmamba__3d_fullres"
+    shutil.copytree(results / "nnUNetTrainerMedMamba__medmambaPlans_unet__3d_fullres", unfinished)
+    try:
+        (unfinished / "fold_0" / "checkpoint_final.pth").rename(unfinished / "fold_0" / "checkpoint_latest.pth")
+        main(["compare", str(work), "--out", str(report), "--device", "cpu", "--arch", "lightm_unet",
+              "--arch", "segmamba"])
+        printed = capsys.readouterr().out
+        assert "skipped segmamba" in printed and "no statistics" in printed
+        md = (report / "table.md").read_text()
+        assert "| lightm_unet |" in md and "| unet |" not in md and "segmamba" in md
+        assert (report / "stats.csv").read_text().count("\n") == 1  # the header only
+        assert "segmamba" in (report / "report.html").read_text()
+
+        with pytest.raises(SystemExit, match="medmamba compare: .*exists and is not empty.*--force"):
+            main(["compare", str(work), "--out", str(report), "--device", "cpu"])
+        with pytest.raises(SystemExit, match="medmamba compare: .*lies inside the input"):
+            main(["compare", str(work), "--out", str(work / "report"), "--device", "cpu"])
+        with pytest.raises(SystemExit, match="--overlay-case nope is not a held-out case"):
+            main(["compare", str(work), "--out", str(trained_work / "r2"), "--overlay-case", "nope"])
+        # --test: every case of a BraTS folder (here the training data itself), replacing the report.
+        main(["compare", str(work), "--out", str(report), "--device", "cpu", "--test", str(trained_work / "brats"),
+              "--arch", "unet", "--arch", "lightm_unet", "--force", "--overlay-case", "BraTS2021_00005"])
+        summary = json.loads((report / "summary.json").read_text())
+        assert len(summary["cases"]) == 8 and summary["baseline"] == "unet"
+        assert (report / "plots" / "overlay_BraTS2021_00005.png").is_file()
+        assert not (trained_work / "r2").exists()
+    finally:
+        shutil.rmtree(unfinished)
