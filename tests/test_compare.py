@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medmamba.evaluation.report import ArchitectureResult, OverlayInput, per_case_values, summarise, write_report
+from medmamba.evaluation import Evaluation
+from medmamba.evaluation.report import ArchitectureResult, OverlayInput, per_case_values, write_report
 from medmamba.evaluation.stats import (
     MIN_CASES_TO_CONCLUDE,
     TOO_FEW_WARNING,
@@ -77,15 +78,15 @@ def test_paired_comparison_warns_on_small_samples_and_judges_direction():
 REGIONS = ("WT", "TC", "ET")
 
 
-def _rows(dice: dict[str, list[float]], hd95: dict[str, list[float]]) -> list[dict]:
-    """evaluate-style rows from per-region lists over cases case_0, case_1, …"""
+def _evaluation(dice: dict[str, list[float]], hd95: dict[str, list[float]]) -> Evaluation:
+    """An evaluate result from per-region lists over cases case_0, case_1, …"""
     rows = []
     n = len(next(iter(dice.values())))
     for i in range(n):
         for region in REGIONS:
-            rows.append({"case": f"case_{i}", "region": region, "dice": dice[region][i], "hd95": hd95[region][i],
-                         "nsd": math.nan})
-    return rows
+            rows.append({"case": f"case_{i}", "region": region, "dice": float(dice[region][i]),
+                         "hd95": float(hd95[region][i]), "nsd": math.nan})
+    return Evaluation(rows=rows, empty_convention="brats", nsd_tolerance_mm=1.0, label_convention="brats2021")
 
 
 def _fabricated(n_cases: int = 7, seed: int = 0) -> list[ArchitectureResult]:
@@ -95,7 +96,7 @@ def _fabricated(n_cases: int = 7, seed: int = 0) -> list[ArchitectureResult]:
         dice = {r: list(np.clip(rng.normal(0.85 + 0.01 * k, 0.05, n_cases), 0, 1)) for r in REGIONS}
         hd95 = {r: list(np.abs(rng.normal(5 - k, 2, n_cases))) for r in REGIONS}
         out.append(ArchitectureResult(
-            name=name, rows=_rows(dice, hd95), params=params, gflops=100.0 + k, scan_gflops=0.5 * k,
+            name=name, evaluation=_evaluation(dice, hd95), params=params, gflops=100.0 + k, scan_gflops=0.5 * k,
             patch_size=(128, 128, 128), training_seconds=3600.0 * (k + 1), epochs=1000,
             inference_seconds={f"case_{i}": 2.0 + i for i in range(n_cases)}, inference_peak_bytes=2**30,
             inference_device="cpu", training_memory_gib=7.5, recipe="nnunet_default"))
@@ -135,10 +136,11 @@ def test_report_files_and_table_numbers_equal_the_inputs(tmp_path):
         row = table[res.name]
         for region in REGIONS:
             for metric in ("dice", "hd95"):
-                values = np.array([r[metric] for r in res.rows if r["region"] == region])
+                values = np.array([r[metric] for r in res.evaluation.rows if r["region"] == region])
                 assert float(row[f"{metric}_{region}_mean"]) == pytest.approx(values.mean(), abs=1e-12)
                 assert float(row[f"{metric}_{region}_sd"]) == pytest.approx(values.std(ddof=1), abs=1e-12)
-        per_case_mean = np.mean([[r["dice"] for r in res.rows if r["region"] == g] for g in REGIONS], axis=0)
+        per_case_mean = np.mean([[r["dice"] for r in res.evaluation.rows if r["region"] == g] for g in REGIONS],
+                                axis=0)
         assert float(row["dice_mean_mean"]) == pytest.approx(per_case_mean.mean(), abs=1e-12)
         assert float(row["params"]) == res.params
         assert float(row["training_hours"]) == pytest.approx(res.training_seconds / 3600)
@@ -149,7 +151,7 @@ def test_report_files_and_table_numbers_equal_the_inputs(tmp_path):
 
     # Markdown: Dice in %, mean ± sd, as the CSV's numbers.
     unet = results[0]
-    wt = np.array([r["dice"] for r in unet.rows if r["region"] == "WT"])
+    wt = np.array([r["dice"] for r in unet.evaluation.rows if r["region"] == "WT"])
     md = files.table_md.read_text()
     assert f"{wt.mean() * 100:.2f} ± {wt.std(ddof=1) * 100:.2f}" in md
     assert "mhs_vm: no final checkpoint" in md and "0.3 points" in md
@@ -159,7 +161,8 @@ def test_report_files_and_table_numbers_equal_the_inputs(tmp_path):
         stats = list(csv.DictReader(f))
     assert len(stats) == 2 * 4 * 2
     seg_wt = next(s for s in stats if s["architecture"] == "segmamba" and s["region"] == "WT" and s["metric"] == "dice")
-    diffs = [a["dice"] - b["dice"] for a, b in zip(results[2].rows, unet.rows) if a["region"] == "WT"]
+    diffs = [a["dice"] - b["dice"] for a, b in zip(results[2].evaluation.rows, unet.evaluation.rows)
+             if a["region"] == "WT"]
     assert float(seg_wt["mean_difference"]) == pytest.approx(np.mean(diffs), abs=1e-12)
     assert float(seg_wt["p_value"]) == pytest.approx(wilcoxon_p(diffs))
     assert float(seg_wt["ci_low"]) <= float(seg_wt["mean_difference"]) <= float(seg_wt["ci_high"])
@@ -191,21 +194,28 @@ def test_single_architecture_report_has_no_statistics(tmp_path):
     assert files.stats_csv.read_text().startswith("architecture,baseline,region")
 
 
-def test_nan_values_are_counted_not_dropped_silently():
-    rows = [{"case": "a", "region": "ET", "dice": 0.5, "hd95": math.nan},
-            {"case": "b", "region": "ET", "dice": 0.7, "hd95": 3.0}]
-    values = per_case_values(rows)
-    assert summarise(values[("ET", "hd95")].values()) == {"mean": 3.0, "sd": pytest.approx(math.nan, nan_ok=True),
-                                                         "n": 1, "n_missing": 1}
-    assert summarise(values[("ET", "dice")].values())["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+def test_nan_values_are_counted_not_dropped_silently(tmp_path):
+    # The monai convention leaves HD95 undefined when a region is empty: the table counts it.
+    dice = {"WT": [0.9, 0.8], "TC": [0.7, 0.6], "ET": [0.5, 0.7]}
+    hd95 = {"WT": [2.0, 4.0], "TC": [3.0, 5.0], "ET": [math.nan, 3.0]}
+    result = ArchitectureResult("a", _evaluation(dice, hd95))
+    values = per_case_values(result.evaluation)
+    assert values[("ET", "hd95")]["case_1"] == 3.0 and math.isnan(values[("ET", "hd95")]["case_0"])
+    assert values[("mean", "dice")] == {"case_0": pytest.approx(0.7), "case_1": pytest.approx(0.7)}
+    files = write_report(tmp_path / "r", [result])
+    row = files.table[0]
+    assert (row["hd95_ET_mean"], row["hd95_ET_n"], row["hd95_ET_nan"]) == (3.0, 1, 1)
+    assert math.isnan(row["hd95_ET_sd"])
+    assert row["dice_ET_sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert "3.00 (1 n/a)" in files.table_md.read_text()
     with pytest.raises(ValueError, match="not among"):
-        write_report("unused", [ArchitectureResult("a", rows)], baseline="unet")
+        write_report(tmp_path / "unused", [result], baseline="unet")
 
 
 def test_mean_dice_difference_below_the_noise_level_is_flagged(tmp_path):
     base = _fabricated(n_cases=8)[0]
-    tiny = ArchitectureResult("tiny", [dict(r, dice=r["dice"] + 0.001 * (1 + int(r["case"][5:]) % 2))
-                                       for r in base.rows])
+    rows = [dict(r, dice=r["dice"] + 0.001 * (1 + int(r["case"][5:]) % 2)) for r in base.evaluation.rows]
+    tiny = ArchitectureResult("tiny", Evaluation(rows=rows, empty_convention="brats", nsd_tolerance_mm=1.0))
     files = write_report(tmp_path / "r", [base, tiny], baseline="unet")
     mean = next(c for c in files.stats if c.region == "mean" and c.metric == "dice")
     assert mean.verdict == "better" and mean.mean_difference == pytest.approx(0.0015)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -242,17 +241,15 @@ def _background_channel(channel_names: Sequence[str]) -> int:
 
 
 def _gt_folder(cases: Sequence[HeldOutCase], folder: Path) -> Path:
-    """A folder of ``<case_id>.nii.gz`` label maps for evaluate: links to the user's files (a
-    compressed copy of a ``.nii`` label, whose name must say how it is stored)."""
-    import nibabel as nib
+    """A folder of label maps ``<case_id>.nii[.gz]`` for evaluate: links to the user's own files, so
+    that held-out cases of a training folder and test cases are scored the same way."""
+    from medmamba.data.nifti import strip_ending
 
     folder.mkdir(parents=True)
     for case in cases:
-        target = folder / f"{case.case_id}.nii.gz"
-        if case.label.name.endswith(".nii.gz"):
-            target.symlink_to(case.label.absolute())
-        else:
-            nib.save(nib.load(str(case.label)), str(target))
+        parts = strip_ending(case.label.name)
+        ending = parts[1] if parts else ".nii.gz"
+        (folder / f"{case.case_id}{ending}").symlink_to(case.label.absolute())
     return folder
 
 
@@ -324,13 +321,12 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         CompareError: bad folders or options, no trained model, models of different datasets or folds,
             every architecture skipped.
     """
-    import numpy as np
-
     from medmamba.benchmarks.memory import PeakMemory
     from medmamba.data import load_conversion_record
-    from medmamba.evaluation.metrics import evaluate_folder
     from medmamba.inference import Predictor
     from medmamba.training.run import resolve_device
+
+    from .folders import evaluate_folder
 
     results = Path(results).expanduser().absolute()
     if not results.is_dir():
@@ -443,13 +439,12 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                 notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
             train_s, epochs = training_time(model.checkpoint)
             evaluated.append(ArchitectureResult(
-                name=name, rows=list(evaluation.rows), evaluation=evaluation, params=params, gflops=gflops,
+                name=name, evaluation=evaluation, params=params, gflops=gflops,
                 scan_gflops=scan, patch_size=patch, training_seconds=train_s, epochs=epochs,
                 inference_seconds=seconds, inference_peak_bytes=peak, inference_device=dev.type,
                 training_memory_gib=planned_training_memory(model.plans, cfg), recipe=model.recipe,
                 trainer_folder=str(model.folder), checkpoint=str(model.checkpoint)))
-            mean = np.nanmean([r["dice"] for r in evaluation.rows]) if evaluation.rows else math.nan
-            log(f"  {name}: mean Dice {mean:.4f} over {len(cases)} cases")
+            log(f"  {name}: mean Dice {evaluation.summary()['mean']['dice']['mean']:.4f} over {len(cases)} cases")
         if not evaluated:
             raise CompareError("every architecture was skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped))
         if chosen is not None and chosen not in {r.name for r in evaluated}:

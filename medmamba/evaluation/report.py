@@ -31,15 +31,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import plots
+from .folders import Evaluation
+from .metrics import REGIONS
 from .stats import MIN_CASES_TO_CONCLUDE, PairedComparison, compare_to_baseline
 
 __all__ = ["ArchitectureResult", "OverlayInput", "ReportFiles", "MEAN_REGION", "NOISE_NOTE", "NOISE_DICE_POINTS",
            "SMALL_SAMPLE_RULE",
-           "per_case_values", "summarise", "table_rows", "markdown_table", "stats_markdown", "write_report"]
+           "per_case_values", "table_rows", "markdown_table", "stats_markdown", "write_report"]
 
 #: Mean-Dice differences (in points) that BraTS21 cross-validation cannot tell from noise (NOISE_NOTE).
 NOISE_DICE_POINTS = 0.3
-#: Per-case mean over the regions (only when every region's value is finite).
+#: evaluate's name for the per-case mean over the regions.
 MEAN_REGION = "mean"
 SMALL_SAMPLE_RULE = (f"Comparisons with fewer than {MIN_CASES_TO_CONCLUDE} cases whose difference is not zero are "
                      f"marked \"too few cases to conclude\": with n ≤ 5 the smallest possible two-sided Wilcoxon "
@@ -58,10 +60,8 @@ class ArchitectureResult:
 
     Attributes:
         name: its label in the report (the architecture name, made unique if needed).
-        rows: evaluate's per (case, region) rows: dicts with at least ``case``, ``region``,
-            ``dice`` (fraction) and ``hd95`` (mm); NaN where a metric is undefined.
-        evaluation: evaluate's ``Evaluation`` (its ``write_csv`` writes ``metrics/<name>.csv``); when
-            None the rows are written as they are.
+        evaluation: evaluate's :class:`medmamba.evaluation.Evaluation` of its predictions: the per-case
+            scores (Dice as a fraction, HD95 in mm) and their summary, which the table shows as it is.
         params: parameter count of the network.
         gflops, scan_gflops: forward GFLOPs at batch 1 at ``patch_size``, and the selective scan's part.
         patch_size: the plans' patch size (voxels).
@@ -76,8 +76,7 @@ class ArchitectureResult:
     """
 
     name: str
-    rows: list[dict]
-    evaluation: Any = None
+    evaluation: Evaluation
     params: int | None = None
     gflops: float | None = None
     scan_gflops: float | None = None
@@ -91,6 +90,10 @@ class ArchitectureResult:
     recipe: str | None = None
     trainer_folder: str | None = None
     checkpoint: str | None = None
+
+    @property
+    def cases(self) -> list[str]:
+        return self.evaluation.cases
 
 
 @dataclass
@@ -123,42 +126,13 @@ class ReportFiles:
 
 # ------------------------------------------------------------------------------------------- numbers
 
-def _regions(rows: Sequence[dict]) -> list[str]:
-    seen: list[str] = []
-    for row in rows:
-        if row["region"] not in seen:
-            seen.append(row["region"])
-    return seen
-
-
-def per_case_values(rows: Sequence[dict], metrics: Sequence[str] = ("dice", "hd95")
+def per_case_values(evaluation: Evaluation, metrics: Sequence[str] = ("dice", "hd95")
                     ) -> dict[tuple[str, str], dict[str, float]]:
-    """(region, metric) → case id → value from evaluate's rows, plus the region :data:`MEAN_REGION`:
-    the per-case mean over the regions, NaN when any region's value is NaN (never silently dropped)."""
-    out: dict[tuple[str, str], dict[str, float]] = {}
-    regions = _regions(rows)
-    for row in rows:
-        for metric in metrics:
-            if metric in row:
-                value = row[metric]
-                out.setdefault((row["region"], metric), {})[row["case"]] = math.nan if value is None else float(value)
-    for metric in metrics:
-        tables = [out.get((r, metric)) for r in regions]
-        if not tables or any(t is None for t in tables):
-            continue
-        cases = [c for c in tables[0] if all(c in t for t in tables)]
-        out[(MEAN_REGION, metric)] = {c: float(np.mean([t[c] for t in tables])) for c in cases}
-    return out
-
-
-def summarise(values: Sequence[float]) -> dict[str, float | int]:
-    """Mean and sample standard deviation (ddof 1; NaN below 2 values) of the finite values, with
-    ``n`` (finite values) and ``n_missing`` (NaN/inf values, left out)."""
-    a = np.asarray(list(values), dtype=float)
-    finite = a[np.isfinite(a)]
-    return {"mean": float(finite.mean()) if finite.size else math.nan,
-            "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
-            "n": int(finite.size), "n_missing": int(a.size - finite.size)}
+    """(region, metric) → case id → value, for WT, TC, ET and :data:`MEAN_REGION` (evaluate's per-case
+    mean over the regions whose value is not NaN; see ``Evaluation.values``)."""
+    cases = evaluation.cases
+    return {(region, metric): dict(zip(cases, (float(v) for v in evaluation.values(region, metric))))
+            for metric in metrics for region in (*REGIONS, MEAN_REGION)}
 
 
 def _median(values) -> float:
@@ -167,21 +141,20 @@ def _median(values) -> float:
 
 
 def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = ("dice", "hd95")) -> list[dict]:
-    """One flat dict per architecture: ``<metric>_<region>_mean/_sd/_n/_missing`` for every region
-    (and the per-case mean over regions), then the costs. Units: Dice as a fraction, HD95 in mm,
+    """One flat dict per architecture: ``<metric>_<region>_mean/_sd/_n/_nan`` for WT, TC, ET and the
+    per-case mean over regions, taken as they are from ``Evaluation.summary()`` (sample sd; NaN values
+    counted in ``_nan``, not in the statistics), then the costs. Units: Dice as a fraction, HD95 in mm,
     times in seconds, memory in GiB."""
     table = []
     for res in results:
-        row: dict[str, Any] = {"architecture": res.name, "cases": len({r["case"] for r in res.rows})}
-        values = per_case_values(res.rows, metrics)
+        row: dict[str, Any] = {"architecture": res.name, "cases": len(res.cases)}
+        summary = res.evaluation.summary()
         for metric in metrics:
-            for region in [*_regions(res.rows), MEAN_REGION]:
-                if (region, metric) not in values:
-                    continue
-                s = summarise(values[(region, metric)].values())
+            for region in (*REGIONS, MEAN_REGION):
+                s = summary[region][metric]
                 key = f"{metric}_{region}"
                 row.update({f"{key}_mean": s["mean"], f"{key}_sd": s["sd"], f"{key}_n": s["n"],
-                            f"{key}_missing": s["n_missing"]})
+                            f"{key}_nan": s["n_nan"]})
         times = list(res.inference_seconds.values())
         row.update({
             "params": res.params, "gflops": res.gflops, "scan_gflops": res.scan_gflops,
@@ -214,8 +187,8 @@ def _mean_sd(row: dict, key: str, scale: float, fmt: str) -> str:
     text = _num(row[f"{key}_mean"], fmt, scale)
     if math.isfinite(row[f"{key}_sd"]):
         text += f" ± {_num(row[f'{key}_sd'], fmt, scale)}"
-    if row[f"{key}_missing"]:
-        text += f" ({row[f'{key}_missing']} n/a)"
+    if row[f"{key}_nan"]:
+        text += f" ({row[f'{key}_nan']} n/a)"
     return text
 
 
@@ -248,24 +221,13 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
     return cols
 
 
-def _table_regions(table: Sequence[dict]) -> list[str]:
-    regions: list[str] = []
-    for row in table:
-        for key in row:
-            if key.startswith("dice_") and key.endswith("_mean"):
-                region = key[len("dice_"):-len("_mean")]
-                if region != MEAN_REGION and region not in regions:
-                    regions.append(region)
-    return regions
-
-
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(table: Sequence[dict]) -> str:
     """The table as GitHub Markdown: mean ± sd per region (Dice in %, HD95 in mm) and the costs."""
-    cols = _columns(table, _table_regions(table))
+    cols = _columns(table, list(REGIONS))
     lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_md_escape(f(row)) for _, f in cols) + " |" for row in table]
     return "\n".join(lines)
@@ -362,7 +324,8 @@ def _img(path: Path, alt: str) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
-th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{display:inline-block;margin:1em}
+th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{display:inline-block;margin:1em}
 img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"""
 
 
@@ -370,7 +333,7 @@ def _html_page(title: str, settings: Mapping[str, Any], table: Sequence[dict], s
                baseline: str | None, skipped: Sequence[tuple[str, str]], notes: Sequence[str],
                plot_files: Mapping[str, Path]) -> str:
     esc = html.escape
-    regions = _table_regions(table)
+    regions = list(REGIONS)
     cols = _columns(table, regions)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"]
@@ -437,9 +400,9 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes = list(notes)
-    regions = _regions(results[0].rows)
-    per_case = {r.name: per_case_values(r.rows) for r in results}
-    case_sets = {r.name: sorted({row["case"] for row in r.rows}) for r in results}
+    regions = list(REGIONS)
+    per_case = {r.name: per_case_values(r.evaluation) for r in results}
+    case_sets = {r.name: sorted(r.cases) for r in results}
     if len({tuple(c) for c in case_sets.values()}) > 1:
         notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
                      "cases they share")
@@ -490,10 +453,7 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
     for res in results:
         path = out / "metrics" / f"{_safe_name(res.name)}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if res.evaluation is not None:
-            res.evaluation.write_csv(path)
-        else:
-            _write_text(path, _csv_text(res.rows))
+        res.evaluation.write_csv(path)
         metrics_csv[res.name] = path
 
     plot_files: dict[str, Path] = {}
