@@ -321,12 +321,15 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         CompareError: bad folders or options, no trained model, models of different datasets or folds,
             every architecture skipped.
     """
+    import torch
+
     from medmamba.benchmarks.memory import PeakMemory
     from medmamba.data import load_conversion_record
     from medmamba.inference import Predictor
     from medmamba.training.run import resolve_device
 
     from .folders import evaluate_folder
+    from .metrics import check_empty_convention
 
     results = Path(results).expanduser().absolute()
     if not results.is_dir():
@@ -336,6 +339,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     test = Path(test).expanduser().absolute() if test is not None else None
     if test is not None and not test.is_dir():
         raise CompareError(f"--test {test} is not a folder")
+    empty = check_empty_convention(empty)
     try:
         dev = resolve_device(device)
     except (RuntimeError, ValueError) as err:
@@ -412,6 +416,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             pred_dir.mkdir(parents=True)
             seconds: dict[str, float] = {}
             peak = 0
+            stage = "prediction"
             try:
                 predictor = Predictor(model, device=str(dev), tta=tta, show_progress=False)
                 for i, case in enumerate(cases, 1):
@@ -423,14 +428,18 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                     prediction.labels = _convert_labels(prediction.labels, train_convention, convention)
                     predictor.write(prediction, pred_dir / f"{case.case_id}.nii.gz")
                     log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
-                del predictor
+                stage = "evaluation"
+                evaluation = evaluate_folder(pred_dir, gt_dir, convention=convention, empty=empty, cases=case_ids)
             except Exception as err:  # noqa: BLE001 - one architecture's failure must not stop the others
                 shutil.rmtree(pred_dir, ignore_errors=True)
-                reason = f"prediction failed: {type(err).__name__}: {err}"
+                reason = f"{stage} failed: {type(err).__name__}: {err}"
                 skipped.append((name, reason))
                 log(f"skipped {name}: {reason}")
                 continue
-            evaluation = evaluate_folder(pred_dir, gt_dir, convention=convention, empty=empty, cases=case_ids)
+            finally:
+                predictor = None  # free the network before the next one
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
             cfg = _configuration(model)
             params = gflops = scan = patch = None
             try:
