@@ -125,17 +125,34 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     fold = args.fold if args.fold == "all" else int(args.fold) if args.fold.isdigit() else None
     if fold is None:
         raise SystemExit(f"medmamba plan-and-train: --fold must be a number or 'all', got {args.fold!r}")
-    for option in ("epochs", "iters_per_epoch"):
+    for option in ("epochs", "iters_per_epoch", "val_iters"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise SystemExit(f"medmamba plan-and-train: --{option.replace('_', '-')} must be at least 1")
     recipe = None if args.recipe == "default" else args.recipe
     try:
         plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=fold, device=args.device,
-                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, recipe=recipe, seed=args.seed,
+                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                       recipe=recipe, seed=args.seed,
                        continue_training=args.continue_training, dataset_id=args.dataset_id, name=args.name,
                        **_dataset_options(args))
     except ValueError as err:  # DatasetError, PlanningError, unknown recipe
         raise SystemExit(f"medmamba plan-and-train: {err}") from None
+
+
+_LABEL_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from medmamba.data import DatasetError
+    from medmamba.inference import ModelError, load_model, predict
+
+    labels = _LABEL_ALIASES.get(args.labels, args.labels)
+    try:
+        model = load_model(args.model, fold=args.fold, checkpoint=args.checkpoint)
+        predict(model, args.input, args.output, labels=labels, probabilities=args.probabilities, tta=args.tta,
+                device=args.device, step_size=args.step_size, overwrite=args.overwrite)
+    except (DatasetError, ModelError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"medmamba predict: {err}") from None
 
 
 def _spacing(text: str):
@@ -221,12 +238,43 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
+    pat.add_argument("--val-iters", type=int, help="validation batches per epoch (default: one per five training "
+                     "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint")
     pat.set_defaults(handler=_plan_and_train)
+
+    pred = commands.add_parser(
+        "predict", help="segment NIfTI cases with a trained model",
+        description="Predicts a case folder (BraTS 2021 or 2023 naming, or the generic layout the model was "
+                    "trained with), an explicit list of modality files in the model's channel order, or a folder "
+                    "of cases (OUTPUT is then a folder with one <case>.nii.gz each). The model's own nnU-Net "
+                    "preprocessing is applied and inverted (Gaussian sliding window, optional mirroring), and the "
+                    "label map is written in the training data's BraTS label convention with exactly the input's "
+                    "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
+    pred.add_argument("--model", "-m", type=Path, required=True,
+                      help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
+                           "folder, or a fold folder")
+    pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
+                      help="a case folder, the modality files of one case, or a folder of case folders")
+    pred.add_argument("-o", "--output", type=Path, required=True,
+                      help="output .nii.gz (or an existing folder) for one case; a new folder for a folder of cases")
+    pred.add_argument("--labels", choices=["2015", "2021", "2023", "brats2015", "brats2021", "brats2023", "msd_task01"],
+                      help="label convention of the output (default: the training data's)")
+    pred.add_argument("--probabilities", action="store_true",
+                      help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
+    pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
+    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pred.add_argument("--fold", help="fold to use when the model folder holds several")
+    pred.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
+                      help="checkpoint to use (default final)")
+    pred.add_argument("--step-size", type=float, default=0.5,
+                      help="sliding-window step as a fraction of the patch (default 0.5)")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
+    pred.set_defaults(handler=_predict)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
