@@ -148,7 +148,8 @@ def test_unfinished_training_is_named(work, tmp_path):
     copy = tmp_path / "w"
     src = load_model(work / "work" / "unet").folder
     shutil.copytree(src, copy / src.name)
-    (copy / src.name / "fold_all" / "checkpoint_final.pth").rename(copy / src.name / "fold_all" / "checkpoint_latest.pth")
+    fold = copy / src.name / "fold_all"
+    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")
     with pytest.raises(ModelError, match="training did not finish .*--continue"):
         load_model(copy / src.name)
     assert load_model(copy / src.name, checkpoint="latest").checkpoint.name == "checkpoint_latest.pth"

@@ -129,9 +129,8 @@ def test_registered_route_kind_is_usable_everywhere():
 def test_route_tables_traced_with_fake_tensors_do_not_leak_into_real_runs():
     # The planners trace networks under FakeTensorMode; a route table memoised there was once
     # returned to the next real forward pass, which then produced fake tensors.
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-
     from medmamba_kernels.routes import cached_route_tables, route_for
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     routes = (route_for("raster", (3, 4, 5)), route_for("raster_reverse", (3, 4, 5)))
     with FakeTensorMode():
