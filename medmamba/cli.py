@@ -155,6 +155,62 @@ def _predict(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba predict: {err}") from None
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from medmamba.evaluation import REGIONS, evaluate_folder
+
+    if not args.pred.is_dir():
+        raise SystemExit(f"medmamba evaluate: --pred {args.pred} is not a folder (give the folder of predicted "
+                         f"label maps <case_id>.nii.gz)")
+    if not args.gt.exists():
+        raise SystemExit(f"medmamba evaluate: --gt {args.gt} does not exist")
+    if args.num_workers < 1:
+        raise SystemExit(f"medmamba evaluate: --num-workers must be at least 1, got {args.num_workers}")
+    out = args.out
+    summary = args.summary or out.with_name(f"{out.stem}_summary.json")
+    if out.expanduser().absolute() == summary.expanduser().absolute():
+        raise SystemExit(f"medmamba evaluate: --out and --summary are the same file {out}")
+    for path, option in ((out, "--out"), (summary, "--summary")):
+        if path.name.endswith((".nii", ".nii.gz")):
+            raise SystemExit(f"medmamba evaluate: {option} {path} names a NIfTI file; give a .csv/.json path")
+        if path.is_dir():
+            raise SystemExit(f"medmamba evaluate: {option} {path} is a folder; give a file path")
+        if path.exists() and not args.force:
+            raise SystemExit(f"medmamba evaluate: {option} {path} already exists; pass --force to overwrite it")
+
+    def progress(done: int, total: int, case: str) -> None:
+        print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    try:
+        ev = evaluate_folder(args.pred, args.gt, convention=args.label_convention, empty=args.empty_convention,
+                             nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
+                             modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
+                             progress=progress if sys.stderr.isatty() else None)
+    except ValueError as err:  # DatasetError, unknown convention names, bad tolerance
+        raise SystemExit(f"medmamba evaluate: {err}") from None
+    ev.write_csv(out)
+    ev.write_summary_json(summary)
+    stats = ev.summary()
+
+    def cell(s: dict, digits: int) -> str:
+        if s["n"] == 0:
+            return "n/a"
+        sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
+
+    tol = f"NSD@{ev.nsd_tolerance_mm:g}mm"
+    print(f"{stats['cases']} cases, label convention {ev.label_convention} ({ev.label_convention_source}); "
+          f"empty masks: {ev.empty_convention} ({stats['empty_convention_description']})")
+    print(f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}{tol}")
+    for region in (*REGIONS, "mean"):
+        row = stats[region]
+        print(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+    if stats["gt_cases_without_prediction"]:
+        missing = stats["gt_without_prediction"]
+        print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
+              f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    print(f"per-case metrics: {out}\nsummary: {summary}")
+
+
 def _spacing(text: str):
     if text == "random":
         return text
@@ -275,6 +331,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sliding-window step as a fraction of the patch (default 0.5)")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
     pred.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, HD95 and NSD per case for WT, TC and ET against ground truth",
+        description="Pairs every prediction PRED/<case_id>.nii.gz with its ground truth (a BraTS-style folder, "
+                    "or a folder of label maps <case_id>.nii.gz) and computes Dice, HD95 and normalised surface "
+                    "Dice for WT, TC and ET with MONAI, in mm (the ground truth's voxel spacing). A prediction "
+                    "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
+                    "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
+                    "empty-mask convention. Empty masks: brats (default; both empty: Dice 1, HD95 0; one "
+                    "empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan (both empty excluded), segmamba "
+                    "(either empty: Dice 0, HD95 50).")
+    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
+    evaluate.add_argument("--gt", type=Path, required=True,
+                          help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
+    evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"),
+                          help="per-case CSV (default ./metrics.csv)")
+    evaluate.add_argument("--summary", type=Path,
+                          help="summary JSON (default: beside the CSV, <stem>_summary.json)")
+    evaluate.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
+                          help="scores for empty masks (default brats)")
+    evaluate.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                          help="NSD tolerance in mm (default 1)")
+    evaluate.add_argument("--label-convention",
+                          help="label convention of both folders (brats2021, brats2023, brats2015, msd_task01); "
+                               "default: from the BraTS naming or the label values")
+    evaluate.add_argument("--cases", nargs="+", metavar="CASE",
+                          help="evaluate only these cases (each needs a prediction and ground truth)")
+    evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
+    evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
+    evaluate.add_argument("--num-workers", type=int, default=1, help="worker processes (default 1)")
+    evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
+    evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
