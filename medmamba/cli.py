@@ -125,13 +125,14 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     fold = args.fold if args.fold == "all" else int(args.fold) if args.fold.isdigit() else None
     if fold is None:
         raise SystemExit(f"medmamba plan-and-train: --fold must be a number or 'all', got {args.fold!r}")
-    for option in ("epochs", "iters_per_epoch"):
+    for option in ("epochs", "iters_per_epoch", "val_iters"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise SystemExit(f"medmamba plan-and-train: --{option.replace('_', '-')} must be at least 1")
     recipe = None if args.recipe == "default" else args.recipe
     try:
         plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=fold, device=args.device,
-                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, recipe=recipe, seed=args.seed,
+                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                       recipe=recipe, seed=args.seed,
                        continue_training=args.continue_training, dataset_id=args.dataset_id, name=args.name,
                        **_dataset_options(args))
     except ValueError as err:  # DatasetError, PlanningError, unknown recipe
@@ -145,7 +146,7 @@ def _compare(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba compare: --bootstrap-resamples must be at least 1000, got {args.n_resamples}")
     try:
         result = compare(args.results, args.out, baseline=args.baseline, test=args.test, archs=args.arch,
-                         device=args.device, tta=args.tta, empty=args.empty_convention,
+                         fold=args.fold, device=args.device, tta=args.tta, empty=args.empty_convention,
                          overlay_case=args.overlay_case, force=args.force, seed=args.seed,
                          n_resamples=args.n_resamples)
     except ValueError as err:  # CompareError, DatasetError, evaluate's errors
@@ -155,9 +156,84 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"skipped {name}: {reason}")
     for note in result.notes:
         print(f"note: {note}")
+    for note in result.report.notes:
+        if note.startswith("warning"):
+            print(note)
     if result.baseline is None:
         print("no statistics (no baseline, or one architecture only)")
     print(f"report: {result.report.html}")
+
+
+_LABEL_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from medmamba.data import DatasetError
+    from medmamba.inference import ModelError, load_model, predict
+
+    labels = _LABEL_ALIASES.get(args.labels, args.labels)
+    try:
+        model = load_model(args.model, fold=args.fold, checkpoint=args.checkpoint)
+        predict(model, args.input, args.output, labels=labels, probabilities=args.probabilities, tta=args.tta,
+                device=args.device, step_size=args.step_size, overwrite=args.overwrite)
+    except (DatasetError, ModelError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"medmamba predict: {err}") from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from medmamba.evaluation import REGIONS, evaluate_folder
+
+    if not args.pred.is_dir():
+        raise SystemExit(f"medmamba evaluate: --pred {args.pred} is not a folder (give the folder of predicted "
+                         f"label maps <case_id>.nii.gz)")
+    if not args.gt.exists():
+        raise SystemExit(f"medmamba evaluate: --gt {args.gt} does not exist")
+    if args.num_workers < 1:
+        raise SystemExit(f"medmamba evaluate: --num-workers must be at least 1, got {args.num_workers}")
+    out = args.out
+    summary = args.summary or out.with_name(f"{out.stem}_summary.json")
+    if out.expanduser().absolute() == summary.expanduser().absolute():
+        raise SystemExit(f"medmamba evaluate: --out and --summary are the same file {out}")
+    for path, option in ((out, "--out"), (summary, "--summary")):
+        if path.name.endswith((".nii", ".nii.gz")):
+            raise SystemExit(f"medmamba evaluate: {option} {path} names a NIfTI file; give a .csv/.json path")
+        if path.is_dir():
+            raise SystemExit(f"medmamba evaluate: {option} {path} is a folder; give a file path")
+        if path.exists() and not args.force:
+            raise SystemExit(f"medmamba evaluate: {option} {path} already exists; pass --force to overwrite it")
+
+    def progress(done: int, total: int, case: str) -> None:
+        print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    try:
+        ev = evaluate_folder(args.pred, args.gt, convention=args.label_convention, empty=args.empty_convention,
+                             nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
+                             modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
+                             progress=progress if sys.stderr.isatty() else None)
+    except ValueError as err:  # DatasetError, unknown convention names, bad tolerance
+        raise SystemExit(f"medmamba evaluate: {err}") from None
+    ev.write_csv(out)
+    ev.write_summary_json(summary)
+    stats = ev.summary()
+
+    def cell(s: dict, digits: int) -> str:
+        if s["n"] == 0:
+            return "n/a"
+        sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
+
+    tol = f"NSD@{ev.nsd_tolerance_mm:g}mm"
+    print(f"{stats['cases']} cases, label convention {ev.label_convention} ({ev.label_convention_source}); "
+          f"empty masks: {ev.empty_convention} ({stats['empty_convention_description']})")
+    print(f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}{tol}")
+    for region in (*REGIONS, "mean"):
+        row = stats[region]
+        print(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+    if stats["gt_cases_without_prediction"]:
+        missing = stats["gt_without_prediction"]
+        print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
+              f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    print(f"per-case metrics: {out}\nsummary: {summary}")
 
 
 def _spacing(text: str):
@@ -243,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
+    pat.add_argument("--val-iters", type=int, help="validation batches per epoch (default: one per five training "
+                     "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
@@ -265,17 +343,79 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--test", type=Path, help="BraTS-style folder with labels to evaluate on instead of the "
                                                "held-out fold (needed for models trained with --fold all)")
     cmp.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    cmp.add_argument("--fold", help="the fold to compare where several were trained (default: the only one)")
     cmp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     cmp.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
-    cmp.add_argument("--empty-convention", default="brats",
-                     help="scores when a region is empty in the ground truth or the prediction (default brats: "
-                          "Dice 1 / HD95 0 when both are empty, Dice 0 / HD95 373.13 when one is)")
+    cmp.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
+                     help="scores for empty masks, as in `medmamba evaluate` (default brats: Dice 1 / HD95 0 "
+                          "when both are empty, Dice 0 / HD95 373.13 when one is)")
     cmp.add_argument("--overlay-case", help="case shown in the overlay figure (default: the first)")
     cmp.add_argument("--force", action="store_true", help="replace an existing report folder")
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     cmp.add_argument("--bootstrap-resamples", dest="n_resamples", type=int, default=10_000,
                      help="bootstrap resamples (default 10000)")
     cmp.set_defaults(handler=_compare)
+
+    pred = commands.add_parser(
+        "predict", help="segment NIfTI cases with a trained model",
+        description="Predicts a case folder (BraTS 2021 or 2023 naming, or the generic layout the model was "
+                    "trained with), an explicit list of modality files in the model's channel order, or a folder "
+                    "of cases (OUTPUT is then a folder with one <case>.nii.gz each). The model's own nnU-Net "
+                    "preprocessing is applied and inverted (Gaussian sliding window, optional mirroring), and the "
+                    "label map is written in the training data's BraTS label convention with exactly the input's "
+                    "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
+    pred.add_argument("--model", "-m", type=Path, required=True,
+                      help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
+                           "folder, or a fold folder")
+    pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
+                      help="a case folder, the modality files of one case, or a folder of case folders")
+    pred.add_argument("-o", "--output", type=Path, required=True,
+                      help="output .nii.gz (or an existing folder) for one case; a new folder for a folder of cases")
+    pred.add_argument("--labels", choices=["2015", "2021", "2023", "brats2015", "brats2021", "brats2023", "msd_task01"],
+                      help="label convention of the output (default: the training data's)")
+    pred.add_argument("--probabilities", action="store_true",
+                      help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
+    pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
+    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pred.add_argument("--fold", help="fold to use when the model folder holds several")
+    pred.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
+                      help="checkpoint to use (default final)")
+    pred.add_argument("--step-size", type=float, default=0.5,
+                      help="sliding-window step as a fraction of the patch (default 0.5)")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
+    pred.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, HD95 and NSD per case for WT, TC and ET against ground truth",
+        description="Pairs every prediction PRED/<case_id>.nii.gz with its ground truth (a BraTS-style folder, "
+                    "or a folder of label maps <case_id>.nii.gz) and computes Dice, HD95 and normalised surface "
+                    "Dice for WT, TC and ET with MONAI, in mm (the ground truth's voxel spacing). A prediction "
+                    "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
+                    "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
+                    "empty-mask convention. Empty masks: brats (default; both empty: Dice 1, HD95 0; one "
+                    "empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan (both empty excluded), segmamba "
+                    "(either empty: Dice 0, HD95 50).")
+    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
+    evaluate.add_argument("--gt", type=Path, required=True,
+                          help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
+    evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"),
+                          help="per-case CSV (default ./metrics.csv)")
+    evaluate.add_argument("--summary", type=Path,
+                          help="summary JSON (default: beside the CSV, <stem>_summary.json)")
+    evaluate.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
+                          help="scores for empty masks (default brats)")
+    evaluate.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                          help="NSD tolerance in mm (default 1)")
+    evaluate.add_argument("--label-convention",
+                          help="label convention of both folders (brats2021, brats2023, brats2015, msd_task01); "
+                               "default: from the BraTS naming or the label values")
+    evaluate.add_argument("--cases", nargs="+", metavar="CASE",
+                          help="evaluate only these cases (each needs a prediction and ground truth)")
+    evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
+    evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
+    evaluate.add_argument("--num-workers", type=int, default=1, help="worker processes (default 1)")
+    evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
+    evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",

@@ -123,6 +123,21 @@ def network_costs(plans: dict, dataset_json: dict, configuration: str = "3d_full
     return params, total / 1e9, scan / 1e9, patch
 
 
+def _default_permissions(folder: Path) -> None:
+    """Give a folder built with ``tempfile`` (0700 folders, 0600 files) the modes a plain ``mkdir`` and
+    ``open`` would have given under the user's umask; symbolic links are left alone."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -153,6 +168,7 @@ def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        _default_permissions(tmp)
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -253,54 +269,40 @@ def _gt_folder(cases: Sequence[HeldOutCase], folder: Path) -> Path:
     return folder
 
 
-def _model_name(model) -> str:
-    if getattr(model, "arch", None):
-        return str(model.arch)
-    folder = Path(model.folder).name  # <Trainer>__<plans>__<configuration>
-    parts = folder.split("__")
-    plans = parts[1] if len(parts) == 3 else folder
-    return plans.removeprefix("medmambaPlans_")
+def _arch_of_folder(name: str) -> str:
+    """The architecture of a trainer folder name ``<Trainer>__medmambaPlans_<arch>__<configuration>``
+    (the whole name for other layouts), to report skipped folders by architecture."""
+    parts = name.split("__")
+    return parts[1].removeprefix("medmambaPlans_") if len(parts) == 3 else name
 
 
-def _configuration(model) -> str:
-    parts = Path(model.folder).name.split("__")
-    return parts[2] if len(parts) == 3 else "3d_fullres"
+def _recipe(trainer: str) -> str:
+    """The recipe a medmamba trainer class implements (its name for other trainers)."""
+    from medmamba.training.trainers import TRAINERS
 
-
-def _dataset(model) -> str:
-    return Path(model.folder).parent.name
+    return next((name for name, cls in TRAINERS.items() if cls.__name__ == trainer), trainer)
 
 
 def _unique_names(models) -> list[str]:
     """Architecture names, with ``@recipe`` added where one architecture was trained with several recipes."""
-    base = [_model_name(m) for m in models]
-    return [f"{b}@{m.recipe}" if base.count(b) > 1 else b for b, m in zip(base, models)]
+    base = [m.arch for m in models]
+    return [f"{b}@{_recipe(m.trainer)}" if base.count(b) > 1 else b for b, m in zip(base, models)]
 
 
-def _trained_models(results: Path) -> tuple[list, list[tuple[str, str]]]:
-    """(models, skipped) from :func:`medmamba.inference.list_trained_models`."""
+def _trained_models(results: Path, fold: str | None) -> tuple[list, list[tuple[str, str]]]:
+    """(models, [(architecture, why skipped)]) from :func:`medmamba.inference.list_trained_models`."""
     from medmamba.inference import list_trained_models
 
-    found = list_trained_models(results)
-    if isinstance(found, tuple):  # (models, skipped)
-        models, skipped = found
-        return list(models), [(str(a), str(r)) for a, r in skipped]
-    return list(found), []
-
-
-def _convert_labels(labels, source: str, target: str):
-    """A label map from one BraTS convention to another, through nnU-Net's shared label space."""
-    from medmamba.data import from_nnunet_labels, to_nnunet_labels
-
-    return labels if source == target else from_nnunet_labels(to_nnunet_labels(labels, source), target)
+    models, skipped = list_trained_models(results, fold=fold)
+    return list(models), [(_arch_of_folder(folder), reason) for folder, reason in skipped]
 
 
 # ------------------------------------------------------------------------------------------ compare
 
 def compare(results: str | Path, out: str | Path, *, baseline: str | None = None, test: str | Path | None = None,
-            archs: Sequence[str] | None = None, device: str = "auto", tta: bool = False, empty: str = "brats",
-            overlay_case: str | None = None, force: bool = False, seed: int = 0, n_resamples: int = 10_000,
-            log: Callable[[str], None] = print) -> CompareResult:
+            archs: Sequence[str] | None = None, fold: str | int | None = None, device: str = "auto",
+            tta: bool = False, empty: str = "brats", overlay_case: str | None = None, force: bool = False,
+            seed: int = 0, n_resamples: int = 10_000, log: Callable[[str], None] = print) -> CompareResult:
     """Predict, evaluate and report every trained architecture of a ``plan-and-train`` work folder.
 
     Args:
@@ -310,6 +312,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
             for models trained on fold "all").
         archs: only these architectures (names as listed; default all).
+        fold: the fold to compare where a trainer folder holds several (default: each folder's only one).
         device: "auto", "cpu" or "cuda", for prediction.
         tta: mirroring test-time augmentation.
         empty: evaluate's empty-mask convention ("brats", …).
@@ -324,7 +327,6 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     import torch
 
     from medmamba.benchmarks.memory import PeakMemory
-    from medmamba.data import load_conversion_record
     from medmamba.inference import Predictor
     from medmamba.training.run import resolve_device
 
@@ -345,7 +347,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     except (RuntimeError, ValueError) as err:
         raise CompareError(str(err)) from None
 
-    models, skipped = _trained_models(results)
+    models, skipped = _trained_models(results, None if fold is None else str(fold))
     names = _unique_names(models)
     if archs:
         unknown = [a for a in archs if a not in names and a not in {n for n, _ in skipped}]
@@ -361,7 +363,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         raise CompareError(f"no trained architecture to compare in {results / 'nnUNet_results'}"
                            + (f" ({len(skipped)} skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped) + ")"
                               if skipped else ""))
-    datasets = sorted({_dataset(m) for m in models})
+    datasets = sorted({m.dataset_name for m in models})
     if len(datasets) > 1:
         raise CompareError(f"the models belong to different datasets ({', '.join(datasets)}); compare one at a time "
                            f"with --arch")
@@ -372,13 +374,8 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                            f"on different cases. Compare models of one fold (--arch) or train the others on it")
     dataset, fold = datasets[0], folds[0]
     record = models[0].record
-    raw = results / "nnUNet_raw" / dataset
-    if record is None and (raw / "medmamba_dataset.json").is_file():
-        record = load_conversion_record(raw)
-    train_convention = (record or {}).get("label_convention", {}).get("name")
-    train_channels = tuple((record or {}).get("channel_names") or
-                           [v for _, v in sorted(models[0].dataset_json.get("channel_names", {}).items(),
-                                                 key=lambda kv: int(kv[0]))])
+    train_convention = models[0].label_convention.name if models[0].label_convention else None
+    train_channels = models[0].channel_names
     notes: list[str] = []
     if test is not None:
         cases, convention, channels = _test_cases(test)
@@ -388,27 +385,29 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         if [c.lower() for c in channels] != [c.lower() for c in train_channels]:
             notes.append(f"test channels {', '.join(channels)} are fed in that order as the training channels "
                          f"{', '.join(train_channels)}")
-        if train_convention is None:
-            raise CompareError(f"no conversion record under {raw}: the models' label convention is unknown")
         source = f"every case of {test}"
     else:
         cases = held_out_cases(results, dataset, fold, record)
         convention, channels = train_convention, train_channels
         source = f"the {len(cases)} validation cases of fold {fold} in {_splits_file(results, dataset)}"
     if convention != train_convention:
-        notes.append(f"predictions converted from the training label convention {train_convention} to the test "
-                     f"data's {convention}")
+        notes.append(f"predictions written in the test data's label convention {convention} (training data: "
+                     f"{train_convention or 'unknown'})")
     case_ids = [c.case_id for c in cases]
     if overlay_case is not None and overlay_case not in case_ids:
         raise CompareError(f"--overlay-case {overlay_case} is not a held-out case ({', '.join(case_ids)})")
     chosen, baseline_note = choose_baseline(names, baseline)
     if baseline_note:
         notes.append(baseline_note)
+    if chosen is not None:  # the baseline first: the table reads top-down from it
+        order = sorted(range(len(names)), key=lambda i: names[i] != chosen)
+        models, names = [models[i] for i in order], [names[i] for i in order]
     log(f"comparing {', '.join(names)} on {source}")
 
     inputs = [results, *([test] if test is not None else []),
               *(Path(r) for r in (record or {}).get("source", {}).get("roots", []))]
     evaluated: list[ArchitectureResult] = []
+    final = Path(out).expanduser().absolute()
     with report_folder(out, inputs=inputs, force=force) as tmp:
         gt_dir = _gt_folder(cases, tmp / ".ground_truth")
         for name, model in zip(names, models):
@@ -418,18 +417,18 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             peak = 0
             stage = "prediction"
             try:
-                predictor = Predictor(model, device=str(dev), tta=tta, show_progress=False)
+                predictor = Predictor(model, device=dev, tta=tta, labels=convention, show_progress=False)
                 for i, case in enumerate(cases, 1):
                     with PeakMemory(dev) as memory:
                         start = time.perf_counter()
                         prediction = predictor.predict_case(list(case.images))
                         seconds[case.case_id] = time.perf_counter() - start
                     peak = max(peak, memory.bytes)
-                    prediction.labels = _convert_labels(prediction.labels, train_convention, convention)
                     predictor.write(prediction, pred_dir / f"{case.case_id}.nii.gz")
                     log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
                 stage = "evaluation"
                 evaluation = evaluate_folder(pred_dir, gt_dir, convention=convention, empty=empty, cases=case_ids)
+                _final_paths(evaluation, final / "predictions" / name, {c.case_id: c.label for c in cases})
             except Exception as err:  # noqa: BLE001 - one architecture's failure must not stop the others
                 shutil.rmtree(pred_dir, ignore_errors=True)
                 reason = f"{stage} failed: {type(err).__name__}: {err}"
@@ -440,7 +439,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                 predictor = None  # free the network before the next one
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
-            cfg = _configuration(model)
+            cfg = model.configuration
             params = gflops = scan = patch = None
             try:
                 params, gflops, scan, patch = network_costs(model.plans, model.dataset_json, cfg)
@@ -451,7 +450,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                 name=name, evaluation=evaluation, params=params, gflops=gflops,
                 scan_gflops=scan, patch_size=patch, training_seconds=train_s, epochs=epochs,
                 inference_seconds=seconds, inference_peak_bytes=peak, inference_device=dev.type,
-                training_memory_gib=planned_training_memory(model.plans, cfg), recipe=model.recipe,
+                training_memory_gib=planned_training_memory(model.plans, cfg), recipe=_recipe(model.trainer),
                 trainer_folder=str(model.folder), checkpoint=str(model.checkpoint)))
             log(f"  {name}: mean Dice {evaluation.summary()['mean']['dice']['mean']:.4f} over {len(cases)} cases")
         if not evaluated:
@@ -473,9 +472,18 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         report = write_report(tmp, evaluated, baseline=chosen, skipped=skipped, notes=notes, overlay=overlay,
                               settings=settings, seed=seed, n_resamples=n_resamples)
         shutil.rmtree(gt_dir)
-    final = Path(out).expanduser().absolute()
     report = _relocate(report, tmp, final)
     return CompareResult(final, report, [r.name for r in evaluated], skipped, chosen, case_ids, notes)
+
+
+def _final_paths(evaluation, predictions: Path, labels: dict[str, Path]) -> None:
+    """Name the files the evaluation read by where they will be: the predictions in the final report
+    folder (not its temporary name) and the user's label files (not the links evaluate was given)."""
+    for row in evaluation.rows:
+        row["pred_file"] = str(predictions / Path(row["pred_file"]).name)
+        row["gt_file"] = str(labels[row["case"]])
+    evaluation.pred_dir = str(predictions)
+    evaluation.gt = "the user's label files (gt_file)"
 
 
 def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
@@ -485,4 +493,5 @@ def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
 
     return ReportFiles(new, move(report.table_md), move(report.table_csv), move(report.stats_csv), move(report.html),
                        move(report.summary_json), {k: move(v) for k, v in report.metrics_csv.items()},
-                       {k: move(v) for k, v in report.plots.items()}, report.table, report.stats, report.markdown)
+                       {k: move(v) for k, v in report.plots.items()}, report.table, report.stats, report.markdown,
+                       report.notes)

@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = ["box_plots", "dice_vs_parameters", "overlay_case", "axial_slices"]
 
+_GT_COLOUR = "yellow"
 _METRIC_LABEL = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": "NSD"}
 
 
@@ -162,19 +163,20 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
     slices = axial_slices(gt, count)
     finite = data[np.isfinite(data)]
     vmin, vmax = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
-    colours = plt.get_cmap("tab10").colors
+    # tab10 without its olive (too close to the ground truth's yellow) and grey (the background's)
+    colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (7, 8)]
     fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
     for ax, k in zip(axes[0], slices):
         ax.imshow(data[:, :, k].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest")
         if gt[:, :, k].any():
-            ax.contour(gt[:, :, k].T.astype(float), levels=[0.5], colors=["white"], linewidths=2.2)
+            ax.contour(gt[:, :, k].T.astype(float), levels=[0.5], colors=[_GT_COLOUR], linewidths=2.2)
         for i, (name, mask) in enumerate(masks.items()):
             if mask[:, :, k].any():
                 ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors=[colours[i % len(colours)]],
                            linewidths=1.3)
         ax.set_title(f"axial slice {k}")
         ax.set_axis_off()
-    handles = [Line2D([], [], color="white", linewidth=2.2, label="ground truth")]
+    handles = [Line2D([], [], color=_GT_COLOUR, linewidth=2.2, label="ground truth")]
     handles += [Line2D([], [], color=colours[i % len(colours)], linewidth=1.3, label=name)
                 for i, name in enumerate(masks)]
     legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=True)

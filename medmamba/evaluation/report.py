@@ -122,6 +122,7 @@ class ReportFiles:
     table: list[dict]
     stats: list[PairedComparison]
     markdown: str
+    notes: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- numbers
@@ -488,4 +489,4 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
     summary_json = out / "summary.json"
     _write_text(summary_json, json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
     return ReportFiles(out, table_md, table_csv, stats_csv, html_path, summary_json, metrics_csv, plot_files,
-                       table, stats, md_table)
+                       table, stats, md_table, notes)
