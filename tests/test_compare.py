@@ -293,7 +293,7 @@ def trained_work(tmp_path_factory):
 @pytest.mark.slow
 def test_compare_end_to_end_matches_evaluate(trained_work, capsys):
     from medmamba.cli import main
-    from medmamba.evaluation.metrics import evaluate_folder
+    from medmamba.evaluation import evaluate_folder
 
     work, report = trained_work / "work", trained_work / "report"
     splits = json.loads((work / "nnUNet_preprocessed" / "Dataset500_brats" / "splits_final.json").read_text())
