@@ -261,6 +261,26 @@ def test_baseline_choice():
         choose_baseline(["segmamba", "unet"], "umamba_bot")
 
 
+def test_held_out_cases_come_from_the_split_and_the_users_files(tmp_path):
+    from medmamba.evaluation.compare import CompareError, held_out_cases
+
+    pre = tmp_path / "nnUNet_preprocessed" / "Dataset500_x"
+    pre.mkdir(parents=True)
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["a"], "val": ["b"]}]))
+    for name in ("b_t1.nii.gz", "b_seg.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    record = {"cases": {"b": {"images": [str(tmp_path / "b_t1.nii.gz")], "label": str(tmp_path / "b_seg.nii.gz")}}}
+    (case,) = held_out_cases(tmp_path, "Dataset500_x", "0", record)
+    assert (case.case_id, case.images, case.label) == ("b", (tmp_path / "b_t1.nii.gz",), tmp_path / "b_seg.nii.gz")
+    with pytest.raises(CompareError, match="fold 'all'.*--test DATA"):
+        held_out_cases(tmp_path, "Dataset500_x", "all", record)
+    with pytest.raises(CompareError, match="no validation cases for fold 3"):
+        held_out_cases(tmp_path, "Dataset500_x", "3", record)
+    (tmp_path / "b_seg.nii.gz").unlink()
+    with pytest.raises(CompareError, match="b_seg.nii.gz is missing"):
+        held_out_cases(tmp_path, "Dataset500_x", "0", record)
+
+
 def test_training_time_sums_the_epochs_of_the_checkpoint_log(tmp_path):
     import torch
 
