@@ -61,6 +61,19 @@ def _benchmark_models(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _benchmark_predict(args: argparse.Namespace) -> None:
+    from medmamba.benchmarks.predict import run_predict_benchmark
+
+    device = _device(args.device)
+    patch = _patch_shape(args.patch)
+    if len(patch) != 3 or not 0 < args.step_size <= 1 or args.repeats < 1:
+        raise SystemExit("medmamba: benchmark predict needs a 3D --patch, 0 < --step-size <= 1 and --repeats >= 1")
+    rows = run_predict_benchmark(device, patch, args.step_size, repeats=args.repeats, names=args.arch)
+    if args.json is not None:
+        _write_json_atomically(args.json, rows)
+        print(f"wrote {args.json}")
+
+
 def _synth(args: argparse.Namespace) -> None:
     from medmamba.data import DatasetError
     from medmamba.data.synth import synth
@@ -413,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     nets.set_defaults(handler=_benchmark_models)
+    bpred = targets.add_parser(
+        "predict", help="every architecture's time to predict one 240×240×155 BraTS case, as ratios to unet",
+        description="Predicts one random 4-channel 240×240×155 volume with every 3D architecture (random weights) "
+                    "through a Gaussian-weighted sliding window (MONAI's, the same windows as nnU-Net's predictor) "
+                    "and reports time and peak memory as ratios to unet measured in the same run.")
+    bpred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bpred.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar="SIZE",
+                       help="sliding-window patch (default 128 128 128)")
+    bpred.add_argument("--step-size", type=float, default=0.5,
+                       help="window step as a fraction of the patch (default 0.5, nnU-Net's; 1 = no overlap)")
+    bpred.add_argument("--repeats", type=int, default=1, help="timed repeats per architecture (median; default 1)")
+    bpred.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
+    bpred.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bpred.set_defaults(handler=_benchmark_predict)
     return parser
 
 
