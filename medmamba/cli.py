@@ -224,6 +224,32 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"per-case metrics: {out}\nsummary: {summary}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from medmamba.demo import DemoSettings, run_demo
+    from medmamba.models.registry import available
+
+    settings = DemoSettings()
+    for option in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
+        value = getattr(args, option)
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"medmamba demo: --{option.replace('_', '-')} must be at least 1, got {value}")
+            setattr(settings, option, value)
+    if args.shape is not None:
+        settings.shape = tuple(args.shape)
+    if args.arch:
+        unknown = sorted(set(args.arch) - set(available()))
+        if unknown:
+            raise SystemExit(f"medmamba demo: unknown architecture(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(available())}")
+        settings.archs = tuple(dict.fromkeys(["unet", *args.arch]))  # the baseline always runs
+    settings.seed = args.seed
+    try:
+        run_demo(args.out, settings, device=args.device)
+    except ValueError as err:  # DatasetError, PlanningError, CompareError, a foreign --out
+        raise SystemExit(f"medmamba demo: {err}") from None
+
+
 def _spacing(text: str):
     if text == "random":
         return text
@@ -376,6 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-workers", type=int, default=1, help="worker processes (default 1)")
     evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
     evaluate.set_defaults(handler=_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="synthetic data → train unet and every Mamba architecture → compare (the first command)",
+        description="Writes a synthetic BraTS-style training set and test set, trains unet and every Mamba "
+                    "architecture on a CPU-sized budget (a GPU is used when present), predicts and evaluates the "
+                    "test cases and writes the comparison report (OUT/report/report.html). The default budget "
+                    "takes about a quarter of an hour on a 2-core CPU; the options scale it up. Running it again "
+                    "with the same --out continues where it stopped.")
+    demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--arch", action="append", help="only these architectures besides unet (repeatable)")
+    demo.add_argument("--train-cases", type=int, help="synthetic training cases (default 10)")
+    demo.add_argument("--test-cases", type=int, help="synthetic test cases (default 4)")
+    demo.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="case size (default 32 32 32)")
+    demo.add_argument("--epochs", type=int, help="epochs per architecture (default 4)")
+    demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 20)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
+    demo.set_defaults(handler=_demo)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
