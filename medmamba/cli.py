@@ -61,6 +61,19 @@ def _benchmark_models(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _benchmark_predict(args: argparse.Namespace) -> None:
+    from medmamba.benchmarks.predict import run_predict_benchmark
+
+    device = _device(args.device)
+    patch = _patch_shape(args.patch)
+    if len(patch) != 3 or not 0 < args.step_size <= 1 or args.repeats < 1:
+        raise SystemExit("medmamba: benchmark predict needs a 3D --patch, 0 < --step-size <= 1 and --repeats >= 1")
+    rows = run_predict_benchmark(device, patch, args.step_size, repeats=args.repeats, names=args.arch)
+    if args.json is not None:
+        _write_json_atomically(args.json, rows)
+        print(f"wrote {args.json}")
+
+
 def _synth(args: argparse.Namespace) -> None:
     from medmamba.data import DatasetError
     from medmamba.data.synth import synth
@@ -234,6 +247,32 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
               f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
     print(f"per-case metrics: {out}\nsummary: {summary}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from medmamba.demo import DemoSettings, run_demo
+    from medmamba.models.registry import available
+
+    settings = DemoSettings()
+    for option in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
+        value = getattr(args, option)
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"medmamba demo: --{option.replace('_', '-')} must be at least 1, got {value}")
+            setattr(settings, option, value)
+    if args.shape is not None:
+        settings.shape = tuple(args.shape)
+    if args.arch:
+        unknown = sorted(set(args.arch) - set(available()))
+        if unknown:
+            raise SystemExit(f"medmamba demo: unknown architecture(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(available())}")
+        settings.archs = tuple(dict.fromkeys(["unet", *args.arch]))  # the baseline always runs
+    settings.seed = args.seed
+    try:
+        run_demo(args.out, settings, device=args.device)
+    except ValueError as err:  # DatasetError, PlanningError, CompareError, a foreign --out
+        raise SystemExit(f"medmamba demo: {err}") from None
 
 
 def _spacing(text: str):
@@ -417,6 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
     evaluate.set_defaults(handler=_evaluate)
 
+    demo = commands.add_parser(
+        "demo", help="synthetic data → train unet and every Mamba architecture → compare (the first command)",
+        description="Writes a synthetic BraTS-style training set and test set, trains unet and every Mamba "
+                    "architecture on a CPU-sized budget (a GPU is used when present), predicts and evaluates the "
+                    "test cases and writes the comparison report (OUT/report/report.html). The default budget "
+                    "takes about a quarter of an hour on a 2-core CPU; the options scale it up. Running it again "
+                    "with the same --out continues where it stopped.")
+    demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--arch", action="append", help="only these architectures besides unet (repeatable)")
+    demo.add_argument("--train-cases", type=int, help="synthetic training cases (default 10)")
+    demo.add_argument("--test-cases", type=int, help="synthetic test cases (default 4)")
+    demo.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="case size (default 32 32 32)")
+    demo.add_argument("--epochs", type=int, help="epochs per architecture (default 4)")
+    demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 20)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
+    demo.set_defaults(handler=_demo)
+
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
         description="Builds every registered architecture for the given channels, classes and patch and "
@@ -466,6 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     nets.set_defaults(handler=_benchmark_models)
+    bpred = targets.add_parser(
+        "predict", help="every architecture's time to predict one 240×240×155 BraTS case, as ratios to unet",
+        description="Predicts one random 4-channel 240×240×155 volume with every 3D architecture (random weights) "
+                    "through a Gaussian-weighted sliding window (MONAI's, the same windows as nnU-Net's predictor) "
+                    "and reports time and peak memory as ratios to unet measured in the same run.")
+    bpred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bpred.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar="SIZE",
+                       help="sliding-window patch (default 128 128 128)")
+    bpred.add_argument("--step-size", type=float, default=0.5,
+                       help="window step as a fraction of the patch (default 0.5, nnU-Net's; 1 = no overlap)")
+    bpred.add_argument("--repeats", type=int, default=1, help="timed repeats per architecture (median; default 1)")
+    bpred.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
+    bpred.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bpred.set_defaults(handler=_benchmark_predict)
     return parser
 
 

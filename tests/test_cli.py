@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from medmamba.cli import main
 
@@ -123,3 +124,15 @@ def test_plan_and_train_rejects_bad_options(tmp_path):
         main(["plan-and-train", str(tmp_path), "--arch", "unet", "--fold", "first"])
     with pytest.raises(SystemExit, match="--epochs must be at least 1"):
         main(["plan-and-train", str(tmp_path), "--arch", "unet", "--epochs", "0"])
+
+
+def test_benchmark_predict_reports_ratios_to_unet(tmp_path, capsys):
+    from medmamba.benchmarks.predict import run_predict_benchmark
+
+    rows = run_predict_benchmark(torch.device("cpu"), (64, 64, 64), step_size=1.0, shape=(64, 64, 40),
+                                 names=["mhs_vm"], log=lambda _: None)
+    assert [r["name"] for r in rows] == ["unet", "mhs_vm"]
+    assert rows[0]["time_ratio"] == 1.0 and rows[1]["time_ratio"] == rows[1]["seconds"] / rows[0]["seconds"]
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in rows)
+    with pytest.raises(SystemExit, match="0 < --step-size <= 1"):
+        main(["benchmark", "predict", "--step-size", "0"])
