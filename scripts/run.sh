@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs medmamba (scripts/setup.sh) and runs the main job. For now that is the selective-scan
-# benchmark on this machine's defaults; it becomes `medmamba demo` once the networks and the
-# training pipeline land.
+# Installs medmamba (scripts/setup.sh) and runs the main job: `medmamba demo` (synthetic BraTS-style
+# data → plan and train unet and every Mamba architecture → predict, evaluate and compare on held-back
+# cases → ./medmamba_demo/report/report.html). Extra arguments go to `medmamba demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-exec medmamba benchmark scan "$@"
+exec medmamba demo "$@"
