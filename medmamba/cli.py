@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from medmamba.pipeline import write_json_atomically as _write_json_atomically
 
 
 def _device(name: str) -> torch.device:
@@ -18,19 +18,6 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("medmamba: --device cuda was asked for, but this PyTorch sees no CUDA GPU")
     return torch.device(name)
-
-
-def _write_json_atomically(path: Path, payload) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so the file is complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _benchmark_scan(args: argparse.Namespace) -> None:
@@ -122,16 +109,18 @@ def _plan_and_train(args: argparse.Namespace) -> None:
 
     if not args.data.is_dir():
         raise SystemExit(f"medmamba plan-and-train: {args.data} is not a folder")
+    _device(args.device)  # --device cuda without a GPU stops here, before any work
     fold = args.fold if args.fold == "all" else int(args.fold) if args.fold.isdigit() else None
     if fold is None:
         raise SystemExit(f"medmamba plan-and-train: --fold must be a number or 'all', got {args.fold!r}")
-    for option in ("epochs", "iters_per_epoch"):
+    for option in ("epochs", "iters_per_epoch", "val_iters"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise SystemExit(f"medmamba plan-and-train: --{option.replace('_', '-')} must be at least 1")
     recipe = None if args.recipe == "default" else args.recipe
     try:
         plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=fold, device=args.device,
-                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, recipe=recipe, seed=args.seed,
+                       epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                       recipe=recipe, seed=args.seed,
                        continue_training=args.continue_training, dataset_id=args.dataset_id, name=args.name,
                        **_dataset_options(args))
     except ValueError as err:  # DatasetError, PlanningError, unknown recipe
@@ -217,15 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the shared default recipe (--recipe paper: the paper's). Everything lands in OUT "
                     "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill.")
     _add_dataset_options(pat)
-    pat.add_argument("--fold", default="0", help="fold 0-4, or 'all' to train on every case (default 0)")
+    pat.add_argument("--fold", default="0",
+                     help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
+                          "train on every case (default 0)")
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
+    pat.add_argument("--val-iters", type=int,
+                     help="validation batches per epoch for the pseudo-Dice (default nnU-Net's 50)")
     pat.add_argument("--recipe", default="default",
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
-                     help="resume every architecture from its last checkpoint")
+                     help="resume every architecture from its last checkpoint, with the plans and preprocessed "
+                          "data the interrupted run made")
     pat.set_defaults(handler=_plan_and_train)
 
     models = commands.add_parser(
