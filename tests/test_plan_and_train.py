@@ -224,3 +224,48 @@ def test_continue_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, capsys)
     assert resumed["logging"]["train_losses"] == full["logging"]["train_losses"]
     for key, value in full["network_weights"].items():
         assert torch.equal(value, resumed["network_weights"][key]), key
+
+
+# ------------------------------------------------------------------------ presets in a regular install
+def test_wheel_ships_the_presets_and_finds_them_without_the_checkout(tmp_path):
+    """``pip wheel`` of a copy of the source tree (building in place would write build/ and
+    *.egg-info into the checkout) holds every plans/*.toml as medmamba_plans; unpacked (what pip
+    install does with a pure-Python wheel) and imported from elsewhere, the lookup finds them there,
+    after a user folder from MEDMAMBA_PLANS_DIR."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("medmamba", "kernels", "plans"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    # No build isolation: the venv's setuptools builds it, without reaching a package index.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("medmamba-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(p.name for p in (ROOT / "plans").glob("*.toml"))
+    assert len(shipped) >= 8 and {f"medmamba_plans/{n}" for n in shipped} <= names
+    assert not any(n.startswith(("plans/", "kernels/")) for n in names)  # installed under their package names
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    user = tmp_path / "user_presets"
+    user.mkdir()
+    (user / "unet.toml").write_text((ROOT / "plans" / "unet.toml").read_text().replace(
+        'description = "', 'description = "user copy: '))
+    probe = ("import json, medmamba, medmamba.planning.presets as p\n"
+             "print(json.dumps({'module': medmamba.__file__, 'builtin': str(p.builtin_plans_dir()),\n"
+             "  'presets': {k: str(v) for k, v in p.available_presets().items()},\n"
+             "  'unet': str(p.load_preset('unet').path), 'segmamba': str(p.load_preset('segmamba').path)}))\n")
+    env = dict(os.environ, PYTHONPATH=str(site), MEDMAMBA_PLANS_DIR=str(user))
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=True, timeout=300)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["module"].startswith(str(site)), found  # the unpacked wheel, not this checkout
+    assert found["builtin"] == str(site / "medmamba_plans")
+    assert sorted(found["presets"]) == sorted(n[:-len(".toml")] for n in shipped)
+    assert found["segmamba"] == str(site / "medmamba_plans" / "segmamba.toml")
+    assert found["unet"] == str((user / "unet.toml").resolve())  # a user folder shadows the shipped preset
