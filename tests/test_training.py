@@ -75,16 +75,23 @@ def tiny_dataset(tmp_path_factory):
                        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
                                   "enhancing tumor": [3]},
                        "regions_class_order": [1, 2, 3], "numTraining": len(cases), "file_ending": ".nii.gz"}, f)
+        from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+            DatasetFingerprintExtractor,
+        )
         from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
             ExperimentPlanner,
         )
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-            extract_fingerprint_dataset,
             plan_experiment_dataset,
             preprocess_dataset,
         )
 
-        extract_fingerprint_dataset(DATASET_ID, num_processes=1, show_progress_bar=False, verbose=False)
+        extractor = DatasetFingerprintExtractor(DATASET_ID, num_processes=1)
+        # nnU-Net draws 1e8 intensity samples (with replacement) whatever the dataset's size: 40 s for
+        # these 3 tiny cases. There are 3·24³ voxels; that many samples say as much.
+        extractor.num_foreground_voxels_for_intensitystats = 3 * 24 ** 3
+        extractor.show_progress_bar = False
+        extractor.run()
         plan_experiment_dataset(DATASET_ID, ExperimentPlanner)
         preprocess_dataset(DATASET_ID, "nnUNetPlans", ("3d_fullres",), (1,), show_progress_bar=False)
 
