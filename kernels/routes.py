@@ -299,8 +299,15 @@ def route_tables(routes: Sequence[Route], length: int, device) -> tuple[torch.Te
     return index, desc
 
 
-@lru_cache(maxsize=64)
 def cached_route_tables(routes: tuple[Route, ...], length: int, device: str):
     """``route_tables`` memoised per (routes, L, device): layers call it every step with the same
-    routes, and the tables are small."""
+    routes, and the tables are small. Never memoised under a FakeTensorMode (memory estimates trace
+    the networks with fake tensors): a cached fake table would leak into later real runs."""
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return route_tables(routes, length, torch.device(device))
+    return _memoised_route_tables(routes, length, device)
+
+
+@lru_cache(maxsize=64)
+def _memoised_route_tables(routes: tuple[Route, ...], length: int, device: str):
     return route_tables(routes, length, torch.device(device))

@@ -48,6 +48,19 @@ def _benchmark_models(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _benchmark_predict(args: argparse.Namespace) -> None:
+    from medmamba.benchmarks.predict import run_predict_benchmark
+
+    device = _device(args.device)
+    patch = _patch_shape(args.patch)
+    if len(patch) != 3 or not 0 < args.step_size <= 1 or args.repeats < 1:
+        raise SystemExit("medmamba: benchmark predict needs a 3D --patch, 0 < --step-size <= 1 and --repeats >= 1")
+    rows = run_predict_benchmark(device, patch, args.step_size, repeats=args.repeats, names=args.arch)
+    if args.json is not None:
+        _write_json_atomically(args.json, rows)
+        print(f"wrote {args.json}")
+
+
 def _synth(args: argparse.Namespace) -> None:
     from medmamba.data import DatasetError
     from medmamba.data.synth import synth
@@ -125,6 +138,104 @@ def _plan_and_train(args: argparse.Namespace) -> None:
                        **_dataset_options(args))
     except ValueError as err:  # DatasetError, PlanningError, unknown recipe
         raise SystemExit(f"medmamba plan-and-train: {err}") from None
+
+
+_LABEL_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from medmamba.data import DatasetError
+    from medmamba.inference import ModelError, load_model, predict
+
+    labels = _LABEL_ALIASES.get(args.labels, args.labels)
+    try:
+        model = load_model(args.model, fold=args.fold, checkpoint=args.checkpoint)
+        predict(model, args.input, args.output, labels=labels, probabilities=args.probabilities, tta=args.tta,
+                device=args.device, step_size=args.step_size, overwrite=args.overwrite)
+    except (DatasetError, ModelError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"medmamba predict: {err}") from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from medmamba.evaluation import REGIONS, evaluate_folder
+
+    if not args.pred.is_dir():
+        raise SystemExit(f"medmamba evaluate: --pred {args.pred} is not a folder (give the folder of predicted "
+                         f"label maps <case_id>.nii.gz)")
+    if not args.gt.exists():
+        raise SystemExit(f"medmamba evaluate: --gt {args.gt} does not exist")
+    if args.num_workers < 1:
+        raise SystemExit(f"medmamba evaluate: --num-workers must be at least 1, got {args.num_workers}")
+    out = args.out
+    summary = args.summary or out.with_name(f"{out.stem}_summary.json")
+    if out.expanduser().absolute() == summary.expanduser().absolute():
+        raise SystemExit(f"medmamba evaluate: --out and --summary are the same file {out}")
+    for path, option in ((out, "--out"), (summary, "--summary")):
+        if path.name.endswith((".nii", ".nii.gz")):
+            raise SystemExit(f"medmamba evaluate: {option} {path} names a NIfTI file; give a .csv/.json path")
+        if path.is_dir():
+            raise SystemExit(f"medmamba evaluate: {option} {path} is a folder; give a file path")
+        if path.exists() and not args.force:
+            raise SystemExit(f"medmamba evaluate: {option} {path} already exists; pass --force to overwrite it")
+
+    def progress(done: int, total: int, case: str) -> None:
+        print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    try:
+        ev = evaluate_folder(args.pred, args.gt, convention=args.label_convention, empty=args.empty_convention,
+                             nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
+                             modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
+                             progress=progress if sys.stderr.isatty() else None)
+    except ValueError as err:  # DatasetError, unknown convention names, bad tolerance
+        raise SystemExit(f"medmamba evaluate: {err}") from None
+    ev.write_csv(out)
+    ev.write_summary_json(summary)
+    stats = ev.summary()
+
+    def cell(s: dict, digits: int) -> str:
+        if s["n"] == 0:
+            return "n/a"
+        sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
+
+    tol = f"NSD@{ev.nsd_tolerance_mm:g}mm"
+    print(f"{stats['cases']} cases, label convention {ev.label_convention} ({ev.label_convention_source}); "
+          f"empty masks: {ev.empty_convention} ({stats['empty_convention_description']})")
+    print(f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}{tol}")
+    for region in (*REGIONS, "mean"):
+        row = stats[region]
+        print(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+    if stats["gt_cases_without_prediction"]:
+        missing = stats["gt_without_prediction"]
+        print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
+              f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    print(f"per-case metrics: {out}\nsummary: {summary}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from medmamba.demo import DemoSettings, run_demo
+    from medmamba.models.registry import available
+
+    settings = DemoSettings()
+    for option in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
+        value = getattr(args, option)
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"medmamba demo: --{option.replace('_', '-')} must be at least 1, got {value}")
+            setattr(settings, option, value)
+    if args.shape is not None:
+        settings.shape = tuple(args.shape)
+    if args.arch:
+        unknown = sorted(set(args.arch) - set(available()))
+        if unknown:
+            raise SystemExit(f"medmamba demo: unknown architecture(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(available())}")
+        settings.archs = tuple(dict.fromkeys(["unet", *args.arch]))  # the baseline always runs
+    settings.seed = args.seed
+    try:
+        run_demo(args.out, settings, device=args.device)
+    except ValueError as err:  # DatasetError, PlanningError, CompareError, a foreign --out
+        raise SystemExit(f"medmamba demo: {err}") from None
 
 
 def _spacing(text: str):
@@ -212,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
-    pat.add_argument("--val-iters", type=int,
-                     help="validation batches per epoch for the pseudo-Dice (default nnU-Net's 50)")
+    pat.add_argument("--val-iters", type=int, help="validation batches per epoch (default: one per five training "
+                     "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
@@ -221,6 +332,85 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
                           "data the interrupted run made")
     pat.set_defaults(handler=_plan_and_train)
+
+    pred = commands.add_parser(
+        "predict", help="segment NIfTI cases with a trained model",
+        description="Predicts a case folder (BraTS 2021 or 2023 naming, or the generic layout the model was "
+                    "trained with), an explicit list of modality files in the model's channel order, or a folder "
+                    "of cases (OUTPUT is then a folder with one <case>.nii.gz each). The model's own nnU-Net "
+                    "preprocessing is applied and inverted (Gaussian sliding window, optional mirroring), and the "
+                    "label map is written in the training data's BraTS label convention with exactly the input's "
+                    "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
+    pred.add_argument("--model", "-m", type=Path, required=True,
+                      help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
+                           "folder, or a fold folder")
+    pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
+                      help="a case folder, the modality files of one case, or a folder of case folders")
+    pred.add_argument("-o", "--output", type=Path, required=True,
+                      help="output .nii.gz (or an existing folder) for one case; a new folder for a folder of cases")
+    pred.add_argument("--labels", choices=["2015", "2021", "2023", "brats2015", "brats2021", "brats2023", "msd_task01"],
+                      help="label convention of the output (default: the training data's)")
+    pred.add_argument("--probabilities", action="store_true",
+                      help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
+    pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
+    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pred.add_argument("--fold", help="fold to use when the model folder holds several")
+    pred.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
+                      help="checkpoint to use (default final)")
+    pred.add_argument("--step-size", type=float, default=0.5,
+                      help="sliding-window step as a fraction of the patch (default 0.5)")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
+    pred.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, HD95 and NSD per case for WT, TC and ET against ground truth",
+        description="Pairs every prediction PRED/<case_id>.nii.gz with its ground truth (a BraTS-style folder, "
+                    "or a folder of label maps <case_id>.nii.gz) and computes Dice, HD95 and normalised surface "
+                    "Dice for WT, TC and ET with MONAI, in mm (the ground truth's voxel spacing). A prediction "
+                    "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
+                    "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
+                    "empty-mask convention. Empty masks: brats (default; both empty: Dice 1, HD95 0; one "
+                    "empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan (both empty excluded), segmamba "
+                    "(either empty: Dice 0, HD95 50).")
+    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
+    evaluate.add_argument("--gt", type=Path, required=True,
+                          help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
+    evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"),
+                          help="per-case CSV (default ./metrics.csv)")
+    evaluate.add_argument("--summary", type=Path,
+                          help="summary JSON (default: beside the CSV, <stem>_summary.json)")
+    evaluate.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
+                          help="scores for empty masks (default brats)")
+    evaluate.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                          help="NSD tolerance in mm (default 1)")
+    evaluate.add_argument("--label-convention",
+                          help="label convention of both folders (brats2021, brats2023, brats2015, msd_task01); "
+                               "default: from the BraTS naming or the label values")
+    evaluate.add_argument("--cases", nargs="+", metavar="CASE",
+                          help="evaluate only these cases (each needs a prediction and ground truth)")
+    evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
+    evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
+    evaluate.add_argument("--num-workers", type=int, default=1, help="worker processes (default 1)")
+    evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
+    evaluate.set_defaults(handler=_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="synthetic data → train unet and every Mamba architecture → compare (the first command)",
+        description="Writes a synthetic BraTS-style training set and test set, trains unet and every Mamba "
+                    "architecture on a CPU-sized budget (a GPU is used when present), predicts and evaluates the "
+                    "test cases and writes the comparison report (OUT/report/report.html). The default budget "
+                    "takes about a quarter of an hour on a 2-core CPU; the options scale it up. Running it again "
+                    "with the same --out continues where it stopped.")
+    demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--arch", action="append", help="only these architectures besides unet (repeatable)")
+    demo.add_argument("--train-cases", type=int, help="synthetic training cases (default 10)")
+    demo.add_argument("--test-cases", type=int, help="synthetic test cases (default 4)")
+    demo.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="case size (default 32 32 32)")
+    demo.add_argument("--epochs", type=int, help="epochs per architecture (default 4)")
+    demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 20)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
+    demo.set_defaults(handler=_demo)
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
@@ -271,6 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     nets.set_defaults(handler=_benchmark_models)
+    bpred = targets.add_parser(
+        "predict", help="every architecture's time to predict one 240×240×155 BraTS case, as ratios to unet",
+        description="Predicts one random 4-channel 240×240×155 volume with every 3D architecture (random weights) "
+                    "through a Gaussian-weighted sliding window (MONAI's, the same windows as nnU-Net's predictor) "
+                    "and reports time and peak memory as ratios to unet measured in the same run.")
+    bpred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bpred.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar="SIZE",
+                       help="sliding-window patch (default 128 128 128)")
+    bpred.add_argument("--step-size", type=float, default=0.5,
+                       help="window step as a fraction of the patch (default 0.5, nnU-Net's; 1 = no overlap)")
+    bpred.add_argument("--repeats", type=int, default=1, help="timed repeats per architecture (median; default 1)")
+    bpred.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
+    bpred.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bpred.set_defaults(handler=_benchmark_predict)
     return parser
 
 

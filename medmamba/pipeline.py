@@ -5,8 +5,7 @@ architectures on one dataset and one split, in one work folder laid out as nnU-N
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +29,17 @@ class PlanAndTrainResult:
     trained: dict
 
 
+def _keep_record_with_model(raw: Path, model_folder: Path) -> None:
+    """Copy the conversion record (channel order, file naming, label convention) into the trainer's
+    output folder, so that a model folder moved elsewhere still predicts in the user's conventions."""
+    from medmamba.data import RECORD_NAME
+    from medmamba.data.nifti import atomic_output_file
+
+    if (raw / RECORD_NAME).is_file():  # absent when the input already was an nnU-Net raw dataset
+        with atomic_output_file(model_folder / RECORD_NAME) as tmp:
+            shutil.copyfile(raw / RECORD_NAME, tmp)
+
+
 def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
                    fold: int | str = 0, device: str = "auto", epochs: int | None = None,
                    iters_per_epoch: int | None = None, val_iters: int | None = None, recipe: str | None = None,
@@ -45,8 +55,9 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     5-fold split, or one fold per case for 2-4 cases (nnU-Net's own split needs 5). A fold the
     split does not have is an error (nnU-Net would silently train on a random 80:20 split).
 
-    ``epochs``, ``iters_per_epoch``, ``val_iters``: nnU-Net's 1000 × 250 and 50 validation batches
-    per epoch when ``None``.
+    ``epochs``, ``iters_per_epoch``: nnU-Net's 1000 × 250 when ``None``. ``val_iters`` (validation
+    batches per epoch) defaults to nnU-Net's ratio of one per five training iterations (its 50 per
+    250) when ``iters_per_epoch`` is given, else nnU-Net's 50.
 
     ``continue_training``: every architecture resumes from its last checkpoint (see
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
@@ -96,6 +107,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                                    {"data_identifier": data_identifier, "plans": first, "cases": cases})
     if fold != "all":
         write_splits(preprocessed / SPLITS_FILE, cases)
+    if val_iters is None and iters_per_epoch is not None:
+        val_iters = max(1, iters_per_epoch // 5)
     trained = {}
     for arch, identifier in identifiers.items():
         log(f"training {arch} ({identifier}, fold {fold})")
@@ -103,6 +116,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                               iters_per_epoch=iters_per_epoch, val_iters=val_iters, seed=seed,
                               continue_training=continue_training, recipe=recipe, architecture=arch,
                               output_folder=out / "nnUNet_results")
+        _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
         log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")
     return PlanAndTrainResult(raw, preprocessed, trained)
 
@@ -175,13 +189,9 @@ def preprocessing_complete(preprocessed: str | Path, data_identifier: str, cases
 def write_json_atomically(path: str | Path, payload) -> None:
     """Write ``payload`` as JSON to a temporary file beside ``path`` and rename it, so the file is
     complete or absent (never half-written)."""
+    from medmamba.data.nifti import atomic_output_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from medmamba.cli import main
 
@@ -99,3 +100,15 @@ def test_plan_stops_with_one_message_for_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="not a folder"):
         main(["plan", str(tmp_path / "missing"), "--arch", "unet"])
     assert not (tmp_path / "work" / "nnUNet_raw" / "Dataset500_empty").exists()
+
+
+def test_benchmark_predict_reports_ratios_to_unet(tmp_path, capsys):
+    from medmamba.benchmarks.predict import run_predict_benchmark
+
+    rows = run_predict_benchmark(torch.device("cpu"), (64, 64, 64), step_size=1.0, shape=(64, 64, 40),
+                                 names=["mhs_vm"], log=lambda _: None)
+    assert [r["name"] for r in rows] == ["unet", "mhs_vm"]
+    assert rows[0]["time_ratio"] == 1.0 and rows[1]["time_ratio"] == rows[1]["seconds"] / rows[0]["seconds"]
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in rows)
+    with pytest.raises(SystemExit, match="0 < --step-size <= 1"):
+        main(["benchmark", "predict", "--step-size", "0"])

@@ -124,3 +124,18 @@ def test_registered_route_kind_is_usable_everywhere():
     with pytest.raises(ValueError, match="already registered"):
         routes.register_route_kind("test_columns", columns)
     assert route_for("test_columns_reverse", (2, 3)).permutation().tolist() == [5, 2, 4, 1, 3, 0]
+
+
+def test_route_tables_traced_with_fake_tensors_do_not_leak_into_real_runs():
+    # The planners trace networks under FakeTensorMode; a route table memoised there was once
+    # returned to the next real forward pass, which then produced fake tensors.
+    from medmamba_kernels.routes import cached_route_tables, route_for
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    routes = (route_for("raster", (3, 4, 5)), route_for("raster_reverse", (3, 4, 5)))
+    with FakeTensorMode():
+        index, _ = cached_route_tables(routes, 60, "cpu")
+        assert isinstance(index[0], FakeTensor)
+    index, _ = cached_route_tables(routes, 60, "cpu")
+    assert not isinstance(index[0], FakeTensor)
+    assert torch.equal(index[1], torch.arange(59, -1, -1))

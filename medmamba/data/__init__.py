@@ -24,11 +24,14 @@ from medmamba.data.brats import (
     Problem,
     convert_to_nnunet,
     discover,
+    discover_case,
     ingest,
     load_conversion_record,
     load_label_convention,
+    naming_of,
     prepare,
     validate,
+    validate_case,
 )
 from medmamba.data.labels import (
     CONVENTIONS,
@@ -41,7 +44,8 @@ from medmamba.data.labels import (
 from medmamba.data.synth import INTENSITY_TABLE, SynthCase, generate_case, synth
 
 __all__ = [
-    "discover", "validate", "convert_to_nnunet", "ingest", "prepare", "synth", "generate_case",
+    "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
+    "ingest", "prepare", "synth", "generate_case",
     "to_nnunet_labels", "from_nnunet_labels", "detect_convention", "get_convention",
     "load_conversion_record", "load_label_convention",
     "Dataset", "Case", "Problem", "DatasetError", "DatasetWarning", "LabelConvention", "SynthCase",

@@ -74,7 +74,8 @@ from medmamba.data.nifti import (
 
 __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
-    "discover", "validate", "convert_to_nnunet", "ingest", "prepare", "load_conversion_record",
+    "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
+    "ingest", "prepare", "load_conversion_record",
     "load_label_convention",
     "RECORD_NAME",
 ]
@@ -269,6 +270,26 @@ def _discover_case(folder: Path, naming: Naming | None, modalities: tuple[str, .
             problems.append(Problem(folder, f"missing modality '{m}' (expected {expected})"))
     label = found[label_suffix][0] if label_suffix in found else None
     return Case(case_id, folder, tuple(images), label, tuple(problems))
+
+
+def discover_case(folder: str | Path, *, naming: str, modalities: Sequence[str] | None = None,
+                  label_suffix: str | None = None) -> Case:
+    """Find the files of one case folder in a known naming (for prediction, where the naming is the
+    model's): ``naming`` is a ``NAMINGS`` key, or ``"generic"`` with ``modalities`` and ``label_suffix``.
+    Problems are recorded in ``Case.problems`` (``validate_case`` reports them)."""
+    folder = Path(folder).expanduser().absolute()
+    if naming in NAMINGS:
+        n = NAMINGS[naming]
+        return _discover_case(folder, n, n.modalities, n.label_suffix)
+    if not modalities:
+        raise DatasetError("the generic layout needs the modality suffixes", path=folder)
+    return _discover_case(folder, None, tuple(_normalise_suffix(m) for m in modalities),
+                          _normalise_suffix(label_suffix or "seg"))
+
+
+def naming_of(folder_name: str) -> str | None:
+    """The BraTS naming a case folder name follows (``NAMINGS`` key), or None."""
+    return next((name for name, n in NAMINGS.items() if n.pattern.match(folder_name)), None)
 
 
 def _as_roots(folder: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:
@@ -470,6 +491,17 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
                                                                    source)) is not None:
         return _Report(Problem(case.label, why))
     return _Report(None, tuple(int(v) for v in values))
+
+
+def validate_case(case: Case, *, require_label: bool = False) -> None:
+    """Check one case's files (readable, 3D, finite, one geometry) and raise the first problem.
+
+    Raises:
+        DatasetError: naming the case and the file.
+    """
+    report = _check_case(case, require_label, None, "given", "seg")
+    if report.problem is not None:
+        raise DatasetError(report.problem.message, case=case.case_id, path=report.problem.path)
 
 
 R = TypeVar("R")

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "NIFTI_ENDINGS", "VolumeReadError", "Volume", "read_volume", "write_volume",
-    "geometry_mismatch", "nonfinite_voxels", "atomic_output_folder", "strip_ending",
+    "geometry_mismatch", "nonfinite_voxels", "atomic_output_folder", "atomic_output_file", "strip_ending",
     "VOXEL_SIZE_RTOL", "GRID_POSITION_TOL_VOXELS",
 ]
 
@@ -251,4 +251,18 @@ def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = 
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same file ending, hidden name) that replaces ``path`` when
+    the block completes; on any exception it is removed, so ``path`` is either complete or untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

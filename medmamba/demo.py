@@ -1,0 +1,91 @@
+"""``medmamba demo``: the whole toolkit on synthetic data, in one command.
+
+synth (training and test cases) → plan-and-train (``unet`` and every Mamba architecture, one shared
+split, the shared recipe) → compare on the test cases (predict, evaluate, statistics, plots, HTML).
+The default budget is sized for a 2-core CPU (about a quarter of an hour); ``DemoSettings`` fields
+scale it up, and a GPU is used when present.
+
+Running it again with the same settings continues where it stopped: the data are kept, every
+architecture resumes from its last checkpoint, and the report is written afresh.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["DEMO_ARCHS", "DemoSettings", "run_demo"]
+
+#: The U-Net baseline and every Mamba architecture (the ResEnc baselines are left to the user:
+#: they take as long as the Mamba networks on a CPU and add nothing to a first look).
+DEMO_ARCHS = ("unet", "umamba_bot", "umamba_enc", "segmamba", "lightm_unet", "mhs_vm")
+
+_SETTINGS_FILE = "demo_settings.json"
+
+
+@dataclass
+class DemoSettings:
+    """The demo's budget. The defaults train each architecture for 80 iterations of a 32³ patch
+    on ten 32³ cases, which a 2-core CPU does in minutes and which takes ``unet`` past whole-tumour
+    Dice 0.7 on the test cases."""
+
+    train_cases: int = 10
+    test_cases: int = 4
+    shape: tuple[int, int, int] = (32, 32, 32)
+    style: str = "brats2021"
+    epochs: int = 4
+    iters_per_epoch: int = 20
+    archs: tuple[str, ...] = field(default=DEMO_ARCHS)
+    seed: int = 0
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "archs": list(self.archs)}
+
+
+def _check_settings(out: Path, settings: DemoSettings) -> bool:
+    """True when ``out`` holds an earlier run of these settings (resume); False for a new folder.
+
+    Raises:
+        ValueError: ``out`` holds something else, or a demo with other settings.
+    """
+    record = out / _SETTINGS_FILE
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        data_keys = ("train_cases", "test_cases", "shape", "style", "seed")
+        if any(earlier.get(k) != settings.as_json()[k] for k in data_keys):
+            raise ValueError(f"{out} holds a demo with other data settings ({record}); choose another --out")
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not a demo folder; choose a new or empty --out")
+    return False
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: str = "auto",
+             log: Callable[[str], None] = print) -> Path:
+    """Run the demo into ``out`` (``data/``, ``work/``, ``report/``); returns the report folder."""
+    from medmamba.data.synth import synth
+    from medmamba.evaluation.compare import compare
+    from medmamba.pipeline import plan_and_train
+
+    settings = settings or DemoSettings()
+    out = Path(out).expanduser().absolute()
+    resuming = _check_settings(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _SETTINGS_FILE).write_text(json.dumps(settings.as_json(), indent=2) + "\n")
+    train, test = out / "data" / "train", out / "data" / "test"
+    for folder, cases, seed in ((train, settings.train_cases, settings.seed),
+                                (test, settings.test_cases, settings.seed + 10_000)):
+        if not folder.is_dir():  # synth writes a folder completely or not at all
+            synth(folder, cases=cases, shape=settings.shape, style=settings.style, seed=seed)
+            log(f"wrote {cases} synthetic {settings.style} cases to {folder}")
+    log(f"training {', '.join(settings.archs)}: {settings.epochs} epochs × {settings.iters_per_epoch} iterations "
+        f"each{' (continuing)' if resuming else ''}")
+    plan_and_train(train, settings.archs, out / "work", fold="all", device=device, epochs=settings.epochs,
+                   iters_per_epoch=settings.iters_per_epoch, seed=settings.seed, continue_training=resuming,
+                   name="demo", log=log)
+    report = out / "report"
+    compare(out / "work", report, test=test, device=device, force=True, seed=settings.seed, log=log)
+    log(f"report: {report / 'report.html'}")
+    return report

@@ -1,0 +1,405 @@
+"""Evaluate a folder of predicted label maps against ground truth: per-case CSV and summary JSON.
+
+Inputs
+    - Predictions: ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``), as ``medmamba predict`` writes them in
+      folder mode; other files in the folder are ignored.
+    - Ground truth, either a BraTS-style dataset folder (2021 or 2023 naming, or a generic layout with
+      ``modalities``/``label_suffix``; :func:`medmamba.data.discover` finds each case's label file; only
+      the label is read), or a plain folder of label maps ``<case_id>.nii.gz`` (e.g. another model's
+      predictions). A folder holding NIfTI files directly is taken as a plain folder.
+    - Label convention: given, else that of the BraTS naming, else detected from the ground-truth values
+      (:func:`medmamba.data.labels.detect_convention`; when no enhancing label occurs there, from the
+      predictions' values too; when none occurs anywhere, ``brats2021``, whose regions are then the same
+      as every other convention's).
+
+Checks (each a :class:`medmamba.data.DatasetError` naming the file)
+    a prediction without ground truth; a case listed in ``cases`` without prediction or ground truth; a
+    prediction whose shape or affine differs from its ground truth's (tolerances of
+    :mod:`medmamba.data.nifti`; nothing is resampled); label values outside the convention; unreadable or
+    non-3D files. Ground-truth cases without a prediction are not an error unless listed in ``cases``:
+    the summary counts and names them.
+
+Outputs
+    One row per (case, region) in ``Evaluation.rows``; ``write_csv`` and ``write_summary_json`` write
+    them atomically (temporary name, then rename). Every CSV row and the JSON state the empty-mask
+    convention, the NSD tolerance and the label convention.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medmamba.data.brats import DatasetError, _ordered_map, discover
+from medmamba.data.labels import detect_convention, get_convention, present_values
+from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
+from medmamba.evaluation.metrics import (
+    EMPTY_CONVENTIONS,
+    METRICS,
+    REGIONS,
+    _check_tolerance,
+    _metrics_of_masks,
+    check_empty_convention,
+    region_masks,
+    spacing_from_affine,
+)
+
+__all__ = ["Evaluation", "evaluate_folder", "CSV_COLUMNS", "SUMMARY_FORMAT"]
+
+SUMMARY_FORMAT = "medmamba-evaluation/1"
+CSV_COLUMNS: tuple[str, ...] = (
+    "case", "region", "dice", "hd95", "nsd", "gt_voxels", "pred_voxels", "pred_file", "gt_file",
+    "empty_convention", "nsd_tolerance_mm", "label_convention",
+)
+HD95_DEFINITION = ("MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed 95th "
+                   "percentiles of surface-voxel distances, in mm (ground-truth voxel spacing)")
+NSD_DEFINITION = "MONAI compute_surface_dice(use_subvoxels=True): surface-area fraction within the tolerance"
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | int]:
+    """mean, sample sd (ddof 1), median and count of the non-NaN values; n_nan counts the others."""
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[~np.isnan(arr)]
+    n = int(ok.size)
+    return {"mean": float(ok.mean()) if n else _nan(), "sd": float(ok.std(ddof=1)) if n > 1 else _nan(),
+            "median": float(np.median(ok)) if n else _nan(), "n": n, "n_nan": int(arr.size - n)}
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+def _json_ready(obj):
+    """NaN/Inf → None (JSON has no NaN), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def _write_atomically(path: str | Path, write: Callable[[object], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate_folder`.
+
+    Attributes:
+        rows: one dict per (case, region), sorted by case then WT, TC, ET: ``case``, ``region``, ``dice``,
+            ``hd95`` (mm), ``nsd`` (floats, NaN where the convention says so), ``gt_voxels``,
+            ``pred_voxels`` (region sizes), ``pred_file``, ``gt_file``.
+        empty_convention: the ``EMPTY_CONVENTIONS`` key used.
+        nsd_tolerance_mm: the NSD tolerance.
+        label_convention: the label convention of predictions and ground truth.
+        label_convention_source: why that convention (given, the naming, or the detection rule).
+        gt_without_prediction: ground-truth cases that had no prediction (not evaluated).
+        pred_dir, gt: the inputs, for the record.
+    """
+
+    rows: list[dict]
+    empty_convention: str
+    nsd_tolerance_mm: float
+    label_convention: str | None = None
+    label_convention_source: str = ""
+    gt_without_prediction: list[str] = field(default_factory=list)
+    pred_dir: str | None = None
+    gt: str | None = None
+
+    @property
+    def cases(self) -> list[str]:
+        """The evaluated case ids, in row order."""
+        return list(dict.fromkeys(row["case"] for row in self.rows))
+
+    def values(self, region: str, metric: str) -> np.ndarray:
+        """One float per case (row order) of ``metric`` for ``region``; ``region="mean"`` gives each case's
+        mean over the regions whose value is not NaN (NaN when all are)."""
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if region == "mean":
+            table = np.array([self.values(r, metric) for r in REGIONS])  # (regions, cases)
+            counts = (~np.isnan(table)).sum(axis=0)
+            sums = np.nansum(table, axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        if region not in REGIONS:
+            raise ValueError(f"unknown region {region!r}; known: {', '.join(REGIONS)}, mean")
+        return np.array([row[metric] for row in self.rows if row["region"] == region], dtype=np.float64)
+
+    def summary(self) -> dict:
+        """Per region and for ``"mean"``: ``{metric: {mean, sd, median, n, n_nan}}`` over cases, plus the
+        conventions and counts.
+
+        ``sd`` is the sample standard deviation (ddof 1; NaN below two values); NaN values are left out
+        of the statistics and counted in ``n_nan``. ``"mean"`` summarises each case's mean over the
+        regions that are not NaN in that case, and adds ``mean_of_region_means`` (the average of the WT,
+        TC and ET means, the number papers usually quote; equal to ``mean`` when nothing is NaN).
+        """
+        out: dict = {
+            "format": SUMMARY_FORMAT,
+            "empty_convention": self.empty_convention,
+            "empty_convention_description": EMPTY_CONVENTIONS.get(self.empty_convention, ""),
+            "nsd_tolerance_mm": self.nsd_tolerance_mm,
+            "label_convention": self.label_convention,
+            "label_convention_source": self.label_convention_source,
+            "hd95": HD95_DEFINITION,
+            "nsd": NSD_DEFINITION,
+            "cases": len(self.cases),
+            "gt_cases_without_prediction": len(self.gt_without_prediction),
+            "gt_without_prediction": list(self.gt_without_prediction),
+            "pred_dir": self.pred_dir,
+            "gt": self.gt,
+        }
+        for region in REGIONS:
+            out[region] = {m: _stats(self.values(region, m)) for m in METRICS}
+        out["mean"] = {}
+        for m in METRICS:
+            stats = _stats(self.values("mean", m))
+            stats["mean_of_region_means"] = float(np.mean([out[r][m]["mean"] for r in REGIONS]))
+            out["mean"][m] = stats
+        return out
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the rows (columns ``CSV_COLUMNS``; NaN as ``nan``) to a temporary file, then rename it."""
+        constant = {"empty_convention": self.empty_convention, "nsd_tolerance_mm": repr(float(self.nsd_tolerance_mm)),
+                    "label_convention": self.label_convention or ""}
+
+        def write(f) -> None:
+            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            for row in self.rows:
+                cells = {k: (repr(float(v)) if k in METRICS else v) for k, v in row.items()}
+                writer.writerow({**cells, **constant})
+
+        return _write_atomically(path, write)
+
+    def write_summary_json(self, path: str | Path) -> Path:
+        """Write ``summary()`` as JSON (NaN as null) to a temporary file, then rename it."""
+        text = json.dumps(_json_ready(self.summary()), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+        return _write_atomically(path, lambda f: f.write(text))
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Evaluation:
+        """Load a CSV written by ``write_csv`` (e.g. for comparing several models' evaluations)."""
+        path = Path(path)
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                missing = [c for c in ("case", "region", *METRICS, "empty_convention", "nsd_tolerance_mm")
+                           if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise DatasetError(f"not a medmamba metrics CSV: columns {missing} are missing", path=path)
+                raw = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DatasetError(f"cannot be read as CSV ({exc})", path=path) from None
+        if not raw:
+            raise DatasetError("metrics CSV holds no rows", path=path)
+        conventions = {r["empty_convention"] for r in raw}
+        tolerances = {r["nsd_tolerance_mm"] for r in raw}
+        labels = {r.get("label_convention", "") for r in raw}
+        if len(conventions) > 1 or len(tolerances) > 1 or len(labels) > 1:
+            raise DatasetError("rows mix empty-mask conventions, NSD tolerances or label conventions", path=path)
+        rows = []
+        try:
+            for r in raw:
+                row = {"case": r["case"], "region": r["region"], **{m: float(r[m]) for m in METRICS}}
+                for k in ("gt_voxels", "pred_voxels"):
+                    if r.get(k) not in (None, ""):
+                        row[k] = int(r[k])
+                row.update({k: r[k] for k in ("pred_file", "gt_file") if k in r})
+                rows.append(row)
+            tolerance = float(tolerances.pop())
+        except ValueError as exc:
+            raise DatasetError(f"bad value in metrics CSV ({exc})", path=path) from None
+        return cls(rows=rows, empty_convention=conventions.pop(), nsd_tolerance_mm=tolerance,
+                   label_convention=labels.pop() or None, label_convention_source=f"read from {path}")
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+def _nifti_listing(folder: Path, what: str) -> dict[str, Path]:
+    """case id → file for the visible NIfTI files lying directly in ``folder``."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        parts = strip_ending(p.name)
+        if parts is None:
+            continue
+        if parts[0] in found:
+            raise DatasetError(f"two {what} files for case {parts[0]}: {found[parts[0]].name} and {p.name}",
+                               path=p)
+        found[parts[0]] = p
+    return found
+
+
+def _ground_truth(gt: Path, modalities: Sequence[str] | None, label_suffix: str | None,
+                  convention: str | None) -> tuple[dict[str, Path], str | None, str, str]:
+    """(case id → label file, convention or None, its source, a description of the layout)."""
+    if not gt.exists():
+        raise DatasetError("ground-truth folder does not exist", path=gt)
+    if not gt.is_dir():
+        raise DatasetError("ground truth must be a folder (BraTS-style dataset or label maps <case>.nii.gz)",
+                           path=gt)
+    if (gt / "dataset.json").is_file():
+        raise DatasetError("this is an nnU-Net raw dataset: its labelsTr are in nnU-Net's label space, not the "
+                           "user's; give the original BraTS-style folder", path=gt)
+    plain = _nifti_listing(gt, "ground-truth")
+    if plain:
+        if convention is None and gt.name == "labelsTr" and (gt.parent / "dataset.json").is_file():
+            raise DatasetError("labels of an nnU-Net raw dataset are in nnU-Net's label space (1 edema, 2 "
+                               "non-enhancing core, 3 enhancing): give the original BraTS-style folder, or name "
+                               "the convention of both folders (msd_task01 has these values)", path=gt)
+        source = "given" if convention is not None else "to be detected from the label values"
+        return plain, convention, source, "label maps"
+    dataset = discover(gt, modalities=modalities, label_suffix=label_suffix, label_convention=convention)
+    labels = {c.case_id: c.label for c in dataset.cases if c.label is not None}
+    if not labels:
+        raise DatasetError(f"no case folder holds a label file (*{dataset.label_suffix}.nii.gz)", path=gt)
+    return labels, dataset.label_convention, dataset.convention_source, f"{dataset.naming} dataset"
+
+
+def _detect(files: Sequence[Path], more: Sequence[Path]) -> tuple[str, str]:
+    """The convention of the label values in ``files`` (then ``more`` too if no enhancing label occurs)."""
+    values: set[int] = set()
+    for group, what in ((files, "ground truth"), (more, "ground truth and predictions")):
+        for path in group:
+            data = _read_label(path, "label map").data
+            try:
+                values |= {int(v) for v in present_values(data)}
+            except ValueError as exc:  # NaN or non-integer voxels
+                raise DatasetError(f"label map: {exc}", path=path) from None
+        name, why = detect_convention(values)
+        if name is not None:
+            return name, f"detected from the {what}: {why}"
+    return "brats2021", (f"assumed: {why}; WT, TC and ET are then the same in every convention "
+                         f"(ET is empty throughout)")
+
+
+def _read_label(path: Path, what: str):
+    try:
+        vol = read_volume(path)
+    except VolumeReadError as exc:
+        raise DatasetError(str(exc), path=path) from None
+    if vol.data.ndim != 3:
+        raise DatasetError(f"{what} is {vol.data.ndim}D (shape {tuple(vol.data.shape)}) where a 3D label map is "
+                           f"expected", path=path)
+    return vol
+
+
+def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str, empty: str,
+                   tolerance: float) -> list[dict]:
+    """Rows of one case (runs in a worker process when ``num_workers > 1``)."""
+    gt = _read_label(gt_path, "ground truth")
+    pred = _read_label(pred_path, "prediction")
+    why = geometry_mismatch(gt.data.shape, gt.affine, pred.data.shape, pred.affine)
+    if why is not None:
+        raise DatasetError(f"prediction {pred_path} does not lie on the voxel grid of its ground truth {gt_path}: "
+                           f"{why} (nothing is resampled: predict on the ground truth's grid)",
+                           case=case_id, path=pred_path)
+    masks = {}
+    for what, vol, path in (("prediction", pred, pred_path), ("ground truth", gt, gt_path)):
+        try:
+            masks[what] = region_masks(vol.data, convention)
+        except ValueError as exc:
+            raise DatasetError(f"{what}: {exc}", case=case_id, path=path) from None
+    try:
+        spacing = spacing_from_affine(gt.affine)
+    except ValueError as exc:
+        raise DatasetError(f"ground truth: {exc}", case=case_id, path=gt_path) from None
+    del pred, gt
+    metrics = _metrics_of_masks(masks["prediction"], masks["ground truth"], spacing, empty, tolerance)
+    return [{"case": case_id, "region": region, **metrics[region],
+             "gt_voxels": int(np.count_nonzero(masks["ground truth"][region])),
+             "pred_voxels": int(np.count_nonzero(masks["prediction"][region])),
+             "pred_file": str(pred_path), "gt_file": str(gt_path)} for region in REGIONS]
+
+
+def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | None = None, empty: str = "brats",
+                    nsd_tolerance_mm: float = 1.0, cases: Sequence[str] | None = None, num_workers: int = 1,
+                    modalities: Sequence[str] | None = None, label_suffix: str | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
+    """Dice, HD95 and NSD for WT, TC and ET of every prediction in ``pred_dir`` (module docstring).
+
+    Args:
+        pred_dir: folder of predicted label maps ``<case_id>.nii.gz``.
+        gt: BraTS-style dataset folder, or a folder of label maps ``<case_id>.nii.gz``.
+        convention: label convention of predictions and ground truth (``CONVENTIONS`` key); None: from the
+            BraTS naming or detected from the values.
+        empty: empty-mask convention, an ``EMPTY_CONVENTIONS`` key (default ``"brats"``).
+        nsd_tolerance_mm: NSD tolerance in mm (default 1).
+        cases: evaluate only these case ids; each must have a prediction and ground truth.
+        num_workers: worker processes (one case in memory per worker: two label maps and six masks).
+        modalities, label_suffix: for a ground-truth folder in a generic layout (see ``discover``).
+        progress: called as ``progress(done, total, case_id)`` after each case.
+    Returns:
+        the :class:`Evaluation`.
+    Raises:
+        DatasetError: any problem with the inputs, naming the file (module docstring).
+        ValueError: an unknown convention name or a bad tolerance.
+    """
+    empty = check_empty_convention(empty)
+    tolerance = _check_tolerance(nsd_tolerance_mm)
+    if convention is not None:
+        convention = get_convention(convention).name
+    pred_dir = Path(pred_dir).expanduser().absolute()
+    gt = Path(gt).expanduser().absolute()
+    if not pred_dir.is_dir():
+        raise DatasetError("prediction folder does not exist or is not a folder", path=pred_dir)
+    preds = _nifti_listing(pred_dir, "prediction")
+    if not preds:
+        raise DatasetError("no predictions here (expected label maps named <case_id>.nii.gz)", path=pred_dir)
+    labels, convention, source, layout = _ground_truth(gt, modalities, label_suffix, convention)
+
+    if cases is not None:
+        wanted = list(dict.fromkeys(cases))
+        if not wanted:
+            raise DatasetError("the list of cases to evaluate is empty")
+        for case_id in wanted:
+            if case_id not in preds:
+                raise DatasetError(f"no prediction for case {case_id} (expected {pred_dir / (case_id + '.nii.gz')})",
+                                   case=case_id, path=pred_dir)
+            if case_id not in labels:
+                raise DatasetError(f"no ground truth for case {case_id} in the {layout} {gt}", case=case_id, path=gt)
+        selected = sorted(wanted)
+    else:
+        for case_id, path in preds.items():
+            if case_id not in labels:
+                raise DatasetError(f"prediction without ground truth: no case {case_id} in the {layout} {gt}",
+                                   case=case_id, path=path)
+        selected = sorted(preds)
+    without = sorted(set(labels) - set(preds))
+
+    if convention is None:
+        convention, source = _detect([labels[c] for c in selected], [preds[c] for c in selected])
+
+    items = [(c, preds[c], labels[c], convention, empty, tolerance) for c in selected]
+    rows: list[dict] = []
+    for done, case_rows in enumerate(_ordered_map(_evaluate_case, items, num_workers), start=1):
+        rows.extend(case_rows)
+        if progress is not None:
+            progress(done, len(items), case_rows[0]["case"])
+    return Evaluation(rows=rows, empty_convention=empty, nsd_tolerance_mm=tolerance, label_convention=convention,
+                      label_convention_source=source, gt_without_prediction=without, pred_dir=str(pred_dir),
+                      gt=str(gt))

@@ -1,0 +1,17 @@
+"""Prediction with trained models: find a model, predict NIfTI cases, write label maps aligned with
+the input (nnU-Net's predictor underneath; see :mod:`medmamba.inference.predictor`).
+
+Typical use (what ``medmamba predict`` does)::
+
+    from medmamba.inference import load_model, Predictor
+    model = load_model("results/umamba_bot")                    # a plan-and-train work folder / arch
+    predictor = Predictor(model, device="auto", tta=False)
+    prediction = predictor.predict_case(["c_t1.nii.gz", "c_t1ce.nii.gz", "c_t2.nii.gz", "c_flair.nii.gz"])
+    Predictor.write(prediction, "c_pred.nii.gz")                 # input's shape, affine, qform/sform
+"""
+
+from medmamba.inference.model import CHECKPOINTS, ModelError, TrainedModel, list_trained_models, load_model
+from medmamba.inference.predictor import REGION_NAMES, Prediction, Predictor, predict, resolve_cases
+
+__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model",
+           "REGION_NAMES", "Prediction", "Predictor", "predict", "resolve_cases"]

@@ -1,0 +1,218 @@
+"""Trained models on disk: finding them in a results folder and loading one for prediction.
+
+A trained model is nnU-Net's trainer output folder,
+``<nnUNet_results>/DatasetXXX_Name/<Trainer>__<plans>__<configuration>/``, holding ``plans.json``,
+``dataset.json`` (the one the trainer used: label-based for SegMamba's CE recipe), one ``fold_<f>/``
+per trained fold with its checkpoints, and ``medmamba_dataset.json``, the conversion record of the
+training data (channel order, file naming, label convention; copied there by ``plan-and-train``).
+
+``load_model`` accepts, from the most to the least explicit:
+
+- a fold folder (``…/fold_0``);
+- a trainer output folder (one fold is chosen with ``fold``, or the only one present);
+- ``RESULTS/ARCH``: a ``medmamba plan-and-train --out RESULTS`` work folder and an architecture
+  name (the one trainer folder whose plans were made for ARCH).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medmamba.data import RECORD_NAME, DatasetError, LabelConvention, get_convention
+
+__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model"]
+
+#: ``checkpoint=`` name → nnU-Net checkpoint file.
+CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used, with the folder or file named in the message."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained fold of one architecture, ready to be loaded.
+
+    Attributes:
+        arch: medmamba architecture name (from the plans), or the network class name for plans that
+            medmamba did not write.
+        trainer: nnU-Net trainer class name (it names the recipe).
+        folder: the trainer output folder (``plans.json``, ``dataset.json``, ``fold_*``).
+        fold: the fold, ``"0"``–``"4"`` or ``"all"``.
+        checkpoint: the checkpoint file.
+        configuration: the plans configuration, e.g. ``"3d_fullres"``.
+        plans: ``plans.json``.
+        dataset_json: ``dataset.json`` as the trainer used it.
+        record: ``medmamba_dataset.json`` of the training data, or None when none was found.
+    """
+
+    arch: str
+    trainer: str
+    folder: Path
+    fold: str
+    checkpoint: Path
+    configuration: str
+    plans: dict
+    dataset_json: dict
+    record: dict | None
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Input channel names in channel order (e.g. T1, T1ce, T2, Flair)."""
+        names = self.dataset_json["channel_names"]
+        return tuple(names[str(i)] for i in range(len(names)))
+
+    @property
+    def label_convention(self) -> LabelConvention | None:
+        """The training data's label convention (the default for written predictions)."""
+        return get_convention(self.record["label_convention"]["name"]) if self.record else None
+
+    @property
+    def dataset_name(self) -> str:
+        return self.folder.parent.name
+
+    def load_checkpoint(self) -> dict:
+        """The checkpoint dict (weights on the CPU)."""
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or foreign file: name it
+            raise ModelError(f"{self.checkpoint}: cannot be read as a checkpoint ({exc})") from None
+
+    def describe(self) -> str:
+        return f"{self.arch} ({self.trainer}, fold {self.fold}, {self.checkpoint.name})"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; not a trained nnU-Net/medmamba model folder") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+
+
+def _find_record(folder: Path, dataset_name: str) -> dict | None:
+    """The conversion record: beside the model, else in the work folder's nnUNet_raw."""
+    candidates = [folder / RECORD_NAME]
+    if len(folder.parents) >= 3:
+        candidates.append(folder.parents[2] / "nnUNet_raw" / dataset_name / RECORD_NAME)
+    for path in candidates:
+        if path.is_file():
+            return _read_json(path)
+    return None
+
+
+def _architecture(plans: dict, configuration: str) -> str:
+    recorded = plans.get("medmamba", {}).get("architecture")
+    if recorded:
+        return recorded
+    return plans["configurations"][configuration]["architecture"]["network_class_name"].rsplit(".", 1)[-1]
+
+
+def _split_folder_name(name: str) -> tuple[str, str, str] | None:
+    parts = name.split("__")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+def _model_from_folder(folder: Path, fold: str | None, checkpoint: str) -> TrainedModel:
+    parts = _split_folder_name(folder.name)
+    if parts is None:
+        raise ModelError(f"{folder}: not a trainer output folder (named <Trainer>__<plans>__<configuration>)")
+    trainer, _, configuration = parts
+    plans = _read_json(folder / "plans.json")
+    dataset_json = _read_json(folder / "dataset.json")
+    if configuration not in plans.get("configurations", {}):
+        raise ModelError(f"{folder / 'plans.json'}: has no configuration {configuration!r}")
+    folds = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if p.is_dir())
+    if fold is None:
+        if len(folds) != 1:
+            raise ModelError(f"{folder}: {'no fold folder' if not folds else 'folds ' + ', '.join(folds)}; "
+                             f"{'nothing was trained here' if not folds else 'choose one with --fold'}")
+        fold = folds[0]
+    fold = str(fold)
+    if fold not in folds:
+        raise ModelError(f"{folder}: no fold_{fold} (trained: {', '.join(folds) or 'none'})")
+    if checkpoint not in CHECKPOINTS:
+        raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    ckpt = folder / f"fold_{fold}" / CHECKPOINTS[checkpoint]
+    if not ckpt.is_file():
+        present = sorted(p.name for p in ckpt.parent.glob("checkpoint_*.pth"))
+        hint = (f"; training did not finish (found {', '.join(present)}): resume it with --continue, or use "
+                f"--checkpoint latest" if present and checkpoint == "final" else "")
+        raise ModelError(f"{ckpt}: missing{hint}")
+    return TrainedModel(arch=_architecture(plans, configuration), trainer=trainer, folder=folder, fold=fold,
+                        checkpoint=ckpt, configuration=configuration, plans=plans, dataset_json=dataset_json,
+                        record=_find_record(folder, folder.parent.name))
+
+
+def _trainer_folders(results: Path) -> list[Path]:
+    """Trainer output folders under a work folder, an nnUNet_results folder or a dataset folder."""
+    for root in (results / "nnUNet_results", results):
+        found = sorted(p for p in root.glob("*/*__*__*") if p.is_dir()) + sorted(
+            p for p in root.glob("*__*__*") if p.is_dir())
+        if found:
+            return found
+    return []
+
+
+def list_trained_models(results: str | Path, *, checkpoint: str = "final",
+                        fold: str | None = None) -> tuple[list[TrainedModel], list[tuple[str, str]]]:
+    """Every trained model in a results folder, and the ones that cannot be used.
+
+    Args:
+        results: a ``plan-and-train`` work folder (or its ``nnUNet_results``, or one dataset folder in it).
+        checkpoint: "final" (default: finished trainings only), "best" or "latest".
+        fold: the fold to use; None takes each trainer folder's only fold.
+    Returns:
+        (models sorted by architecture name, [(trainer folder name, why it was skipped)]).
+    """
+    models, skipped = [], []
+    for folder in _trainer_folders(Path(results)):
+        try:
+            models.append(_model_from_folder(folder, fold, checkpoint))
+        except (ModelError, DatasetError, KeyError) as exc:
+            skipped.append((folder.name, str(exc)))
+    return sorted(models, key=lambda m: (m.arch, m.trainer)), skipped
+
+
+def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: str = "final") -> TrainedModel:
+    """Resolve a model path (see the module docstring) to one trained fold.
+
+    Raises:
+        ModelError: the path is no model, the fold or checkpoint is missing, or ``RESULTS/ARCH`` matches
+            no or several trainer folders.
+    """
+    path = Path(path).expanduser().absolute()
+    fold = None if fold is None else str(fold)
+    if path.is_dir() and path.name.startswith("fold_") and (path.parent / "plans.json").is_file():
+        if fold is not None and fold != path.name[len("fold_"):]:
+            raise ModelError(f"{path}: is fold {path.name[len('fold_'):]}, but fold {fold} was asked for")
+        return _model_from_folder(path.parent, path.name[len("fold_"):], checkpoint)
+    if path.is_dir() and (path / "plans.json").is_file():
+        return _model_from_folder(path, fold, checkpoint)
+    if path.parent.is_dir() and not path.exists():
+        arch = path.name
+        candidates = []
+        for folder in _trainer_folders(path.parent):
+            try:
+                plans = _read_json(folder / "plans.json")
+                parts = _split_folder_name(folder.name)
+                if parts and parts[2] in plans.get("configurations", {}) and _architecture(plans, parts[2]) == arch:
+                    candidates.append(folder)
+            except ModelError:
+                continue
+        if len(candidates) == 1:
+            return _model_from_folder(candidates[0], fold, checkpoint)
+        if len(candidates) > 1:
+            raise ModelError(f"{path}: {len(candidates)} trained models of {arch} "
+                             f"({', '.join(c.name for c in candidates)}); give the folder of the one to use")
+        trained = sorted({m.arch for m in list_trained_models(path.parent, checkpoint=checkpoint)[0]})
+        raise ModelError(f"{path}: no trained {arch} in {path.parent}"
+                         + (f" (trained: {', '.join(trained)})" if trained else " (no trained model there)"))
+    raise ModelError(f"{path}: not a model folder (expected plans.json and fold_* inside, or RESULTS/ARCH for a "
+                     f"plan-and-train work folder RESULTS)")

@@ -1,0 +1,351 @@
+"""Prediction: NIfTI case in, NIfTI label map out, aligned voxel for voxel with the input.
+
+The engine is nnU-Net's own ``nnUNetPredictor`` (built with ``manual_initialization``, no trainer
+lookup by name): the images are read with the plans' reader, preprocessed exactly as in training
+(cropping, resampling, normalisation from the plans), predicted with a Gaussian-weighted sliding window
+(optionally with mirroring), resampled back and un-cropped by nnU-Net. There is no second
+implementation of the preprocessing that could drift from training.
+
+Geometry: nnU-Net's readers return the stored voxel array with its axes reversed (``(z, y, x)`` for
+a file indexed ``(i, j, k)``); reversing them again gives the label map in the input file's voxel
+order, which is written with a copy of the first modality's header: same shape, affine, qform and sform
+(codes included), whatever the orientation or spacing of the input.
+
+Labels: the network predicts nnU-Net's region space (WT/TC/ET), written back in the training data's
+BraTS label convention (or another one, ``labels=``). Probabilities, when asked for, are one 4D
+float32 NIfTI per case with the region probabilities WT, TC, ET as its 4th axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medmamba.data import (
+    NAMINGS,
+    Case,
+    DatasetError,
+    LabelConvention,
+    discover,
+    discover_case,
+    from_nnunet_labels,
+    get_convention,
+    naming_of,
+    validate_case,
+)
+from medmamba.data.nifti import atomic_output_file, atomic_output_folder, strip_ending, write_volume
+
+from .model import ModelError, TrainedModel
+
+__all__ = ["REGION_NAMES", "Prediction", "Predictor", "predict", "resolve_cases"]
+
+#: nnU-Net region label names (dataset.json) → the short names used in outputs.
+REGION_NAMES = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET"}
+
+# Readers whose arrays are the stored voxel array with reversed axes (the others reorient).
+_TRANSPOSING_READERS = {"SimpleITKIO", "NibabelIO"}
+
+
+@dataclass
+class Prediction:
+    """One predicted case.
+
+    Attributes:
+        case_id: the case's name (folder name, or the first file's name without modality suffix).
+        labels: (X, Y, Z) uint8 label map in ``convention``, in the input file's voxel order.
+        probabilities: (X, Y, Z, R) float32 region probabilities (``regions`` order), or None.
+        regions: region names of the probability axis, e.g. ("WT", "TC", "ET").
+        reference: the first modality (its header and affine are copied to the outputs).
+        convention: the label convention of ``labels``.
+        seconds: wall time of reading, preprocessing, prediction and resampling back.
+    """
+
+    case_id: str
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    regions: tuple[str, ...]
+    reference: nib.Nifti1Image
+    convention: LabelConvention
+    seconds: float
+
+
+class Predictor:
+    """A trained model on a device, ready to predict cases.
+
+    Args:
+        model: from :func:`medmamba.inference.load_model`.
+        device: "auto", "cpu" or "cuda".
+        tta: mirror test-time augmentation over the axes the training allowed (8 passes in 3D).
+        step_size: sliding-window step as a fraction of the patch (nnU-Net's 0.5).
+        labels: label convention of the written maps; default: the training data's.
+        probabilities: also compute region probabilities.
+        show_progress: tqdm bar over the windows of each case.
+    """
+
+    def __init__(self, model: TrainedModel, *, device: str | torch.device = "auto", tta: bool = False,
+                 step_size: float = 0.5, labels: str | LabelConvention | None = None,
+                 probabilities: bool = False, show_progress: bool = True):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from medmamba.training.run import resolve_device
+
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step size must be in (0, 1], got {step_size}")
+        self.model = model
+        self.device = resolve_device(device)
+        self.probabilities = probabilities
+        if labels is not None:
+            self.convention = get_convention(labels)
+        elif model.label_convention is not None:
+            self.convention = model.label_convention
+        else:
+            raise ModelError(f"{model.folder}: no {'medmamba_dataset.json'} records the training data's label "
+                             f"convention; choose one with --labels")
+        self.plans_manager = PlansManager(model.plans)
+        self.configuration = self.plans_manager.get_configuration(model.configuration)
+        reader = self.plans_manager.image_reader_writer_class
+        if reader.__name__ not in _TRANSPOSING_READERS:
+            raise ModelError(f"{model.folder / 'plans.json'}: image reader {reader.__name__} is not supported "
+                             f"(medmamba writes outputs in the input's voxel order: {', '.join(_TRANSPOSING_READERS)})")
+        self.reader = reader()
+        self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
+        self.regions = self._region_sets(model.dataset_json)
+        checkpoint = model.load_checkpoint()
+        network = get_network_from_plans(
+            self.configuration.network_arch_class_name, self.configuration.network_arch_init_kwargs,
+            self.configuration.network_arch_init_kwargs_req_import,
+            determine_num_input_channels(self.plans_manager, self.configuration, model.dataset_json),
+            self.label_manager.num_segmentation_heads, allow_init=False, deep_supervision=False)
+        try:
+            network.load_state_dict(checkpoint["network_weights"])
+        except (KeyError, RuntimeError) as exc:
+            raise ModelError(f"{model.checkpoint}: weights do not fit the network of plans.json ({exc})") from None
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a notice for every CPU predictor
+            self.engine = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
+                                          perform_everything_on_device=self.device.type == "cuda",
+                                          device=self.device, allow_tqdm=show_progress)
+        self.engine.manual_initialization(network.to(self.device), self.plans_manager, self.configuration,
+                                          [checkpoint["network_weights"]], model.dataset_json,
+                                          checkpoint.get("trainer_name", model.trainer),
+                                          checkpoint.get("inference_allowed_mirroring_axes"))
+
+    @staticmethod
+    def _region_sets(dataset_json: dict) -> dict[str, tuple[int, ...]]:
+        """Region name → nnU-Net labels, from the regions the model was trained on (region-based) or
+        the ones recorded beside a label-based dataset.json."""
+        labels = dataset_json.get("medmamba_regions") or dataset_json["labels"]
+        regions = {}
+        for name, value in labels.items():
+            if name in ("background", "ignore"):
+                continue
+            values = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+            regions[REGION_NAMES.get(name, name)] = values
+        return regions
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.model.channel_names)
+
+    def _region_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """(R, z, y, x) region probabilities from nnU-Net's (heads, z, y, x) output."""
+        if self.label_manager.has_regions:
+            return probabilities  # sigmoid per region, in the order of dataset.json's labels
+        # softmax over labels (background first): a region is the sum of its labels' probabilities
+        label_index = {int(v): i for i, v in enumerate(self.label_manager.all_labels)}
+        return np.stack([sum(probabilities[label_index[v]] for v in values)
+                         for values in self.regions.values()])
+
+    def predict_case(self, images: Sequence[str | Path], case_id: str | None = None) -> Prediction:
+        """Predict one case from its modality files, in the model's channel order.
+
+        Raises:
+            DatasetError: wrong number of files, or a file that is unreadable, not 3D, not finite, or
+                whose geometry differs from the first file's.
+        """
+        images = [Path(p).expanduser().absolute() for p in images]
+        case = Case(case_id or _case_id_of(images[0]), images[0].parent, tuple(images), None)
+        self.check_case(case)
+        start = time.perf_counter()
+        data, properties = self.reader.read_images([str(p) for p in images])
+        with torch.inference_mode():
+            out = self.engine.predict_single_npy_array(data, properties, None, None, self.probabilities)
+        segmentation, probabilities = out if self.probabilities else (out, None)
+        reference = nib.load(str(images[0]))
+        labels = from_nnunet_labels(np.asarray(segmentation).transpose(2, 1, 0), self.convention).astype(np.uint8)
+        if labels.shape != reference.shape[:3]:
+            raise RuntimeError(f"prediction of shape {labels.shape} does not match {images[0]} {reference.shape}: "
+                               f"the reader's axis order is not the file's")
+        if probabilities is not None:
+            probabilities = self._region_probabilities(np.asarray(probabilities, dtype=np.float32))
+            probabilities = np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0))
+        return Prediction(case.case_id, labels, probabilities, tuple(self.regions), reference, self.convention,
+                          time.perf_counter() - start)
+
+    def check_case(self, case: Case) -> None:
+        """The case has one file per model channel, all readable 3D volumes of one geometry."""
+        if case.problems:
+            problem = case.problems[0]
+            raise DatasetError(problem.message, case=case.case_id, path=problem.path)
+        if len(case.images) != self.num_channels:
+            raise DatasetError(f"{len(case.images)} modality file(s) given, the model needs {self.num_channels} "
+                               f"({', '.join(self.model.channel_names)}, in this order)", case=case.case_id)
+        validate_case(replace(case, label=None))
+
+    @staticmethod
+    def write(prediction: Prediction, out_file: str | Path, probabilities_file: str | Path | None = None) -> Path:
+        """Write the label map (and the probabilities) atomically with the input's geometry."""
+        header = prediction.reference.header
+        out_file = Path(out_file)
+        with atomic_output_file(out_file) as tmp:
+            write_volume(tmp, prediction.labels, header=header)
+        if probabilities_file is not None and prediction.probabilities is not None:
+            with atomic_output_file(probabilities_file) as tmp:
+                write_volume(tmp, prediction.probabilities, header=_probability_header(header, prediction.regions))
+        return out_file
+
+
+def _probability_header(header: nib.Nifti1Header, regions: Sequence[str]) -> nib.Nifti1Header:
+    hdr = header.copy()
+    hdr.set_intent("vector", (), name="probabilities")
+    hdr["descrip"] = ("regions " + ",".join(regions)).encode()[:79]
+    return hdr
+
+
+def _case_id_of(first_image: Path) -> str:
+    """A case id from a modality file name: the name without its ending and modality suffix."""
+    stem = strip_ending(first_image.name)[0] if strip_ending(first_image.name) else first_image.stem
+    for sep in ("_", "-"):
+        if sep in stem:
+            return stem.rsplit(sep, 1)[0]
+    return stem
+
+
+# ------------------------------------------------------------------------------ input resolution
+
+def _generic_layout(model: TrainedModel) -> dict | None:
+    """The training data's generic layout (modalities, label suffix), or None for BraTS naming."""
+    source = (model.record or {}).get("source") or {}
+    return source if source.get("naming") not in NAMINGS and source.get("modalities") else None
+
+
+def _case_in_folder(folder: Path, model: TrainedModel) -> Case:
+    """The modality files of a case folder: in the training data's generic layout if it had one, else
+    in the folder's own BraTS naming (BraTS 2021 and 2023 list their sequences in the same order: T1,
+    T1ce, T2, FLAIR, so a model trained on one naming reads the other)."""
+    if (layout := _generic_layout(model)) is not None:
+        return discover_case(folder, naming="generic", modalities=layout["modalities"],
+                             label_suffix=layout["label_suffix"])
+    naming = naming_of(folder.name)
+    if naming is None:
+        raise DatasetError(f"the case folder's name follows no BraTS naming "
+                           f"({', '.join(n.title for n in NAMINGS.values())}); give the modality files explicitly",
+                           path=folder)
+    return discover_case(folder, naming=naming)
+
+
+def _has_nifti(folder: Path) -> bool:
+    return any(strip_ending(p.name) for p in folder.iterdir() if p.is_file())
+
+
+def resolve_cases(inputs: Sequence[str | Path], model: TrainedModel) -> tuple[str, list[Case], Path | None]:
+    """What ``-i`` names: ("files", [one case], None), ("case", [one case], case folder) or
+    ("folder", cases, folder of cases).
+
+    Raises:
+        DatasetError: a missing input, a folder with no case, a file list of the wrong length.
+    """
+    paths = [Path(p).expanduser().absolute() for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise DatasetError("input does not exist", path=p)
+    if len(paths) > 1 or paths[0].is_file():
+        for p in paths:
+            if not p.is_file() or strip_ending(p.name) is None:
+                raise DatasetError("not a NIfTI file (.nii or .nii.gz); give one file per modality or one folder",
+                                   path=p)
+        return "files", [Case(_case_id_of(paths[0]), paths[0].parent, tuple(paths), None)], None
+    folder = paths[0]
+    if _has_nifti(folder):
+        return "case", [_case_in_folder(folder, model)], folder
+    layout = _generic_layout(model)
+    dataset = (discover(folder, modalities=layout["modalities"], label_suffix=layout["label_suffix"])
+               if layout is not None else discover(folder))
+    return "folder", list(dataset.cases), folder
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or (a.exists() and b.exists() and a.samefile(b))
+
+
+def _probabilities_path(out_file: Path) -> Path:
+    stem, ending = strip_ending(out_file.name) or (out_file.stem, ".nii.gz")
+    return out_file.with_name(f"{stem}_probabilities{ending}")
+
+
+def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Path, *, labels: str | None = None,
+            probabilities: bool = False, tta: bool = False, device: str = "auto", step_size: float = 0.5,
+            overwrite: bool = False, show_progress: bool = True, log=print) -> list[Path]:
+    """``medmamba predict``: one case (a case folder, or its modality files) → ``output`` (a .nii.gz
+    path, or an existing folder to hold ``<case_id>.nii.gz``); a folder of cases → the folder
+    ``output`` with one ``<case_id>.nii.gz`` per case (written as a whole: complete or absent).
+
+    Every case is checked before the first prediction, and nothing is written when one is bad.
+    An output never replaces an input; an existing output file is replaced only with ``overwrite``.
+
+    Returns:
+        the written label maps.
+    Raises:
+        DatasetError: bad inputs or outputs, named in the message; ModelError: an unusable model.
+    """
+    from tqdm import tqdm
+
+    mode, cases, input_folder = resolve_cases(inputs, model)
+    predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
+                          probabilities=probabilities, show_progress=show_progress and mode != "folder")
+    for case in cases:
+        predictor.check_case(case)
+    output = Path(output).expanduser().absolute()
+    inputs_ = {p for case in cases for p in case.images}
+
+    if mode in ("files", "case"):
+        out_file = output / f"{cases[0].case_id}.nii.gz" if output.is_dir() else output
+        if strip_ending(out_file.name) is None:
+            raise DatasetError("output must end in .nii.gz or .nii (or be an existing folder)", path=out_file)
+        targets = [out_file] + ([_probabilities_path(out_file)] if probabilities else [])
+        for target in targets:
+            if any(_same_file(target, p) for p in inputs_):
+                raise DatasetError("output would overwrite an input file", path=target)
+            if input_folder is not None and input_folder in target.parents:
+                raise DatasetError(f"output lies inside the input case folder {input_folder}; inputs are never "
+                                   f"modified, choose an output outside it", path=target)
+            if target.exists() and not overwrite:
+                raise DatasetError("output exists; remove it, choose another, or pass --overwrite", path=target)
+        if not out_file.parent.is_dir():
+            raise DatasetError("output folder does not exist", path=out_file.parent)
+        prediction = predictor.predict_case(cases[0].images, cases[0].case_id)
+        Predictor.write(prediction, out_file, targets[1] if probabilities else None)
+        log(f"{prediction.case_id}: {out_file} ({prediction.seconds:.1f} s)")
+        return [out_file]
+
+    written = []
+    with atomic_output_folder(output, refuse_inside=(input_folder,), error=DatasetError) as tmp:
+        for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
+            prediction = predictor.predict_case(case.images, case.case_id)
+            name = f"{case.case_id}.nii.gz"
+            Predictor.write(prediction, tmp / name,
+                            tmp / f"{case.case_id}_probabilities.nii.gz" if probabilities else None)
+            written.append(output / name)
+            log(f"{case.case_id}: {prediction.seconds:.1f} s")
+    log(f"wrote {len(written)} label maps to {output}")
+    return written
