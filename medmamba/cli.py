@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from medmamba.pipeline import write_json_atomically as _write_json_atomically
 
 
 def _device(name: str) -> torch.device:
@@ -18,19 +18,6 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("medmamba: --device cuda was asked for, but this PyTorch sees no CUDA GPU")
     return torch.device(name)
-
-
-def _write_json_atomically(path: Path, payload) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so the file is complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _benchmark_scan(args: argparse.Namespace) -> None:
@@ -135,6 +122,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
 
     if not args.data.is_dir():
         raise SystemExit(f"medmamba plan-and-train: {args.data} is not a folder")
+    _device(args.device)  # --device cuda without a GPU stops here, before any work
     fold = args.fold if args.fold == "all" else int(args.fold) if args.fold.isdigit() else None
     if fold is None:
         raise SystemExit(f"medmamba plan-and-train: --fold must be a number or 'all', got {args.fold!r}")
@@ -354,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the shared default recipe (--recipe paper: the paper's). Everything lands in OUT "
                     "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill.")
     _add_dataset_options(pat)
-    pat.add_argument("--fold", default="0", help="fold 0-4, or 'all' to train on every case (default 0)")
+    pat.add_argument("--fold", default="0",
+                     help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
+                          "train on every case (default 0)")
     pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
@@ -364,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
-                     help="resume every architecture from its last checkpoint")
+                     help="resume every architecture from its last checkpoint, with the plans and preprocessed "
+                          "data the interrupted run made")
     pat.set_defaults(handler=_plan_and_train)
 
     cmp = commands.add_parser(

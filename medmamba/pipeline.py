@@ -4,12 +4,14 @@ architectures on one dataset and one split, in one work folder laid out as nnU-N
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["PlanAndTrainResult", "plan_and_train", "dataset_name"]
+__all__ = ["PlanAndTrainResult", "plan_and_train", "dataset_name", "case_identifiers", "check_fold", "write_splits",
+           "preprocessing_complete", "write_json_atomically"]
 
 
 def dataset_name(folder: str | Path) -> str:
@@ -48,8 +50,19 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     preprocessed data identifier, so every network sees the same arrays and split), then train each
     architecture in turn with the shared default recipe (or ``recipe="paper"``).
 
-    ``val_iters`` (validation batches per epoch) defaults to nnU-Net's ratio of one per five training
-    iterations (its 50 per 250) when ``iters_per_epoch`` is given, else nnU-Net's 50.
+    ``fold``: ``"all"`` trains and validates on every case (works with a single case); a number
+    picks a fold of ``splits_final.json``, which is written here when absent: nnU-Net's seeded
+    5-fold split, or one fold per case for 2-4 cases (nnU-Net's own split needs 5). A fold the
+    split does not have is an error (nnU-Net would silently train on a random 80:20 split).
+
+    ``epochs``, ``iters_per_epoch``: nnU-Net's 1000 × 250 when ``None``. ``val_iters`` (validation
+    batches per epoch) defaults to nnU-Net's ratio of one per five training iterations (its 50 per
+    250) when ``iters_per_epoch`` is given, else nnU-Net's 50.
+
+    ``continue_training``: every architecture resumes from its last checkpoint (see
+    :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
+    finished are reused rather than made again: a checkpoint only fits the plans it was trained
+    with (re-planning with another ``gpu_memory_gb`` would build another network).
 
     ``ingest_kwargs`` go to :func:`medmamba.data.prepare` (modalities, label_suffix,
     label_convention, skip_invalid). Errors of the data and planning layers propagate
@@ -63,17 +76,37 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     name = name or dataset_name(data)
     raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
     preprocessed_root = out / "nnUNet_preprocessed"
-    log(f"dataset: {raw}")
-    plans = plan(raw, archs, gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root)
     preprocessed = preprocessed_root / raw.name
-    identifiers = {arch: f"medmambaPlans_{arch}" for arch in plans}
+    log(f"dataset: {raw}")
+    cases = case_identifiers(raw)
+    if fold != "all":
+        fold = int(fold)
+        check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
+    identifiers = {arch: f"medmambaPlans_{arch}" for arch in archs}
+    reuse = [arch for arch, identifier in identifiers.items()
+             if continue_training and (preprocessed / f"{identifier}.json").is_file()]
+    if reuse:
+        log(f"--continue: reusing the plans of {', '.join(reuse)}")
+    missing = [arch for arch in identifiers if arch not in reuse]
+    if missing:
+        plan(raw, missing, gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root)
     with nnunet_paths(raw=raw.parent, preprocessed=preprocessed_root):
+        from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
 
         first = next(iter(identifiers.values()))
-        log(f"preprocessing {raw.name} (3d_fullres) into {preprocessed}")
-        preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), first, ("3d_fullres",),
-                           (num_processes,), verbose=False)
+        data_identifier = load_json(preprocessed / f"{first}.json")["configurations"]["3d_fullres"]["data_identifier"]
+        if continue_training and preprocessing_complete(preprocessed, data_identifier, cases):
+            log(f"--continue: reusing the preprocessed data in {preprocessed / data_identifier}")
+        else:
+            log(f"preprocessing {raw.name} (3d_fullres) into {preprocessed}")
+            (preprocessed / PREPROCESSING_RECORD).unlink(missing_ok=True)
+            preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), first, ("3d_fullres",),
+                               (num_processes,), verbose=False)
+            write_json_atomically(preprocessed / PREPROCESSING_RECORD,
+                                   {"data_identifier": data_identifier, "plans": first, "cases": cases})
+    if fold != "all":
+        write_splits(preprocessed / SPLITS_FILE, cases)
     if val_iters is None and iters_per_epoch is not None:
         val_iters = max(1, iters_per_epoch // 5)
     trained = {}
@@ -86,3 +119,79 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
         _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
         log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")
     return PlanAndTrainResult(raw, preprocessed, trained)
+
+
+#: nnU-Net's split file in the preprocessed dataset folder.
+SPLITS_FILE = "splits_final.json"
+#: Written after nnU-Net's preprocessing finished: which data identifier and cases it holds.
+PREPROCESSING_RECORD = "medmamba_preprocessing.json"
+#: nnU-Net's cross-validation: 5 folds, seed 12345 (``nnUNetTrainer.do_split``).
+NUM_FOLDS, SPLIT_SEED = 5, 12345
+
+
+def case_identifiers(raw_dataset: str | Path) -> list[str]:
+    """The sorted case identifiers of an nnU-Net raw dataset (``imagesTr`` files or the
+    ``dataset`` table of its dataset.json), as nnU-Net names the preprocessed cases."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    raw_dataset = Path(raw_dataset)
+    return sorted(get_filenames_of_train_images_and_targets(str(raw_dataset),
+                                                            load_json(str(raw_dataset / "dataset.json"))))
+
+
+def check_fold(fold: int, cases: Sequence[str], splits_file: str | Path, dataset: str | Path) -> None:
+    """Raise :class:`medmamba.data.DatasetError` when ``fold`` does not exist: the existing
+    ``splits_file`` has fewer folds, or ``cases`` are too few for a train/validation split."""
+    from medmamba.data import DatasetError
+
+    splits_file = Path(splits_file)
+    if splits_file.is_file():
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+
+        folds, source = len(load_json(str(splits_file))), f"{splits_file} defines"
+    else:
+        if len(cases) < 2:
+            raise DatasetError(f"fold {fold} needs a train/validation split, and the dataset has {len(cases)} "
+                               f"case; use --fold all (trains and validates on every case)", path=dataset)
+        folds, source = min(NUM_FOLDS, len(cases)), f"{len(cases)} cases give"
+    if not 0 <= fold < folds:
+        raise DatasetError(f"there is no fold {fold}: {source} {folds} folds (0-{folds - 1}); "
+                           f"choose one of them or --fold all", path=dataset)
+
+
+def write_splits(splits_file: str | Path, cases: Sequence[str]) -> None:
+    """Write nnU-Net's seeded cross-validation split of ``cases`` unless ``splits_file`` exists:
+    5 folds, or one fold per case for 2-4 cases (nnU-Net's own ``KFold(5)`` fails below 5)."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    splits_file = Path(splits_file)
+    if splits_file.is_file():
+        return
+    splits = generate_crossval_split(sorted(cases), seed=SPLIT_SEED, n_splits=min(NUM_FOLDS, len(cases)))
+    write_json_atomically(splits_file, splits)
+
+
+def preprocessing_complete(preprocessed: str | Path, data_identifier: str, cases: Sequence[str]) -> bool:
+    """Whether nnU-Net's preprocessing of ``cases`` into ``data_identifier`` finished (the record
+    written after it, and every case's properties file)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    record = Path(preprocessed) / PREPROCESSING_RECORD
+    if not record.is_file():
+        return False
+    done = load_json(str(record))
+    folder = Path(preprocessed) / data_identifier
+    return (done.get("data_identifier") == data_identifier and done.get("cases") == sorted(cases)
+            and all((folder / f"{case}.pkl").is_file() for case in cases))
+
+
+def write_json_atomically(path: str | Path, payload) -> None:
+    """Write ``payload`` as JSON to a temporary file beside ``path`` and rename it, so the file is
+    complete or absent (never half-written)."""
+    from medmamba.data.nifti import atomic_output_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))

@@ -102,30 +102,6 @@ def test_plan_stops_with_one_message_for_bad_input(tmp_path):
     assert not (tmp_path / "work" / "nnUNet_raw" / "Dataset500_empty").exists()
 
 
-@pytest.mark.slow
-def test_plan_and_train_trains_every_architecture_on_one_split(tmp_path):
-    data = tmp_path / "brats"
-    main(["synth", str(data), "--cases", "2", "--shape", "32", "32", "32", "--style", "brats2023"])
-    work = tmp_path / "work"
-    main(["plan-and-train", str(data), "--arch", "unet", "--arch", "lightm_unet", "--out", str(work),
-          "--fold", "all", "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "2", "--seed", "0"])
-    results = work / "nnUNet_results" / "Dataset500_brats"
-    for arch in ("unet", "lightm_unet"):
-        fold = results / f"nnUNetTrainerMedMamba__medmambaPlans_{arch}__3d_fullres" / "fold_all"
-        assert (fold / "checkpoint_final.pth").is_file(), arch
-        assert (fold / "progress.png").is_file(), arch
-    # Both trained on the one preprocessed copy of the data.
-    data_folders = sorted(p.name for p in (work / "nnUNet_preprocessed" / "Dataset500_brats").glob("nnUNetPlans_*"))
-    assert data_folders == ["nnUNetPlans_3d_fullres"]
-
-
-def test_plan_and_train_rejects_bad_options(tmp_path):
-    with pytest.raises(SystemExit, match="--fold must be a number or 'all'"):
-        main(["plan-and-train", str(tmp_path), "--arch", "unet", "--fold", "first"])
-    with pytest.raises(SystemExit, match="--epochs must be at least 1"):
-        main(["plan-and-train", str(tmp_path), "--arch", "unet", "--epochs", "0"])
-
-
 def test_benchmark_predict_reports_ratios_to_unet(tmp_path, capsys):
     from medmamba.benchmarks.predict import run_predict_benchmark
 

@@ -12,6 +12,9 @@ import copy
 import glob
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,16 +75,23 @@ def tiny_dataset(tmp_path_factory):
                        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
                                   "enhancing tumor": [3]},
                        "regions_class_order": [1, 2, 3], "numTraining": len(cases), "file_ending": ".nii.gz"}, f)
+        from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+            DatasetFingerprintExtractor,
+        )
         from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
             ExperimentPlanner,
         )
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-            extract_fingerprint_dataset,
             plan_experiment_dataset,
             preprocess_dataset,
         )
 
-        extract_fingerprint_dataset(DATASET_ID, num_processes=1, show_progress_bar=False, verbose=False)
+        extractor = DatasetFingerprintExtractor(DATASET_ID, num_processes=1)
+        # nnU-Net draws 1e8 intensity samples (with replacement) whatever the dataset's size: 40 s for
+        # these 3 tiny cases. There are 3·24³ voxels; that many samples say as much.
+        extractor.num_foreground_voxels_for_intensitystats = 3 * 24 ** 3
+        extractor.show_progress_bar = False
+        extractor.run()
         plan_experiment_dataset(DATASET_ID, ExperimentPlanner)
         preprocess_dataset(DATASET_ID, "nnUNetPlans", ("3d_fullres",), (1,), show_progress_bar=False)
 
@@ -274,8 +284,15 @@ def test_resume_after_interruption_and_seed_reproducibility(tiny_dataset, tmp_pa
     assert resumed.epochs_completed == full.epochs_completed == 3
     final = torch.load(resumed.checkpoint, map_location="cpu", weights_only=False)
     assert len(final["logging"]["train_losses"]) == 3
+    # The checkpoint's RNG state, restored after the data loaders' warm-up batches, makes the resumed
+    # run the uninterrupted one, bit for bit: same losses in every epoch, same final weights.
+    assert final["logging"]["train_losses"] == wa["logging"]["train_losses"]
+    assert final["logging"]["val_losses"] == wa["logging"]["val_losses"]
+    for k, v in wa["network_weights"].items():
+        assert torch.equal(v, final["network_weights"][k]), k
     log = open(resumed.log_file).read()
     assert "Continuing training from checkpoint_latest.pth: 2 of 3 epochs completed" in log
+    assert "RNG state restored from the checkpoint" in log
     assert "Epoch 0" in log and "Epoch 2" in log  # one log shows the whole run
     assert len(glob.glob(os.path.join(folder, "training_log_*.txt"))) == 1
 
@@ -292,3 +309,45 @@ def test_ddp_two_cpu_processes_gloo(tiny_dataset, tmp_path):
     assert "DDP world size 2" in log
     ckpt = torch.load(res.checkpoint, map_location="cpu", weights_only=False)
     assert not any(k.startswith("module.") for k in ckpt["network_weights"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
+    """``torchrun --nproc_per_node=2 -m medmamba.training.run``: the process group comes from the
+    launcher's environment (gloo on CPU), rank 0 writes the checkpoint and alone reports."""
+    folder, ids = tiny_dataset
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "medmamba.training.run", folder, "-p", ids["unet"], "-f", "all", "--device", "cpu",
+           "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--seed", "0", "--out", str(results)]
+    # the repository root as working directory: `-m` then imports this checkout's medmamba
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if "epochs →" in line]
+    assert len(reports) == 1 and reports[0].startswith("nnUNetTrainerMedMamba: 1 epochs"), done.stdout[-2000:]
+    fold = results / DATASET_NAME / f"nnUNetTrainerMedMamba__{ids['unet']}__3d_fullres" / "fold_all"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 1 and len(ckpt["logging"]["train_losses"]) == 1
+    assert not any(k.startswith("module.") for k in ckpt["network_weights"])
+    assert ckpt["rng_state"]["world_size"] == 2
+    (log,) = fold.glob("training_log_*.txt")
+    assert "DDP world size 2" in log.read_text()
+    assert not (fold / "checkpoint_latest.pth").exists()
+
+
+def test_torchrun_refuses_spawning_more_processes(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="leave num_processes at 1"):
+        _train(tiny_dataset, tmp_path, num_processes=2)
+
+
+def test_rng_state_round_trip():
+    import random
+
+    from medmamba.training.trainers import restore_rng_state, rng_state
+
+    state = rng_state()
+    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    torch.rand(5), np.random.rand(2), random.random()  # move every generator on
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == first

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Iterator, Sequence
 from .planners import CONFIGURATIONS, PlanningError, planner_class
 from .presets import PresetError, load_preset
 
-__all__ = ["plan", "summary", "nnunet_paths", "resolve_dataset"]
+__all__ = ["plan", "summary", "nnunet_paths", "resolve_dataset", "default_fingerprint_samples"]
 
 _DATASET_NAME = re.compile(r"^Dataset\d{3}_.+$")
 
@@ -94,8 +95,9 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: 
         num_processes: fingerprint extraction workers.
         overwrite_fingerprint: re-extract an existing ``dataset_fingerprint.json``.
         fingerprint_samples: foreground intensities sampled for the fingerprint over the whole
-            dataset (nnU-Net: 1e8, spread over the cases; only CT normalisation uses them); lower
-            it to fingerprint tiny test datasets quickly.
+            dataset (only CT normalisation uses them). Default: nnU-Net's 1e8, spread over the
+            cases, or the dataset's voxel count when that is smaller
+            (:func:`default_fingerprint_samples`).
         verbose: show nnU-Net's own output.
 
     Returns:
@@ -134,15 +136,49 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: 
         if overwrite_fingerprint or not fingerprint.is_file():
             extractor = DatasetFingerprintExtractor(name, num_processes=max(1, num_processes), verbose=verbose)
             extractor.show_progress_bar = verbose
-            if fingerprint_samples is not None:
-                extractor.num_foreground_voxels_for_intensitystats = fingerprint_samples
+            if fingerprint_samples is None:
+                fingerprint_samples = default_fingerprint_samples(raw_root / name, int(
+                    extractor.num_foreground_voxels_for_intensitystats))
+            extractor.num_foreground_voxels_for_intensitystats = fingerprint_samples
             extractor.run(overwrite_existing=overwrite_fingerprint)
         for preset, cls in zip(presets, classes):
             planner = cls(name, gpu_memory_gb, preset=preset, configurations=configurations)
             plans = planner.plan_experiment()
-            plans["medmamba"]["plans_file"] = str(Path(preprocessed).resolve() / name / f"{planner.plans_identifier}.json")
+            plans_file = Path(preprocessed).resolve() / name / f"{planner.plans_identifier}.json"
+            plans["medmamba"]["plans_file"] = str(plans_file)
             results[preset.name] = plans
     return results
+
+
+def default_fingerprint_samples(raw_dataset: str | os.PathLike, nnunet_samples: int = 100_000_000) -> int:
+    """How many foreground intensities the fingerprint samples: nnU-Net's ``nnunet_samples``
+    (1e8), or the number of voxels in the dataset's images when that is smaller.
+
+    nnU-Net draws its samples with replacement, ``nnunet_samples / cases`` from each case's
+    foreground. For a small dataset that draws every voxel many times (5·10⁷ draws from the 3·10⁴
+    voxels of a 32³ case, sent through the worker pool's pipes and sorted for percentiles: half a
+    minute and gigabytes for two cases) and adds nothing. Sizes are read from the image headers of
+    each case's first channel, stopping as soon as the sum passes ``nnunet_samples``, so a real
+    dataset keeps nnU-Net's number; a header SimpleITK cannot read keeps it too.
+    """
+    import SimpleITK as sitk
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    raw_dataset = Path(raw_dataset)
+    cases = get_filenames_of_train_images_and_targets(str(raw_dataset), load_json(str(raw_dataset / "dataset.json")))
+    total = 0
+    reader = sitk.ImageFileReader()
+    for case in cases.values():
+        try:
+            reader.SetFileName(str(case["images"][0]))
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return nnunet_samples
+        total += math.prod(reader.GetSize())
+        if total >= nnunet_samples:
+            return nnunet_samples
+    return max(1, total)
 
 
 def _fmt(values, spec: str = "g") -> str:

@@ -10,7 +10,8 @@ Search order for a name (first match wins, so a user folder can shadow a built-i
 
 1. the ``plans_dir`` argument (a folder, or several),
 2. the folders in the environment variable ``MEDMAMBA_PLANS_DIR`` (``os.pathsep``-separated),
-3. the built-in ``plans/`` folder of the medmamba checkout.
+3. the shipped presets: the checkout's ``plans/`` folder, or in a regular install the package
+   ``medmamba_plans`` (see :func:`builtin_plans_dir`).
 
 File layout (every table but ``[network]`` and ``[recipe]`` has a fixed set of keys; an unknown key
 is an error naming the file, so a typo never silently falls back to a default)::
@@ -46,6 +47,7 @@ is an error naming the file, so a typo never silently falls back to a default)::
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,8 +136,21 @@ class Preset:
 
 
 def builtin_plans_dir() -> Path:
-    """The ``plans/`` folder of the checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "plans"
+    """The presets shipped with this medmamba: the ``plans/`` folder of the checkout it runs from
+    (a source tree: editable install or ``PYTHONPATH``), else the installed package
+    ``medmamba_plans`` (``plans/`` under another name, as ``kernels/`` is ``medmamba_kernels``).
+
+    The checkout comes first so that a source tree uses its own presets even when another copy of
+    medmamba is installed. A regular install is unpacked on disk (pip never runs from a zip), so
+    the package is a folder.
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "plans").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout / "plans"
+    try:
+        return Path(str(importlib.resources.files("medmamba_plans")))
+    except ModuleNotFoundError:  # neither: name the checkout folder in "not found" messages
+        return checkout / "plans"
 
 
 def plans_dirs(plans_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> list[Path]:

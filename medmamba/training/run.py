@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import glob
 import os
 import random
 import socket
@@ -201,6 +202,9 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
                epoch_end_callbacks=tuple(epoch_end_callbacks))
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_processes > 1 and world > 1:
+        raise ValueError(f"num_processes={num_processes} under a launcher that already started {world} processes "
+                         f"(WORLD_SIZE={world}, e.g. torchrun): leave num_processes at 1")
     if num_processes > 1:
         if dev.type == "cuda" and torch.cuda.device_count() < num_processes:
             raise RuntimeError(f"{num_processes} processes requested but only {torch.cuda.device_count()} GPUs")
@@ -260,6 +264,8 @@ def _run(job: dict) -> TrainResult:
         cls = trainer_class(job["recipe"])
         folder = _fold_folder(job, cls.__name__)
         resume_from = find_checkpoint(folder) if job["continue_training"] else None
+        if job["continue_training"] and rank == 0:
+            _remove_stale_temporaries(folder)
         plans = load_json(os.path.join(job["root"], job["dataset_name"], job["plans_identifier"] + ".json"))
         plans["continue_training"] = resume_from is not None
         dataset_json = load_json(os.path.join(job["root"], job["dataset_name"], "dataset.json"))
@@ -288,7 +294,18 @@ def _run(job: dict) -> TrainResult:
         if job["validate"]:
             trainer.perform_actual_validation(False)
             summary = os.path.join(trainer.output_folder, "validation", "summary.json")
+    if dist.is_available() and dist.is_initialized():
+        # Rank 0 writes checkpoint_final and deletes checkpoint_latest after the other ranks have left
+        # the training loop; reading the folder before it is done could open a file being deleted.
+        dist.barrier()
     return _result(job, resumed_from=resume_from, validation_summary=summary)
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Checkpoint temporaries (``checkpoint_*.pth.tmp-<pid>``) left by a run killed while saving.
+    Only the real names are ever read, so they are garbage; a resumed run removes them."""
+    for path in glob.glob(os.path.join(folder, "checkpoint_*.pth.tmp-*")):
+        os.remove(path)
 
 
 def _result(job: dict, resumed_from: str | None = None, validation_summary: str | None = None) -> TrainResult:
@@ -334,7 +351,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters, seed=a.seed,
                 continue_training=a.continue_training, recipe=a.recipe, architecture=a.arch, output_folder=a.out,
                 num_processes=a.num_processes, num_workers=a.num_workers, validate=a.val)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    # under torchrun the process group is gone by now; the launcher's RANK says who reports
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"{res.trainer_name}: {res.epochs_completed} epochs → {res.output_folder}")
     return 0
 

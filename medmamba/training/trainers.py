@@ -15,7 +15,9 @@ What the base class is changed for, and why:
   ``decoder.deep_supervision``);
 - DDP off CUDA: nnU-Net's ``__init__`` moves every DDP rank to ``cuda:rank`` and wraps the network
   in ``DDP(device_ids=[rank])``; here a CPU (gloo) run stays on the CPU and DDP gets no device ids;
-- checkpoints are written to a temporary name and renamed (``os.replace``), every epoch;
+- checkpoints are written to a temporary name and renamed (``os.replace``), every epoch, and hold
+  the random generators' state, restored on resume (single process) so that an interrupted seeded
+  CPU run continues bit for bit as if it had not been interrupted;
 - torch.compile only when ``nnUNet_compile`` is explicitly true (medmamba's scan kernels are not
   verified under compile), never on CPU;
 - a per-epoch progress bar (tqdm) with loss and pseudo-Dice, and epoch-end callbacks.
@@ -28,6 +30,7 @@ import glob
 import math
 import os
 import pydoc
+import random
 import sys
 from collections.abc import Callable
 
@@ -67,6 +70,8 @@ __all__ = [
     "nnUNetTrainerMedMambaMHSVMAdamW",
     "nnUNetTrainerMedMambaSegMambaCE",
     "nnUNetTrainerMedMambaUMambaNoAMP",
+    "restore_rng_state",
+    "rng_state",
     "trainer_class",
 ]
 
@@ -105,6 +110,30 @@ def labels_from_regions(dataset_json: dict) -> dict:
     out.pop("regions_class_order", None)
     out["medmamba_regions"] = {k: v for k, v in labels.items() if k not in ("background", "ignore")}
     return out
+
+
+def rng_state(world_size: int = 1) -> dict:
+    """The state of every random generator a training run draws from: Python's ``random``, NumPy's
+    global generator (nnU-Net's patch sampling and batchgeneratorsv2's augmentation), torch's CPU
+    generator (weights, dropout/drop-path, augmentation) and, when CUDA is available, every CUDA
+    device's generator. ``world_size`` records how many ranks the run had (the state is this
+    process's only)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "world_size": int(world_size)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back what :func:`rng_state` saved. Tensors may come back from ``torch.load`` on another
+    device; torch wants CPU byte tensors. CUDA states are restored only for the same device count."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 class EpochCosineLRScheduler(torch.optim.lr_scheduler._LRScheduler):
@@ -158,6 +187,7 @@ class MedMambaTrainer(nnUNetTrainer):
         self.save_every = 1  # checkpoint_latest every epoch, so --continue loses at most one epoch
         self.show_progress = True
         self.epoch_end_callbacks: list[Callable[[MedMambaTrainer, int], None]] = []
+        self._rng_state_to_restore: dict | None = None  # set by load_checkpoint, used by on_train_start
         self.print_to_log_file(f"medmamba recipe: {self.recipe.name}: {self.recipe.summary}; deep supervision "
                                f"{'on' if self.enable_deep_supervision else 'off'}; device {self.device}"
                                f"{'; DDP world size %d' % dist.get_world_size() if self.is_ddp else ''}",
@@ -319,17 +349,89 @@ class MedMambaTrainer(nnUNetTrainer):
 
     # ---------------------------------------------------------------- checkpoints, logs, loop
     def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0 or self.disable_checkpointing:
-            return super().save_checkpoint(filename)
-        # Written under a temporary name in the same folder, then renamed: a kill mid-write never
-        # leaves a truncated checkpoint under the real name.
+        """nnU-Net 2.8.1's checkpoint plus ``rng_state`` (:func:`rng_state`), written atomically.
+
+        The dictionary is built here rather than by ``super()`` because nnU-Net builds and saves it
+        in one call, leaving no place to add a key. It is written under a temporary name in the same
+        folder and renamed, so a kill mid-write never leaves a truncated checkpoint under the real name.
+        """
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file('No checkpoint written, checkpointing is disabled')
+            return
+        mod = self.network.module if self.is_ddp else self.network
+        if isinstance(mod, OptimizedModule):
+            mod = mod._orig_mod
+        checkpoint = {
+            'network_weights': mod.state_dict(),
+            'optimizer_state': self.optimizer.state_dict(),
+            'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            'logging': self.logger.get_checkpoint(),
+            '_best_ema': self._best_ema,
+            'current_epoch': self.current_epoch + 1,
+            'init_args': self.my_init_kwargs,
+            'trainer_name': self.__class__.__name__,
+            'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+            'rng_state': rng_state(world_size=dist.get_world_size() if self.is_ddp else 1),
+        }
         tmp = f"{filename}.tmp-{os.getpid()}"
         try:
-            super().save_checkpoint(tmp)
+            torch.save(checkpoint, tmp)
             os.replace(tmp, filename)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net 2.8.1's ``load_checkpoint`` (which fails for a dict argument), plus the RNG state.
+
+        The RNG state is not restored here but kept for :meth:`on_train_start`: nnU-Net's
+        ``get_dataloaders`` draws one warm-up batch from each loader, which an uninterrupted run did
+        once at its start, so the state must be put back after the loaders exist. Only a
+        single-process run restores it: a DDP checkpoint holds rank 0's state alone, and the other
+        ranks' generators live in other processes (each rank keeps its ``seed + rank`` seeding).
+        """
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        network = self.network.module if self.is_ddp else self.network
+        if isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        own_keys = network.state_dict().keys()
+        # checkpoints of DDP-wrapped networks written by other tools prefix keys with 'module.'
+        weights = {k[7:] if k not in own_keys and k.startswith('module.') else k: v
+                   for k, v in checkpoint['network_weights'].items()}
+        self.my_init_kwargs = checkpoint['init_args']
+        self.current_epoch = checkpoint['current_epoch']
+        self.logger.load_checkpoint(checkpoint['logging'])
+        self._best_ema = checkpoint['_best_ema']
+        self.inference_allowed_mirroring_axes = checkpoint.get('inference_allowed_mirroring_axes',
+                                                               self.inference_allowed_mirroring_axes)
+        network.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint['optimizer_state'])
+        if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
+            self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
+        saved = checkpoint.get('rng_state')
+        self._rng_state_to_restore = None
+        if saved is None:
+            self.print_to_log_file("checkpoint has no RNG state (older medmamba): sampling and augmentation "
+                                   "continue from the run's seeding, not from where the checkpoint left off")
+        elif self.is_ddp or saved.get("world_size", 1) != 1:
+            self.print_to_log_file(f"RNG state not restored: saved by a run with {saved.get('world_size', 1)} "
+                                   f"process(es), resumed with {dist.get_world_size() if self.is_ddp else 1}; "
+                                   f"each rank keeps its seed + rank seeding")
+        else:
+            self._rng_state_to_restore = saved
+
+    def on_train_start(self):
+        super().on_train_start()  # builds the data loaders, which draw one warm-up batch each
+        if self._rng_state_to_restore is not None:
+            restore_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
+            self.print_to_log_file("RNG state restored from the checkpoint")
 
     def adopt_previous_log_file(self) -> str | None:
         """Continue writing the most recent earlier ``training_log_*.txt`` of this output folder.
