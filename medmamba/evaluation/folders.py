@@ -30,8 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,13 @@ import numpy as np
 
 from medmamba.data.brats import DatasetError, _ordered_map, discover
 from medmamba.data.labels import detect_convention, get_convention, present_values
-from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
+from medmamba.data.nifti import (
+    VolumeReadError,
+    atomic_output_file,
+    geometry_mismatch,
+    read_volume,
+    strip_ending,
+)
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,
@@ -91,14 +95,8 @@ def _json_ready(obj):
 def _write_atomically(path: str | Path, write: Callable[[object], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output_file(path) as tmp, tmp.open("w", newline="") as f:
+        write(f)
     return path
 
 
