@@ -152,17 +152,7 @@ def _compare(args: argparse.Namespace) -> None:
                          n_resamples=args.n_resamples)
     except ValueError as err:  # CompareError, DatasetError, evaluate's errors
         raise SystemExit(f"medmamba compare: {err}") from None
-    print(result.report.markdown)
-    for name, reason in result.skipped:
-        print(f"skipped {name}: {reason}")
-    for note in result.notes:
-        print(f"note: {note}")
-    for note in result.report.notes:
-        if note.startswith("warning"):
-            print(note)
-    if result.baseline is None:
-        print("no statistics (no baseline, or one architecture only)")
-    print(f"report: {result.report.html}")
+    print(result.describe())
 
 
 _LABEL_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
@@ -182,7 +172,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from medmamba.evaluation import REGIONS, evaluate_folder
+    from medmamba.evaluation import evaluate_folder
 
     if not args.pred.is_dir():
         raise SystemExit(f"medmamba evaluate: --pred {args.pred} is not a folder (give the folder of predicted "
@@ -215,25 +205,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba evaluate: {err}") from None
     ev.write_csv(out)
     ev.write_summary_json(summary)
-    stats = ev.summary()
-
-    def cell(s: dict, digits: int) -> str:
-        if s["n"] == 0:
-            return "n/a"
-        sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
-        return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
-
-    tol = f"NSD@{ev.nsd_tolerance_mm:g}mm"
-    print(f"{stats['cases']} cases, label convention {ev.label_convention} ({ev.label_convention_source}); "
-          f"empty masks: {ev.empty_convention} ({stats['empty_convention_description']})")
-    print(f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}{tol}")
-    for region in (*REGIONS, "mean"):
-        row = stats[region]
-        print(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
-    if stats["gt_cases_without_prediction"]:
-        missing = stats["gt_without_prediction"]
-        print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
-              f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    print(ev.describe())
     print(f"per-case metrics: {out}\nsummary: {summary}")
 
 

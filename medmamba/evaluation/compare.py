@@ -69,6 +69,17 @@ class CompareResult:
     cases: list[str]
     notes: list[str] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """The console summary: the table, skipped architectures, notes and warnings, the report path."""
+        lines = [self.report.markdown]
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
+        lines += [note for note in self.report.notes if note.startswith("warning")]
+        if self.baseline is None:
+            lines.append("no statistics (no baseline, or one architecture only)")
+        lines.append(f"report: {self.report.html}")
+        return "\n".join(lines)
+
 
 # ------------------------------------------------------------------------------------------ helpers
 
