@@ -152,17 +152,7 @@ def _compare(args: argparse.Namespace) -> None:
                          n_resamples=args.n_resamples)
     except ValueError as err:  # CompareError, DatasetError, evaluate's errors
         raise SystemExit(f"medmamba compare: {err}") from None
-    print(result.report.markdown)
-    for name, reason in result.skipped:
-        print(f"skipped {name}: {reason}")
-    for note in result.notes:
-        print(f"note: {note}")
-    for note in result.report.notes:
-        if note.startswith("warning"):
-            print(note)
-    if result.baseline is None:
-        print("no statistics (no baseline, or one architecture only)")
-    print(f"report: {result.report.html}")
+    print(result.describe())
 
 
 _LABEL_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
@@ -182,7 +172,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from medmamba.evaluation import REGIONS, evaluate_folder
+    from medmamba.evaluation import evaluate_folder
 
     if not args.pred.is_dir():
         raise SystemExit(f"medmamba evaluate: --pred {args.pred} is not a folder (give the folder of predicted "
@@ -215,25 +205,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba evaluate: {err}") from None
     ev.write_csv(out)
     ev.write_summary_json(summary)
-    stats = ev.summary()
-
-    def cell(s: dict, digits: int) -> str:
-        if s["n"] == 0:
-            return "n/a"
-        sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
-        return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
-
-    tol = f"NSD@{ev.nsd_tolerance_mm:g}mm"
-    print(f"{stats['cases']} cases, label convention {ev.label_convention} ({ev.label_convention_source}); "
-          f"empty masks: {ev.empty_convention} ({stats['empty_convention_description']})")
-    print(f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}{tol}")
-    for region in (*REGIONS, "mean"):
-        row = stats[region]
-        print(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
-    if stats["gt_cases_without_prediction"]:
-        missing = stats["gt_without_prediction"]
-        print(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
-              f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    print(ev.describe())
     print(f"per-case metrics: {out}\nsummary: {summary}")
 
 
@@ -299,6 +271,11 @@ def _models(args: argparse.Namespace) -> None:
         print(format_costs(rows, args.in_channels, args.num_classes, patch, args.batch_size))
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto (CUDA when available, else CPU), cpu or cuda (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medmamba",
@@ -345,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--fold", default="0",
                      help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
                           "train on every case (default 0)")
-    pat.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(pat)
     pat.add_argument("--epochs", type=int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default nnU-Net's 250)")
     pat.add_argument("--val-iters", type=int, help="validation batches per epoch (default: one per five training "
@@ -374,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "held-out fold (needed for models trained with --fold all)")
     cmp.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     cmp.add_argument("--fold", help="the fold to compare where several were trained (default: the only one)")
-    cmp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(cmp)
     cmp.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
     cmp.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
                      help="scores for empty masks, as in `medmamba evaluate` (default brats: Dice 1 / HD95 0 "
@@ -406,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--probabilities", action="store_true",
                       help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
     pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
-    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(pred)
     pred.add_argument("--fold", help="fold to use when the model folder holds several")
     pred.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
                       help="checkpoint to use (default final)")
@@ -455,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "takes about a quarter of an hour on a 2-core CPU; the options scale it up. Running it again "
                     "with the same --out continues where it stopped.")
     demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
-    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(demo)
     demo.add_argument("--arch", action="append", help="only these architectures besides unet (repeatable)")
     demo.add_argument("--train-cases", type=int, help="synthetic training cases (default 10)")
     demo.add_argument("--test-cases", type=int, help="synthetic test cases (default 4)")
@@ -484,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_models)
 
-    bench = commands.add_parser("benchmark", help="measure speed and memory against a baseline run alongside")
+    bench = commands.add_parser(
+        "benchmark", help="measure speed and memory against a baseline run alongside",
+        description="Speed and memory benchmarks; every figure is printed next to a baseline measured in the "
+                    "same run (the reference scan, or unet), as a ratio. Record results with their machine in "
+                    "docs/benchmarks.md.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     scan = targets.add_parser(
         "scan", help="selective-scan backends (reference, CPU path, Triton) at the networks' shapes",
@@ -504,12 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Builds every registered architecture at its default size for one patch and measures "
                     "forward and forward+backward time (median) and peak memory, as ratios to the unet "
                     "baseline measured in the same run.")
-    nets.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(nets)
     nets.add_argument("--patch", type=int, nargs="+", metavar="SIZE",
                       help="patch size (default 128³ on GPU, 64³ on CPU)")
     nets.add_argument("--in-channels", type=int, default=4, help="input channels (default 4, BraTS)")
     nets.add_argument("--num-classes", type=int, default=3, help="outputs (default 3, BraTS regions)")
-    nets.add_argument("--batch-size", type=int, default=1)
+    nets.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     nets.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median; default 3)")
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -519,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predicts one random 4-channel 240×240×155 volume with every 3D architecture (random weights) "
                     "through a Gaussian-weighted sliding window (MONAI's, the same windows as nnU-Net's predictor) "
                     "and reports time and peak memory as ratios to unet measured in the same run.")
-    bpred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_option(bpred)
     bpred.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar="SIZE",
                        help="sliding-window patch (default 128 128 128)")
     bpred.add_argument("--step-size", type=float, default=0.5,

@@ -86,6 +86,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: s
                    iters_per_epoch=settings.iters_per_epoch, seed=settings.seed, continue_training=resuming,
                    name="demo", log=log)
     report = out / "report"
-    compare(out / "work", report, test=test, device=device, force=True, seed=settings.seed, log=log)
-    log(f"report: {report / 'report.html'}")
+    result = compare(out / "work", report, test=test, device=device, force=True, seed=settings.seed, log=log)
+    log(result.describe())
     return report

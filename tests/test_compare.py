@@ -230,7 +230,7 @@ def test_report_folder_is_atomic_refuses_inputs_and_replaces_only_with_force(tmp
     with pytest.raises(CompareError, match="lies inside the input"):
         with report_folder(tmp_path / "results" / "report", inputs=inputs):
             pass
-    with pytest.raises(CompareError, match="--force would delete it"):
+    with pytest.raises(CompareError, match="replacing it would delete the input"):
         with report_folder(tmp_path, inputs=inputs, force=True):
             pass
     out = tmp_path / "report"

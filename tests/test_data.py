@@ -561,3 +561,23 @@ def test_worker_processes_give_the_same_results(brats21, tmp_path):
         convert_to_nnunet(ds, tmp_path / "raw", 501, "Workers", num_workers=2)
     assert info.value.case == case_id
     _assert_nothing_written(tmp_path / "raw")
+
+
+def test_atomic_output_folder_has_a_plain_mkdir_mode_and_replaces_only_when_asked(tmp_path):
+    import os
+
+    from medmamba.data.nifti import atomic_output_folder
+
+    umask = os.umask(0)
+    os.umask(umask)
+    out = tmp_path / "out"
+    with atomic_output_folder(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # tempfile alone would leave 0700
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        with atomic_output_folder(out):
+            pass
+    with atomic_output_folder(out, replace=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

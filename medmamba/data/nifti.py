@@ -222,16 +222,20 @@ def _is_within(child: Path, parent: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = (),
-                         error: type[Exception] = FileExistsError) -> Iterator[Path]:
+                         error: type[Exception] = FileExistsError, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir`` that is renamed to ``out_dir`` when the block completes.
 
     On any exception (KeyboardInterrupt included) the temporary folder is removed, so ``out_dir`` is
-    either complete or absent. An existing empty ``out_dir`` is replaced; a non-empty one is refused.
+    either complete or untouched. An existing empty ``out_dir`` is replaced; a non-empty one is refused,
+    or with ``replace`` swapped out only once the new one is complete. The folder gets the mode a plain
+    ``mkdir`` would give (``tempfile`` makes it 0700).
 
     Args:
         out_dir: the final folder.
-        refuse_inside: folders that ``out_dir`` must not lie inside (the inputs).
+        refuse_inside: folders that ``out_dir`` must not lie inside (the inputs), nor contain when it
+            would be replaced.
         error: exception class raised (with one message argument) for a refused ``out_dir``.
+        replace: replace an existing non-empty ``out_dir`` (e.g. a report written again).
     """
     out = Path(out_dir).expanduser().absolute()
     real = Path(os.path.realpath(out))
@@ -240,15 +244,26 @@ def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = 
         if _is_within(real, root_real):
             raise error(f"output folder {out} lies inside the input folder {root}; inputs are never modified, "
                         f"choose an output outside it")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if replace and _is_within(root_real, real):
+            raise error(f"output folder {out} contains the input {root}; replacing it would delete the input")
+    if out.exists() and not out.is_dir():
+        raise error(f"output {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not replace:
         raise error(f"output {out} already exists and is not an empty folder; remove it or choose another")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a folder on every platform
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        old = None
+        if out.exists():  # rename cannot replace a folder on every platform: move the old one aside
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from medmamba.data.nifti import atomic_output_folder
 
 from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
 
@@ -69,6 +69,17 @@ class CompareResult:
     cases: list[str]
     notes: list[str] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """The console summary: the table, skipped architectures, notes and warnings, the report path."""
+        lines = [self.report.markdown]
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
+        lines += [note for note in self.report.notes if note.startswith("warning")]
+        if self.baseline is None:
+            lines.append("no statistics (no baseline, or one architecture only)")
+        lines.append(f"report: {self.report.html}")
+        return "\n".join(lines)
+
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -102,7 +113,9 @@ def network_costs(plans: dict, dataset_json: dict, configuration: str = "3d_full
     as the trainer builds it (deep supervision off, as in inference) on meta tensors, for one input
     of batch 1 at the plans' patch size (:func:`medmamba.models.profile.forward_flops`)."""
     import torch
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.label_handling.label_handling import (
+        determine_num_input_channels,
+    )
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from medmamba.models.profile import count_parameters, forward_flops
@@ -123,62 +136,16 @@ def network_costs(plans: dict, dataset_json: dict, configuration: str = "3d_full
     return params, total / 1e9, scan / 1e9, patch
 
 
-def _default_permissions(folder: Path) -> None:
-    """Give a folder built with ``tempfile`` (0700 folders, 0600 files) the modes a plain ``mkdir`` and
-    ``open`` would have given under the user's umask; symbolic links are left alone."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            if not os.path.islink(os.path.join(root, name)):
-                os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        for name in files:
-            if not os.path.islink(os.path.join(root, name)):
-                os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
 @contextlib.contextmanager
 def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool = False) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that becomes ``out`` when the block completes (removed on
-    any error, so ``out`` is complete or untouched).
+    """A temporary folder that becomes ``out`` when the block completes (``out`` is complete or
+    untouched); an existing non-empty ``out`` is refused unless ``force``, then replaced once the new
+    one is complete. ``out`` must not lie inside an input, nor (when replaced) contain one."""
+    def refuse(message: str) -> CompareError:
+        return CompareError(f"{message}{'; pass --force to replace it' if 'already exists' in message else ''}")
 
-    An existing non-empty ``out`` is refused unless ``force``; then it is replaced only once the new
-    one is complete. ``out`` must not lie inside an input, nor (when it would be replaced) contain one.
-    """
-    out = Path(out).expanduser().absolute()
-    real = Path(os.path.realpath(out))
-    for root in inputs:
-        root_real = Path(os.path.realpath(Path(root).expanduser().absolute()))
-        if _is_within(real, root_real):
-            raise CompareError(f"the report folder {out} lies inside the input {root}; inputs are never modified, "
-                               f"choose a folder outside it")
-        if force and _is_within(root_real, real):
-            raise CompareError(f"the report folder {out} contains the input {root}; --force would delete it")
-    if out.exists() and not out.is_dir():
-        raise CompareError(f"{out} exists and is not a folder")
-    existing = out.exists() and any(out.iterdir())
-    if existing and not force:
-        raise CompareError(f"the report folder {out} exists and is not empty; choose another or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_folder(out, refuse_inside=tuple(inputs), error=refuse, replace=force) as tmp:
         yield tmp
-        _default_permissions(tmp)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "report")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def choose_baseline(names: Sequence[str], requested: str | None) -> tuple[str | None, str | None]:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,13 @@ import numpy as np
 
 from medmamba.data.brats import DatasetError, _ordered_map, discover
 from medmamba.data.labels import detect_convention, get_convention, present_values
-from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
+from medmamba.data.nifti import (
+    VolumeReadError,
+    atomic_output_file,
+    geometry_mismatch,
+    read_volume,
+    strip_ending,
+)
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,
@@ -91,14 +95,8 @@ def _json_ready(obj):
 def _write_atomically(path: str | Path, write: Callable[[object], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output_file(path) as tmp, tmp.open("w", newline="") as f:
+        write(f)
     return path
 
 
@@ -146,6 +144,28 @@ class Evaluation:
         if region not in REGIONS:
             raise ValueError(f"unknown region {region!r}; known: {', '.join(REGIONS)}, mean")
         return np.array([row[metric] for row in self.rows if row["region"] == region], dtype=np.float64)
+
+    def describe(self) -> str:
+        """The console summary: conventions, then mean ± sd of Dice, HD95 and NSD per region."""
+        stats = self.summary()
+
+        def cell(s: dict, digits: int) -> str:
+            if s["n"] == 0:
+                return "n/a"
+            sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
+            return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
+
+        lines = [f"{stats['cases']} cases, label convention {self.label_convention} ({self.label_convention_source}); "
+                 f"empty masks: {self.empty_convention} ({stats['empty_convention_description']})",
+                 f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}NSD@{self.nsd_tolerance_mm:g}mm"]
+        for region in (*REGIONS, "mean"):
+            row = stats[region]
+            lines.append(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+        if stats["gt_cases_without_prediction"]:
+            missing = stats["gt_without_prediction"]
+            lines.append(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
+                         f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+        return "\n".join(lines)
 
     def summary(self) -> dict:
         """Per region and for ``"mean"``: ``{metric: {mean, sd, median, n, n_nan}}`` over cases, plus the

@@ -163,7 +163,11 @@ def _union_box(masks: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...
 def _monai_raw(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float],
                tolerance: float) -> dict[str, np.ndarray]:
     """MONAI's raw Dice (ignore_empty=True), HD95 and NSD of (C, X, Y, Z) bool stacks, one value per channel."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import (
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
 
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None]
     g = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]

@@ -4,12 +4,12 @@ one case on axial slices."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from medmamba.data.nifti import atomic_output_file
 
 __all__ = ["box_plots", "dice_vs_parameters", "overlay_case", "axial_slices"]
 
@@ -30,13 +30,10 @@ def _save(fig, path: Path) -> Path:
     """Save under a temporary name beside ``path`` and rename: the PNG is complete or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_output_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         _pyplot().close(fig)
     return path
 

@@ -22,13 +22,13 @@ import csv
 import html
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from medmamba.data.nifti import atomic_output_file
 
 from . import plots
 from .folders import Evaluation
@@ -269,13 +269,8 @@ def stats_markdown(stats: Sequence[PairedComparison]) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
