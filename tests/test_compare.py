@@ -381,7 +381,7 @@ def test_compare_single_architecture_test_data_skips_and_force(trained_work, cap
         assert (report / "stats.csv").read_text().count("\n") == 1  # the header only
         assert "segmamba" in (report / "report.html").read_text()
 
-        with pytest.raises(SystemExit, match="medmamba compare: .*exists and is not empty.*--force"):
+        with pytest.raises(SystemExit, match="medmamba compare: .*already exists and is not an empty folder.*--force"):
             main(["compare", str(work), "--out", str(report), "--device", "cpu"])
         with pytest.raises(SystemExit, match="medmamba compare: .*lies inside the input"):
             main(["compare", str(work), "--out", str(work / "report"), "--device", "cpu"])
