@@ -301,11 +301,14 @@ def route_tables(routes: Sequence[Route], length: int, device) -> tuple[torch.Te
 
 def cached_route_tables(routes: tuple[Route, ...], length: int, device: str):
     """``route_tables`` memoised per (routes, L, device): layers call it every step with the same
-    routes, and the tables are small. Never memoised under a FakeTensorMode (memory estimates trace
-    the networks with fake tensors): a cached fake table would leak into later real runs."""
+    routes, and the tables are small. The memo must only hold plain tensors, as every later call
+    shares them: never memoised under a FakeTensorMode (memory estimates trace the networks with fake
+    tensors), and made outside inference mode (a table first made while predicting would otherwise
+    be an inference tensor, which a later training step cannot save for backward)."""
     if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
         return route_tables(routes, length, torch.device(device))
-    return _memoised_route_tables(routes, length, device)
+    with torch.inference_mode(False):
+        return _memoised_route_tables(routes, length, device)
 
 
 @lru_cache(maxsize=64)

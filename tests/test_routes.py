@@ -139,3 +139,17 @@ def test_route_tables_traced_with_fake_tensors_do_not_leak_into_real_runs():
     index, _ = cached_route_tables(routes, 60, "cpu")
     assert not isinstance(index[0], FakeTensor)
     assert torch.equal(index[1], torch.arange(59, -1, -1))
+
+
+def test_route_tables_first_made_while_predicting_serve_training():
+    # A prediction (inference mode) used to memoise inference tensors that a later training step
+    # could not save for backward.
+    from medmamba_kernels.routes import cached_route_tables, route_for
+
+    routes = (route_for("raster", (2, 3, 7)), route_for("inter_slice", (2, 3, 7)))
+    with torch.inference_mode():
+        index, _ = cached_route_tables(routes, 42, "cpu")
+    assert not index[0].is_inference()
+    x = torch.randn(1, 42, requires_grad=True)
+    x[:, index[1]].sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
