@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from medmamba.environ import temporary_environ
+
 from .planners import CONFIGURATIONS, PlanningError, planner_class
 from .presets import PresetError, load_preset
 
@@ -33,18 +35,8 @@ def nnunet_paths(raw: str | os.PathLike | None = None, preprocessed: str | os.Pa
                  results: str | os.PathLike | None = None) -> Iterator[None]:
     """Set nnU-Net's path variables for the block (those given), restoring them afterwards."""
     wanted = {"nnUNet_raw": raw, "nnUNet_preprocessed": preprocessed, "nnUNet_results": results}
-    previous = {k: os.environ.get(k) for k in wanted}
-    try:
-        for key, value in wanted.items():
-            if value is not None:
-                os.environ[key] = str(Path(value).resolve())
+    with temporary_environ(**{k: str(Path(v).resolve()) for k, v in wanted.items() if v is not None}):
         yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def resolve_dataset(dataset: str | os.PathLike | int) -> tuple[Path, str]:

@@ -17,7 +17,6 @@ initialised from the environment. nnU-Net's plan batch size is the global batch,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import glob
 import os
@@ -35,6 +34,8 @@ os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1
 import numpy as np
 import torch
 from torch import distributed as dist
+
+from medmamba.environ import temporary_environ
 
 from .recipes import Recipe, resolve_recipe
 
@@ -91,24 +92,6 @@ def find_checkpoint(fold_folder: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
-
-
-@contextlib.contextmanager
-def _environ(**values: str | None):
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = str(v)
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _resolve_dataset(dataset: str | int | os.PathLike) -> tuple[str, str]:
@@ -260,7 +243,7 @@ def _run(job: dict) -> TrainResult:
         env["nnUNet_n_proc_DA"] = str(int(job["num_workers"]))
     if job["seed"] is not None:
         seed_everything(int(job["seed"]), rank)
-    with _environ(**env):
+    with temporary_environ(**env):
         cls = trainer_class(job["recipe"])
         folder = _fold_folder(job, cls.__name__)
         resume_from = find_checkpoint(folder) if job["continue_training"] else None
