@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from medmamba.environ import temporary_environ
+
 # nnU-Net sizes its validation export pool from this when first imported (default 8 processes).
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 
@@ -60,9 +62,7 @@ def tiny_dataset(tmp_path_factory):
     """(preprocessed dataset folder, results root factory, plans identifiers per network)."""
     base = tmp_path_factory.mktemp("nnunet")
     env = {k: str(base / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with temporary_environ(**env):
         raw = base / "nnUNet_raw" / DATASET_NAME
         (raw / "imagesTr").mkdir(parents=True)
         (raw / "labelsTr").mkdir()
@@ -111,12 +111,6 @@ def tiny_dataset(tmp_path_factory):
             with open(pre / f"tiny_{name}.json", "w") as f:
                 json.dump(p, f)
         yield str(pre), identifiers
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _train(tiny_dataset, tmp_path, net="unet", **kw):
