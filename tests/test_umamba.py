@@ -293,6 +293,32 @@ def test_initialisation_he_on_convs_mamba_keeps_its_own():
         torch.testing.assert_close(layer.mamba.D, torch.ones_like(layer.mamba.D))
 
 
+@pytest.mark.parametrize("arch,variant,zeroed", [("umamba_enc", "paper_v1", True), ("umamba_bot", "paper_v1", False),
+                                                 ("umamba_enc", "repo_2024_03", False),
+                                                 ("umamba_bot", "repo_2024_03", False)])
+@pytest.mark.parametrize("through_plans", [False, True])
+def test_enc_v1_zeroes_the_last_norm_of_every_residual_block(arch, variant, zeroed, through_plans):
+    # Upstream's v1 get_umamba_enc_from_plans applies init_last_bn_before_add_to_0 after the He
+    # init (every BasicBlockD starts as its shortcut); its Bot builder and the 2024-03 files do not.
+    # nnU-Net's get_network_from_plans applies network.initialize again: the result must not change.
+    torch.manual_seed(0)
+    model = (build_umamba_enc if arch == "umamba_enc" else build_umamba_bot)(
+        1, 2, **tiny_kwargs(arch, 3, variant, [16, 16, 16]))
+    if through_plans:
+        arch_entry = plans_architecture(model)
+        model = get_network_from_plans(arch_entry["network_class_name"], arch_entry["arch_kwargs"],
+                                       arch_entry["_kw_requires_import"], 1, 2, allow_init=True,
+                                       deep_supervision=True)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlockD)]
+    assert len(blocks) >= 4
+    for block in blocks:
+        norm = block.conv2.norm
+        assert bool((norm.weight == 0).all() and (norm.bias == 0).all()) is zeroed, block
+    other_norms = [m.weight for name, m in model.named_modules()
+                   if isinstance(m, nn.InstanceNorm3d) and m.affine and ".conv2.norm" not in name]
+    assert other_norms and all(bool((w == 1).all()) for w in other_norms)
+
+
 # ------------------------------------------------------------------------------------------------
 # Output shapes, deep supervision, input-size errors
 # ------------------------------------------------------------------------------------------------

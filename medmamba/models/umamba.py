@@ -27,7 +27,9 @@ with autocast disabled on an fp32 copy of its input. Weights: nnU-Net's ``InitWe
 applied to the whole network, as upstream's ``get_umamba_*_from_plans`` does; it touches only
 Conv2d/Conv3d/ConvTranspose2d/3d (checked in dynamic_network_architectures 0.4), so Mamba's Linear
 and depthwise Conv1d keep their own (mamba_ssm) initialisation, LayerNorm and InstanceNorm their
-PyTorch defaults.
+PyTorch defaults. paper_v1 Enc (and only it: v1 Bot and every repo_2024_03 builder skip it) then
+applies DNA's ``init_last_bn_before_add_to_0``, which zeroes the last norm of every ``BasicBlockD``
+so that each residual block starts as its shortcut.
 
 Known differences from upstream (deliberate):
 
@@ -67,7 +69,10 @@ from dynamic_network_architectures.building_blocks.residual_encoders import (
 from dynamic_network_architectures.building_blocks.unet_residual_decoder import (
     UNetResDecoder,
 )
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from dynamic_network_architectures.initialization.weight_init import (
+    InitWeights_He,
+    init_last_bn_before_add_to_0,
+)
 
 from .baselines import nnunet_unet_kwargs
 from .mamba import Mamba
@@ -564,6 +569,15 @@ class UMambaEnc(_UMambaBase):
                          n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs,
                          dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision, variant,
                          stem_channels, input_size)
+
+    def initialize(self, module: nn.Module) -> None:
+        """The He init of every U-Mamba network, and for paper_v1 the zeroed last norm of each
+        ``BasicBlockD``: upstream's first ``get_umamba_enc_from_plans`` (92a741a) applies
+        ``init_last_bn_before_add_to_0`` after ``InitWeights_He(1e-2)``; its Bot builder and the
+        2024-03 rewrite do not."""
+        InitWeights_He(1e-2)(module)
+        if self.variant == "paper_v1":
+            init_last_bn_before_add_to_0(module)
 
     def _mamba_layers(self, features: list[int], strides: list[list[int]]) -> list[nn.Module]:
         if self.variant == "paper_v1":
