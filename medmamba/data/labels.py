@@ -42,13 +42,22 @@ import numpy as np
 
 __all__ = [
     "CONVENTIONS", "LabelConvention", "get_convention", "to_nnunet_labels", "from_nnunet_labels",
-    "present_values", "detect_convention",
+    "present_values", "detect_convention", "BRATS_REGIONS", "short_region_name",
 ]
 
 # nnU-Net label values shared by every convention (Dataset137's remapped space).
 NNUNET_BACKGROUND, NNUNET_EDEMA, NNUNET_CORE, NNUNET_ENHANCING, NNUNET_NONENHANCING = 0, 1, 2, 3, 4
 REGIONS_CLASS_ORDER: tuple[int, ...] = (1, 2, 3)
 
+
+
+#: The BraTS regions by their short names and the dataset.json label name of each in nnU-Net's space.
+BRATS_REGIONS: dict[str, str] = {"WT": "whole tumor", "TC": "tumor core", "ET": "enhancing tumor"}
+
+
+def short_region_name(nnunet_name: str) -> str:
+    """"whole tumor" → "WT" (the BraTS regions); any other dataset.json label name is returned as it is."""
+    return {v: k for k, v in BRATS_REGIONS.items()}.get(nnunet_name, nnunet_name)
 
 @dataclass(frozen=True)
 class LabelConvention:

@@ -11,7 +11,7 @@ Typical use (what ``medmamba predict`` does)::
 """
 
 from medmamba.inference.model import CHECKPOINTS, ModelError, TrainedModel, list_trained_models, load_model
-from medmamba.inference.predictor import REGION_NAMES, Prediction, Predictor, predict, resolve_cases
+from medmamba.inference.predictor import Prediction, Predictor, predict, resolve_cases
 
 __all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model",
-           "REGION_NAMES", "Prediction", "Predictor", "predict", "resolve_cases"]
+           "Prediction", "Predictor", "predict", "resolve_cases"]

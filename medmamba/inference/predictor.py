@@ -41,14 +41,12 @@ from medmamba.data import (
     naming_of,
     validate_case,
 )
+from medmamba.data.labels import short_region_name
 from medmamba.data.nifti import atomic_output_file, atomic_output_folder, strip_ending, write_volume
 
 from .model import ModelError, TrainedModel
 
-__all__ = ["REGION_NAMES", "Prediction", "Predictor", "predict", "resolve_cases"]
-
-#: nnU-Net region label names (dataset.json) → the short names used in outputs.
-REGION_NAMES = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET"}
+__all__ = ["Prediction", "Predictor", "predict", "resolve_cases"]
 
 # Readers whose arrays are the stored voxel array with reversed axes (the others reorient).
 _TRANSPOSING_READERS = {"SimpleITKIO", "NibabelIO"}
@@ -150,7 +148,7 @@ class Predictor:
             if name in ("background", "ignore"):
                 continue
             values = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-            regions[REGION_NAMES.get(name, name)] = values
+            regions[short_region_name(name)] = values
         return regions
 
     @property
