@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from medmamba.data.labels import LabelConvention, get_convention, to_nnunet_labels
+from medmamba.data.labels import BRATS_REGIONS, LabelConvention, get_convention, to_nnunet_labels
 
 __all__ = [
     "REGIONS", "METRICS", "EMPTY_CONVENTIONS", "BRATS_EMPTY_HD95_MM", "SEGMAMBA_EMPTY_HD95_MM",
@@ -56,9 +56,6 @@ __all__ = [
 
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 METRICS: tuple[str, ...] = ("dice", "hd95", "nsd")
-
-# The nnU-Net region (dataset.json "labels" key) behind each BraTS region name.
-_NNUNET_REGION = {"WT": "whole tumor", "TC": "tumor core", "ET": "enhancing tumor"}
 
 BRATS_EMPTY_HD95_MM = 373.13  # sqrt(240² + 240² + 155²) = 373.1287, as the BraTS challenge publishes it
 SEGMAMBA_EMPTY_HD95_MM = 50.0
@@ -135,7 +132,7 @@ def region_masks(labels: np.ndarray, convention: str | LabelConvention) -> dict[
     nnunet = to_nnunet_labels(labels, conv)  # validates the values
     masks = {}
     for region in REGIONS:
-        members = conv.nnunet_labels[_NNUNET_REGION[region]]
+        members = conv.nnunet_labels[BRATS_REGIONS[region]]
         members = (members,) if isinstance(members, int) else tuple(members)
         lut = np.zeros(max(len(conv.to_nnunet), max(members) + 1), dtype=bool)
         lut[list(members)] = True
@@ -161,8 +158,9 @@ def _union_box(masks: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...
 
 
 def _monai_raw(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float],
-               tolerance: float) -> dict[str, np.ndarray]:
-    """MONAI's raw Dice (ignore_empty=True), HD95 and NSD of (C, X, Y, Z) bool stacks, one value per channel."""
+               tolerance: float, metrics: Sequence[str] = METRICS) -> dict[str, np.ndarray]:
+    """MONAI's raw Dice (ignore_empty=True), HD95 and NSD of (C, X, Y, Z) bool stacks, one value per
+    channel; only ``metrics`` are computed (the surface metrics cost far more than Dice)."""
     from monai.metrics import (
         compute_dice,
         compute_hausdorff_distance,
@@ -172,18 +170,23 @@ def _monai_raw(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, fl
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None]
     g = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]
     channels = pred.shape[0]
+    raw = {}
     with warnings.catch_warnings():
         for category, message in _QUIET:
             warnings.filterwarnings("ignore", message=message, category=category)
-        dice = compute_dice(p, g, include_background=True, ignore_empty=True)
-        hd95 = compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=list(spacing))
-        nsd = compute_surface_dice(p, g, [tolerance] * channels, include_background=True, spacing=list(spacing),
-                                   use_subvoxels=True)
-    return {"dice": dice[0].double().numpy(), "hd95": hd95[0].double().numpy(), "nsd": nsd[0].double().numpy()}
+        if "dice" in metrics:
+            raw["dice"] = compute_dice(p, g, include_background=True, ignore_empty=True)
+        if "hd95" in metrics:
+            raw["hd95"] = compute_hausdorff_distance(p, g, include_background=True, percentile=95,
+                                                     spacing=list(spacing))
+        if "nsd" in metrics:
+            raw["nsd"] = compute_surface_dice(p, g, [tolerance] * channels, include_background=True,
+                                              spacing=list(spacing), use_subvoxels=True)
+    return {name: value[0].double().numpy() for name, value in raw.items()}
 
 
 def _metrics_of_masks(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], spacing: Sequence[float],
-                      empty: str, tolerance: float) -> dict[str, dict[str, float]]:
+                      empty: str, tolerance: float, metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     names = list(gt)
     if set(pred) != set(names):
         raise ValueError(f"prediction regions {sorted(pred)} differ from ground-truth regions {sorted(names)}")
@@ -196,22 +199,23 @@ def _metrics_of_masks(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarra
     box = _union_box([*pred.values(), *gt.values()])
     p = np.stack([np.asarray(pred[n], bool)[box] for n in names])
     g = np.stack([np.asarray(gt[n], bool)[box] for n in names])
-    raw = _monai_raw(p, g, spacing, tolerance)
+    raw = _monai_raw(p, g, spacing, tolerance, metrics)
     both, one = _OVERRIDES[empty]
     out = {}
     for i, name in enumerate(names):
         p_empty, g_empty = not p[i].any(), not g[i].any()
-        values = {m: float(raw[m][i]) for m in METRICS}
+        values = {m: float(raw[m][i]) for m in metrics}
         if p_empty and g_empty:
-            values.update(both)
+            values.update({m: v for m, v in both.items() if m in metrics})
         elif p_empty or g_empty:
-            values.update(one)
+            values.update({m: v for m, v in one.items() if m in metrics})
         out[name] = values
     return out
 
 
 def mask_metrics(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], spacing: Sequence[float], *,
-                 empty: str = "brats", nsd_tolerance_mm: float = 1.0) -> dict[str, dict[str, float]]:
+                 empty: str = "brats", nsd_tolerance_mm: float = 1.0,
+                 metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     """Dice, HD95 (mm) and NSD of binary masks, paired by name (e.g. the output of ``region_masks``).
 
     Args:
@@ -219,10 +223,16 @@ def mask_metrics(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], s
         spacing: voxel size in mm along X, Y, Z.
         empty: an ``EMPTY_CONVENTIONS`` key (module docstring: what each gives for empty masks).
         nsd_tolerance_mm: NSD tolerance in mm.
+        metrics: which of ``METRICS`` to compute (default all).
     Returns:
-        name → ``{"dice": float, "hd95": float (mm), "nsd": float}`` (NaN where the convention says so).
+        name → ``{"dice": float, "hd95": float (mm), "nsd": float}`` (NaN where the convention says so),
+        with the keys of ``metrics``.
     """
-    return _metrics_of_masks(pred, gt, spacing, check_empty_convention(empty), _check_tolerance(nsd_tolerance_mm))
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be some of {', '.join(METRICS)}, got {list(metrics)}")
+    return _metrics_of_masks(pred, gt, spacing, check_empty_convention(empty), _check_tolerance(nsd_tolerance_mm),
+                             tuple(metrics))
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], convention: str | LabelConvention, *,
