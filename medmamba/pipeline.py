@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["PlanAndTrainResult", "plan_and_train", "dataset_name", "case_identifiers", "check_fold", "write_splits",
+__all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "dataset_name", "case_identifiers", "check_fold", "write_splits",
            "preprocessing_complete", "write_json_atomically"]
 
 
@@ -118,7 +118,35 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                               output_folder=out / "nnUNet_results")
         _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
         log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")
+        validation = trained[arch].validation
+        if validation is not None:
+            _record_validation(out, arch, trained[arch], validation)
+            log(f"  {arch}: {validation.describe()}")
+            if validation.collapsed:
+                log(f"  {arch}: {COLLAPSE_HINT}")
     return PlanAndTrainResult(raw, preprocessed, trained)
+
+
+#: What a user reads when a trained network predicts background everywhere.
+COLLAPSE_HINT = ("found no foreground in any validation case (Dice 0 in every region): it has not left the "
+                 "all-background state training starts in; train longer (--epochs, --iters-per-epoch), try "
+                 "--recipe paper, and see docs/training-dynamics.md")
+
+#: One JSON per architecture in the work folder: its whole-volume validation per fold.
+VALIDATION_FOLDER = "validation"
+
+
+def _record_validation(out: Path, arch: str, result, validation) -> Path:
+    """Write ``OUT/validation/<arch>[@<recipe>].json`` (this fold's entry added to earlier folds')."""
+    from medmamba.training.recipes import DEFAULT_RECIPE
+
+    name = arch if result.recipe == DEFAULT_RECIPE else f"{arch}@{result.recipe}"
+    path = out / VALIDATION_FOLDER / f"{name}.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(architecture=arch, recipe=result.recipe, model=str(Path(result.output_folder).parent))
+    record.setdefault("folds", {})[validation.fold] = validation.to_json()
+    write_json_atomically(path, record)
+    return path
 
 
 #: nnU-Net's split file in the preprocessed dataset folder.

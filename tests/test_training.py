@@ -228,10 +228,16 @@ def test_short_training_writes_outputs(tiny_dataset, tmp_path, net, capsys):
     expected = {"unet": "nnunet_default", "lightm_unet": "lightm_unet_adam", "umamba_bot": "nnunet_default"}[net]
     assert res.recipe == expected
     err = capsys.readouterr().err
-    assert "epoch 1/1" in err and "pseudo_dice=" in err and "loss=" in err  # the per-epoch progress bar
-    if net == "lightm_unet":  # nnU-Net's final validation through a network without deep supervision
-        summary = json.load(open(res.validation_summary))
-        assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    # the per-epoch progress bar: loss, and the pseudo-Dice per region named as patch-level
+    assert "epoch 1/1" in err and "loss " in err and "patch pseudo-Dice WT " in err and " ET " in err
+    if net == "lightm_unet":  # the whole-volume validation through a network without deep supervision
+        validation = res.validation
+        assert validation.regions == ("WT", "TC", "ET") and validation.fold == "all"
+        assert validation.cases == ["case000", "case001", "case002"]
+        assert validation.cases_source == "training cases (fold all holds none out)"
+        assert all(0.0 <= validation.per_case[c][r] <= 1.0 for c in validation.cases for r in validation.regions)
+    else:
+        assert res.validation is None
 
 
 @pytest.mark.slow
@@ -243,6 +249,74 @@ def test_segmamba_ce_recipe_trains_label_based(tiny_dataset, tmp_path):
     saved = json.load(open(os.path.join(os.path.dirname(res.output_folder), "dataset.json")))
     assert "regions_class_order" not in saved and saved["labels"]["label_3"] == 3  # what inference must rebuild
     assert len(ckpt["logging"]["dice_per_class_or_region"][0]) == 3  # pseudo-Dice per label 1..3
+
+
+def _logits_from_truth(monkeypatch, dataset_class, empty: bool = False):
+    """Make nnU-Net's sliding window return logits that reproduce each case's preprocessed ground
+    truth (or predict background everywhere): the whole-volume validation must then score Dice 1
+    (or find the collapse), whatever the cropping, export and comparison do in between."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    current = {}
+    load_case = dataset_class.load_case
+
+    def remember(self, key):
+        data, seg, seg_prev, properties = load_case(self, key)
+        current["seg"] = np.asarray(seg[:])[0]
+        return data, seg, seg_prev, properties
+
+    def logits(self, data):
+        seg = current["seg"]
+        regions = [(1, 2, 3), (2, 3), (3,)]
+        out = np.stack([np.where(np.isin(seg, r) & ~empty, 10.0, -10.0) for r in regions])
+        return torch.from_numpy(out.astype(np.float32))
+
+    monkeypatch.setattr(dataset_class, "load_case", remember)
+    monkeypatch.setattr(nnUNetPredictor, "predict_sliding_window_return_logits", logits)
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_whole_volume_validation_scores_the_original_grid(tiny_dataset, tmp_path, monkeypatch, empty):
+    import SimpleITK as sitk
+
+    from medmamba.training.validation import SUMMARY_NAME, WholeVolumeValidation, validate_whole_volumes
+
+    trainer = _make_trainer(tiny_dataset, tmp_path, "nnunet_default")
+    _logits_from_truth(monkeypatch, trainer.dataset_class, empty=empty)
+    result = validate_whole_volumes(trainer)
+    assert result.cases == ["case000", "case001", "case002"] and result.regions == ("WT", "TC", "ET")
+    expected = 0.0 if empty else 1.0
+    assert all(result.per_case[c][r] == expected for c in result.cases for r in result.regions), result.per_case
+    assert result.collapsed is empty
+    # the exported label maps lie on the original image grid
+    folder, _ = tiny_dataset
+    raw_image = os.path.join(os.path.dirname(os.path.dirname(folder)), "nnUNet_raw", DATASET_NAME, "imagesTr",
+                             "case001_0000.nii.gz")
+    exported = os.path.join(trainer.output_folder, "validation", "case001.nii.gz")
+    assert sitk.ReadImage(exported).GetSize() == sitk.ReadImage(raw_image).GetSize()
+    stored = WholeVolumeValidation.read(os.path.join(trainer.output_folder, "validation", SUMMARY_NAME))
+    assert stored.per_case == result.per_case and stored.collapsed is empty
+
+
+def test_warmup_scales_the_scheduled_rate_per_iteration(tiny_dataset, tmp_path):
+    import dataclasses
+
+    from medmamba.training.recipes import RECIPES
+
+    recipe = dataclasses.replace(RECIPES["nnunet_default"], name="warm", warmup_fraction=0.5)
+    trainer = _make_trainer(tiny_dataset, tmp_path, recipe)
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 2, 3  # 6 iterations, 3 of warm-up
+    seen = []
+    for epoch in range(2):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        scheduled = trainer.optimizer.param_groups[0]["lr"]
+        for _ in range(3):
+            trainer._warm_up()
+            seen.append(trainer.optimizer.param_groups[0]["lr"] / scheduled)
+    np.testing.assert_allclose(seen, [1 / 3, 2 / 3, 1, 1, 1, 1])
+    # after the warm-up the rate is the schedule's own (poly, built for the trainer's 5 epochs)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 - 1 / 5) ** 0.9)
 
 
 class _Kill(Exception):

@@ -413,15 +413,20 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             except Exception as err:  # noqa: BLE001 - the scores stand without the cost figures
                 notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
             train_s, epochs = training_time(model.checkpoint)
+            validation = _training_validation(model.checkpoint)
             evaluated.append(ArchitectureResult(
                 name=name, evaluation=evaluation, params=params, gflops=gflops,
                 scan_gflops=scan, patch_size=patch, training_seconds=train_s, epochs=epochs,
                 inference_seconds=seconds, inference_peak_bytes=peak, inference_device=dev.type,
                 training_memory_gib=planned_training_memory(model.plans, cfg), recipe=_recipe(model.trainer),
-                trainer_folder=str(model.folder), checkpoint=str(model.checkpoint)))
+                trainer_folder=str(model.folder), checkpoint=str(model.checkpoint), validation=validation))
             log(f"  {name}: mean Dice {evaluation.summary()['mean']['dice']['mean']:.4f} over {len(cases)} cases")
         if not evaluated:
             raise CompareError("every architecture was skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped))
+        sources = sorted({r.validation.cases_source for r in evaluated if r.validation is not None})
+        if sources:
+            notes.append(f"validation Dice (whole volumes) is each training run's own final score on its "
+                         f"{' / '.join(sources)}, not on the compared cases")
         if chosen is not None and chosen not in {r.name for r in evaluated}:
             notes.append(f"the baseline {chosen} was skipped: no statistics")
             chosen = None
@@ -441,6 +446,17 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         shutil.rmtree(gt_dir)
     report = _relocate(report, tmp, final)
     return CompareResult(final, report, [r.name for r in evaluated], skipped, chosen, case_ids, notes)
+
+
+def _training_validation(checkpoint: Path):
+    """The whole-volume validation that ended the model's training, when it has one for these weights."""
+    from medmamba.training.validation import SUMMARY_NAME, WholeVolumeValidation
+
+    path = Path(checkpoint).parent / "validation" / SUMMARY_NAME
+    try:
+        return WholeVolumeValidation.read(path) if path.is_file() else None
+    except (ValueError, KeyError):
+        return None
 
 
 def _final_paths(evaluation, predictions: Path, labels: dict[str, Path]) -> None:

@@ -73,6 +73,8 @@ class ArchitectureResult:
         training_memory_gib: the planner's estimate of the training step's GPU memory (GiB, reserve and
             allocator overhead included) — an estimate, not a measurement.
         recipe, trainer_folder, checkpoint: where the model came from.
+        validation: the training run's whole-volume validation
+            (:class:`medmamba.training.validation.WholeVolumeValidation`), or None when it has none.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ArchitectureResult:
     recipe: str | None = None
     trainer_folder: str | None = None
     checkpoint: str | None = None
+    validation: Any = None
 
     @property
     def cases(self) -> list[str]:
@@ -170,6 +173,11 @@ def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = (
             "training_memory_gib_estimated": res.training_memory_gib,
             "recipe": res.recipe,
         })
+        for region in REGIONS:
+            row[f"validation_dice_{region}"] = res.validation.mean(region) if res.validation is not None and \
+                region in res.validation.regions else None
+        row["validation_cases"] = (f"{len(res.validation.cases)} {res.validation.cases_source}"
+                                   if res.validation is not None else None)
         table.append(row)
     return table
 
@@ -206,6 +214,9 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
         cols.append((f"Dice {region} (%)", lambda r, k=f"dice_{region}": _mean_sd(r, k, 100, ".2f")))
     for region in regions:
         cols.append((f"HD95 {region} (mm)", lambda r, k=f"hd95_{region}": _mean_sd(r, k, 1, ".2f")))
+    cols.append((f"validation Dice {'/'.join(regions)} (whole volumes, %)", lambda r: "—"
+                 if all(r.get(f"validation_dice_{g}") is None for g in regions)
+                 else " / ".join(_num(r.get(f"validation_dice_{g}"), ".1f", 100) for g in regions)))
     cols += [
         ("params", lambda r: _params(r["params"])),
         ("GFLOPs (scan)", lambda r: "—" if r["gflops"] is None

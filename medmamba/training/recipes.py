@@ -36,6 +36,8 @@ class Recipe:
         lr, weight_decay, momentum, nesterov, eps: optimiser settings (``eps`` for Adam/AdamW only).
         lr_schedule: "poly" (nnU-Net's ``lr·(1 − epoch/epochs)^poly_exponent``, stepped per epoch) or
             "cosine" (``CosineAnnealingLR(T_max=cosine_t_max, eta_min=cosine_eta_min)`` per epoch).
+        warmup_fraction: linear learning-rate warm-up over this fraction of all training iterations,
+            per iteration (the scheduled rate times (i + 1) / warm-up iterations); 0: none.
         loss: "nnunet" (nnU-Net's Dice + BCE for regions, Dice + CE for labels) or "ce" (cross-entropy
             only over label classes: the trainer switches a region-based dataset to label-based
             training, see :data:`RECIPES` ``segmamba_ce``).
@@ -58,6 +60,7 @@ class Recipe:
     poly_exponent: float = 0.9
     cosine_t_max: int = 50
     cosine_eta_min: float = 1e-5
+    warmup_fraction: float = 0.0
     loss: Literal["nnunet", "ce"] = "nnunet"
     deep_supervision: bool = True
     amp: bool = True
@@ -71,6 +74,8 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: unknown lr_schedule {self.lr_schedule!r}")
         if self.loss not in ("nnunet", "ce"):
             raise ValueError(f"recipe {self.name}: unknown loss {self.loss!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"recipe {self.name}: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (

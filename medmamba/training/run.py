@@ -58,6 +58,16 @@ class TrainResult:
     resumed_from: str | None = None
     validation_summary: str | None = None
 
+    @property
+    def validation(self):
+        """The whole-volume validation (:class:`medmamba.training.validation.WholeVolumeValidation`) of
+        the run, or None when it was not scored."""
+        from .validation import WholeVolumeValidation
+
+        if self.validation_summary is None:
+            return None
+        return WholeVolumeValidation.read(self.validation_summary)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" → CUDA when available, else CPU; "cpu"/"cuda"/"cuda:N" as given (CUDA must exist)."""
@@ -125,7 +135,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
           iters_per_epoch: int | None = None, val_iters: int | None = None, seed: int | None = None,
           continue_training: bool = False, recipe: str | Recipe | None = None, architecture: str | None = None,
           output_folder: str | os.PathLike | None = None, num_processes: int = 1, num_workers: int | None = None,
-          validate: bool = False, show_progress: bool = True,
+          validate: bool = True, show_progress: bool = True,
           epoch_end_callbacks: Sequence[Callable] = ()) -> TrainResult:
     """Train ``configuration`` of ``plans_identifier`` on a preprocessed nnU-Net dataset.
 
@@ -149,7 +159,9 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
         num_processes: DDP ranks (> 1 spawns them; gloo on CPU, NCCL on CUDA).
         num_workers: augmentation processes per rank (``nnUNet_n_proc_DA``); None → 0 with a
             seed (deterministic), else nnU-Net's default (or the environment's value).
-        validate: run nnU-Net's final sliding-window validation (slow on CPU).
+        validate: score the fold's validation cases as whole volumes at the end of training
+            (:mod:`medmamba.training.validation`; fold "all": training cases). A finished run that
+            is continued keeps its earlier result.
         show_progress: per-epoch tqdm bar with loss and pseudo-Dice.
         epoch_end_callbacks: callables ``(trainer, epoch)`` called after each epoch's checkpoint
             (must be picklable when ``num_processes > 1``).
@@ -274,14 +286,32 @@ def _run(job: dict) -> TrainResult:
         else:
             trainer.print_to_log_file(f"Nothing to do: {trainer.current_epoch} epochs already completed")
         summary = None
-        if job["validate"]:
-            trainer.perform_actual_validation(False)
-            summary = os.path.join(trainer.output_folder, "validation", "summary.json")
+        if job["validate"] and rank == 0:
+            summary = _validate(trainer)
     if dist.is_available() and dist.is_initialized():
         # Rank 0 writes checkpoint_final and deletes checkpoint_latest after the other ranks have left
         # the training loop; reading the folder before it is done could open a file being deleted.
         dist.barrier()
     return _result(job, resumed_from=resume_from, validation_summary=summary)
+
+
+def _validate(trainer) -> str:
+    """Score the trained fold on whole volumes, unless an earlier run already scored these weights
+    (a finished run that is continued). Returns the result file."""
+    from .validation import SUMMARY_NAME, WholeVolumeValidation, validate_whole_volumes
+
+    path = os.path.join(trainer.output_folder, "validation", SUMMARY_NAME)
+    if os.path.isfile(path):
+        try:
+            if WholeVolumeValidation.read(path).epochs == trainer.current_epoch:
+                return path
+        except (ValueError, KeyError):  # an older or damaged record is made again
+            pass
+    trainer.print_to_log_file("whole-volume validation of the trained weights", also_print_to_console=False)
+    result = validate_whole_volumes(trainer, log=lambda line: trainer.print_to_log_file(
+        line, also_print_to_console=False))
+    trainer.print_to_log_file(result.describe(), also_print_to_console=False)
+    return path
 
 
 def _remove_stale_temporaries(folder: str) -> None:
@@ -302,8 +332,11 @@ def _result(job: dict, resumed_from: str | None = None, validation_summary: str 
         epochs = int(torch.load(ckpt, map_location="cpu", weights_only=False)["current_epoch"])
     logs = sorted(f for f in os.listdir(folder) if f.startswith("training_log_")) if os.path.isdir(folder) else []
     png = os.path.join(folder, "progress.png")
-    if validation_summary is None and os.path.isfile(os.path.join(folder, "validation", "summary.json")):
-        validation_summary = os.path.join(folder, "validation", "summary.json")
+    if validation_summary is None:
+        from .validation import SUMMARY_NAME
+
+        if os.path.isfile(os.path.join(folder, "validation", SUMMARY_NAME)):
+            validation_summary = os.path.join(folder, "validation", SUMMARY_NAME)
     return TrainResult(output_folder=folder, trainer_name=name, recipe=job["recipe"].name, epochs_completed=epochs,
                        checkpoint=ckpt, log_file=os.path.join(folder, logs[-1]) if logs else None,
                        progress_png=png if os.path.isfile(png) else None, resumed_from=resumed_from,
@@ -328,7 +361,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="results root (default $nnUNet_results)")
     p.add_argument("--num-processes", type=int, default=1, help="DDP ranks to spawn")
     p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--val", action="store_true", help="run the final sliding-window validation")
+    p.add_argument("--no-val", dest="val", action="store_false",
+                   help="skip the whole-volume validation at the end of training")
     a = p.parse_args(list(argv) if argv is not None else None)
     res = train(a.dataset, a.plans, a.configuration, a.fold if a.fold == "all" else int(a.fold), device=a.device,
                 epochs=a.epochs, iters_per_epoch=a.iters_per_epoch, val_iters=a.val_iters, seed=a.seed,

@@ -57,6 +57,8 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from medmamba.data.labels import short_region_name
+
 from .recipes import RECIPES, Recipe, get_recipe
 
 __all__ = [
@@ -188,6 +190,8 @@ class MedMambaTrainer(nnUNetTrainer):
         self.show_progress = True
         self.epoch_end_callbacks: list[Callable[[MedMambaTrainer, int], None]] = []
         self._rng_state_to_restore: dict | None = None  # set by load_checkpoint, used by on_train_start
+        self._scheduled_lrs: list[float] | None = None  # this epoch's rates before warm-up (on_train_epoch_start)
+        self._iteration_in_epoch = 0
         self.print_to_log_file(f"medmamba recipe: {self.recipe.name}: {self.recipe.summary}; deep supervision "
                                f"{'on' if self.enable_deep_supervision else 'off'}; device {self.device}"
                                f"{'; DDP world size %d' % dist.get_world_size() if self.is_ddp else ''}",
@@ -293,7 +297,27 @@ class MedMambaTrainer(nnUNetTrainer):
         if self.recipe.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
 
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # the schedule sets this epoch's rates
+        self._scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._iteration_in_epoch = 0
+
+    def _warm_up(self) -> None:
+        """Scale the epoch's scheduled rates for the recipe's linear warm-up (per iteration, counted
+        from the epoch so that a resumed run continues the same curve)."""
+        if self.recipe.warmup_fraction:
+            if self._scheduled_lrs is None:  # a step outside run_training's epochs
+                self._scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            total = self.num_epochs * self.num_iterations_per_epoch
+            warmup = max(1, round(total * self.recipe.warmup_fraction))
+            step = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+            scale = min(1.0, (step + 1) / warmup)
+            for group, lr in zip(self.optimizer.param_groups, self._scheduled_lrs):
+                group["lr"] = lr * scale
+        self._iteration_in_epoch += 1
+
     def train_step(self, batch: dict) -> dict:
+        self._warm_up()
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -479,8 +503,7 @@ class MedMambaTrainer(nnUNetTrainer):
                     val_outputs = [self.validation_step(next(self.dataloader_val))
                                    for _ in range(self.num_val_iterations_per_epoch)]
                     self.on_validation_epoch_end(val_outputs)
-                bar.set_postfix(loss=f"{float(self.logger.get_value('train_losses', step=-1)):.4f}",
-                                pseudo_dice=f"{float(self.logger.get_value('mean_fg_dice', step=-1)):.4f}")
+                bar.set_postfix_str(self._epoch_summary())
                 bar.close()
                 self.on_epoch_end()
                 for callback in self.epoch_end_callbacks:
@@ -489,6 +512,15 @@ class MedMambaTrainer(nnUNetTrainer):
         except BaseException:
             self._shutdown_dataloaders()
             raise
+
+
+    def _epoch_summary(self) -> str:
+        """The finished epoch for the progress bar: training loss and nnU-Net's pseudo-Dice per region,
+        labelled as what it is, a Dice over foreground-oversampled patches (not whole volumes)."""
+        names = [short_region_name(n) for n in self.dataset_json["labels"] if n not in ("background", "ignore")]
+        dice = self.logger.get_value("dice_per_class_or_region", step=-1)
+        per_region = " ".join(f"{n} {float(d):.2f}" for n, d in zip(names, dice))
+        return f"loss {float(self.logger.get_value('train_losses', step=-1)):.4f}, patch pseudo-Dice {per_region}"
 
 
 class nnUNetTrainerMedMamba(MedMambaTrainer):
