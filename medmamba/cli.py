@@ -428,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
                     "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
                     "empty-mask convention. Ground-truth cases without a prediction stop the evaluation unless "
-                    "--cases or --allow-missing says a partial one is intended. Empty masks: brats (default; both empty: Dice 1, HD95 0; one "
-                    "empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan (both empty excluded), segmamba "
-                    "(either empty: Dice 0, HD95 50).")
+                    "--cases or --allow-missing says a partial one is intended. Empty masks: brats (default; "
+                    "both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan "
+                    "(both empty excluded), segmamba (either empty: Dice 0, HD95 50).")
     evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
     evaluate.add_argument("--gt", type=Path, required=True,
                           help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")

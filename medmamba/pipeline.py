@@ -165,8 +165,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     trainers = {arch: trainer_class(resolve_recipe(recipe, arch)).__name__ for arch in archs}
     if fold != "all":
         fold = int(fold)
-        check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE,
-                   data)
+        splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
+        check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
     with folder_lock(out):
         trained = _trained_folds(out, raw.name, trainers, fold)
         if trained and not (continue_training or restart):

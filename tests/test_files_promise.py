@@ -185,8 +185,8 @@ def test_rerun_without_continue_keeps_an_interrupted_model(trained, work_copy, c
 
 
 def test_continue_and_restart_together_is_one_message(trained, work_copy, capsys):
-    fails_and_touches_nothing(capsys, [trained, work_copy], *train_args(trained / "data", work_copy, "--continue", "--restart"),
-                              says="--continue .* --restart .* choose one")
+    both = train_args(trained / "data", work_copy, "--continue", "--restart")
+    fails_and_touches_nothing(capsys, [trained, work_copy], *both, says="--continue .* --restart .* choose one")
 
 
 def test_restart_discards_the_model_and_trains_again(trained, work_copy, capsys):
@@ -213,12 +213,13 @@ def _hold(lock: str, place: Path) -> subprocess.Popen:
 def test_a_work_folder_in_use_is_refused_naming_who_holds_it(trained, work_copy, capsys):
     holder = _hold("folder_lock", work_copy)
     try:
-        line = fails_and_touches_nothing(capsys, [trained, work_copy], *train_args(trained / "data", work_copy, "--continue"),
+        resume = train_args(trained / "data", work_copy, "--continue")
+        line = fails_and_touches_nothing(capsys, [trained, work_copy], *resume,
                                          names=[work_copy, f"pid {holder.pid}", socket.gethostname()],
                                          says=r"in use by another medmamba run .*started \d{4}-\d\d-\d\dT.*-c")
         assert "wait for it to finish" in line
-        fails_and_touches_nothing(capsys, [trained, work_copy], "plan", trained / "data", "--arch", "unet", "--out", work_copy,
-                                  names=[f"pid {holder.pid}"], says="in use by another medmamba run")
+        fails_and_touches_nothing(capsys, [trained, work_copy], "plan", trained / "data", "--arch", "unet", "--out",
+                                  work_copy, names=[f"pid {holder.pid}"], says="in use by another medmamba run")
     finally:
         holder.kill()
         holder.wait()
@@ -289,13 +290,15 @@ def test_bad_names_and_sizes_are_one_message(tmp_path, capsys, monkeypatch, argv
 
 def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine\n")
-    fails_and_touches_nothing(capsys, [tmp_path], "demo", "--out", tmp_path / "afile", names=["afile"], says="is a file")
+    fails_and_touches_nothing(capsys, [tmp_path], "demo", "--out", tmp_path / "afile", names=["afile"],
+                              says="is a file")
 
 
 def test_evaluate_with_an_unknown_label_convention(trained, tmp_path, capsys):
     preds = predictions_of(trained / "data", tmp_path / "preds")
-    fails_and_touches_nothing(capsys, [trained, tmp_path], "evaluate", "--pred", preds, "--gt", trained / "data", "--out",
-                              tmp_path / "m.csv", "--label-convention", "brats2099", says="unknown label convention")
+    fails_and_touches_nothing(capsys, [trained, tmp_path], "evaluate", "--pred", preds, "--gt", trained / "data",
+                              "--out", tmp_path / "m.csv", "--label-convention", "brats2099",
+                              says="unknown label convention")
 
 
 # ----------------------------------------------------------------------------- damaged earlier work
@@ -305,8 +308,9 @@ def test_continue_from_a_damaged_checkpoint_offers_the_best_one_or_a_restart(tra
     latest = fold / "checkpoint_latest.pth"
     (fold / "checkpoint_final.pth").rename(latest)  # an interrupted run …
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # … whose checkpoint was cut short
-    line = fails_and_touches_nothing(capsys, [trained, work_copy], *train_args(trained / "data", work_copy, "--continue"),
-                                     names=[latest], says="damaged, it cannot be read")
+    resume = train_args(trained / "data", work_copy, "--continue")
+    line = fails_and_touches_nothing(capsys, [trained, work_copy], *resume, names=[latest],
+                                     says="damaged, it cannot be read")
     assert "resume from checkpoint_best.pth instead" in line and "--restart" in line
 
 
@@ -457,8 +461,8 @@ def test_an_unreadable_input_is_named_as_such(trained, tmp_path):
     case = case_folders(data)[0]
     t1 = case / f"{case.name}_t1.nii.gz"
     t1.chmod(0)
-    (tmp_path / "cases.json").write_text(json.dumps([{"argv": ["plan", str(data), "--arch", "unet", "--out",
-                                                                str(tmp_path / "work")], "look_at": str(tmp_path / "work")}]))
+    plan = ["plan", str(data), "--arch", "unet", "--out", str(tmp_path / "work")]
+    (tmp_path / "cases.json").write_text(json.dumps([{"argv": plan, "look_at": str(tmp_path / "work")}]))
     caps = "-dac_override,-dac_read_search"
     prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
     ran = subprocess.run([*prefix, sys.executable, str(RUNNER), str(tmp_path / "cases.json"),

@@ -28,7 +28,9 @@ Validation (``validate``)
     with one :class:`DatasetError` naming the case, the file and the problem; so do missing and unknown
     files, duplicate case ids and folders without recognisable cases. With ``skip_invalid=True`` a bad
     case is dropped with one :class:`DatasetWarning` (Python ``warnings``: testable, filterable, and the
-    CLI can print them) and an error is raised only when no valid case remains.
+    CLI can print them) and an error is raised only when no valid case remains. An image whose voxels
+    are all 0 is accepted with a warning (it is almost always a broken export). A broken symbolic link
+    is reported as one, not as a missing file.
 
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the

@@ -63,7 +63,8 @@ from medmamba.data.brats import NAMINGS, DatasetError
 from medmamba.data.labels import CONVENTIONS
 from medmamba.data.nifti import atomic_output_folder, write_volume
 
-__all__ = ["synth", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES", "DEFAULT_SHAPE"]
+__all__ = ["synth", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
+           "DEFAULT_SHAPE"]
 
 DEFAULT_SHAPE = (64, 64, 64)
 SEQUENCES = ("T1", "T1ce", "T2", "FLAIR")  # channel order of both namings (t1/t1n, t1ce/t1c, t2/t2w, flair/t2f)
