@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from medmamba.errors import one_line_failures
 from medmamba.pipeline import write_json_atomically as _write_json_atomically
 
 
@@ -34,9 +35,19 @@ def _benchmark_scan(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _check_architectures(prog: str, names: list[str] | None) -> None:
+    """Unknown ``--arch`` names stop with one line listing the known ones."""
+    from medmamba.models.registry import available
+
+    unknown = sorted(set(names or ()) - set(available()))
+    if unknown:
+        raise SystemExit(f"{prog}: unknown architecture(s) {', '.join(unknown)}; known: {', '.join(available())}")
+
+
 def _benchmark_models(args: argparse.Namespace) -> None:
     from medmamba.benchmarks.models import run_models_benchmark
 
+    _check_architectures("medmamba benchmark models", args.arch)
     device = _device(args.device)
     patch = _patch_shape(args.patch or ([128, 128, 128] if device.type == "cuda" else [64, 64, 64]))
     if args.repeats < 1 or args.batch_size < 1:
@@ -51,6 +62,7 @@ def _benchmark_models(args: argparse.Namespace) -> None:
 def _benchmark_predict(args: argparse.Namespace) -> None:
     from medmamba.benchmarks.predict import run_predict_benchmark
 
+    _check_architectures("medmamba benchmark predict", args.arch)
     device = _device(args.device)
     patch = _patch_shape(args.patch)
     if len(patch) != 3 or not 0 < args.step_size <= 1 or args.repeats < 1:
@@ -74,9 +86,8 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from medmamba.data import DatasetError, prepare
-    from medmamba.pipeline import dataset_name
-    from medmamba.planning import PlanningError, plan, summary
+    from medmamba.pipeline import plan_work_folder
+    from medmamba.planning import summary
 
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise SystemExit(f"medmamba plan: --gpu-memory must be positive, got {args.gpu_memory}")
@@ -84,10 +95,9 @@ def _plan(args: argparse.Namespace) -> None:
         raise SystemExit(f"medmamba plan: {args.data} is not a folder")
     work = args.out.expanduser().absolute()
     try:
-        raw = prepare(args.data, work / "nnUNet_raw", args.dataset_id, args.name or dataset_name(args.data),
-                      **_dataset_options(args))
-        plans = plan(raw, args.arch, gpu_memory_gb=args.gpu_memory, preprocessed_root=work / "nnUNet_preprocessed")
-    except (DatasetError, PlanningError) as err:
+        raw, plans = plan_work_folder(args.data, args.arch, work, gpu_memory_gb=args.gpu_memory,
+                                      dataset_id=args.dataset_id, name=args.name, **_dataset_options(args))
+    except ValueError as err:  # DatasetError, PlanningError, an unknown label convention
         raise SystemExit(f"medmamba plan: {err}") from None
     print(summary(plans))
     print(f"plans written to {work / 'nnUNet_preprocessed' / raw.name}")
@@ -129,14 +139,16 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     for option in ("epochs", "iters_per_epoch", "val_iters"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise SystemExit(f"medmamba plan-and-train: --{option.replace('_', '-')} must be at least 1")
+    if args.continue_training and args.restart:
+        raise SystemExit("medmamba plan-and-train: --continue resumes the trained models and --restart discards "
+                         "them: choose one")
     recipe = None if args.recipe == "default" else args.recipe
     try:
         plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=fold, device=args.device,
                        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                       recipe=recipe, seed=args.seed,
-                       continue_training=args.continue_training, dataset_id=args.dataset_id, name=args.name,
-                       **_dataset_options(args))
-    except ValueError as err:  # DatasetError, PlanningError, unknown recipe
+                       recipe=recipe, seed=args.seed, continue_training=args.continue_training,
+                       restart=args.restart, dataset_id=args.dataset_id, name=args.name, **_dataset_options(args))
+    except ValueError as err:  # DatasetError, PlanningError, unknown recipe or label convention
         raise SystemExit(f"medmamba plan-and-train: {err}") from None
 
 
@@ -172,6 +184,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from medmamba.data.nifti import check_writable, lies_within
     from medmamba.evaluation import evaluate_folder
 
     if not args.pred.is_dir():
@@ -192,6 +205,11 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise SystemExit(f"medmamba evaluate: {option} {path} is a folder; give a file path")
         if path.exists() and not args.force:
             raise SystemExit(f"medmamba evaluate: {option} {path} already exists; pass --force to overwrite it")
+        for folder, input_option in ((args.pred, "--pred"), (args.gt, "--gt")):
+            if lies_within(path.parent, folder):
+                raise SystemExit(f"medmamba evaluate: {option} {path} lies inside the {input_option} folder "
+                                 f"{folder}; inputs are never written to, choose a place outside it")
+        check_writable(path.parent)
 
     def progress(done: int, total: int, case: str) -> None:
         print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
@@ -200,19 +218,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         ev = evaluate_folder(args.pred, args.gt, convention=args.label_convention, empty=args.empty_convention,
                              nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
                              modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
-                             progress=progress if sys.stderr.isatty() else None)
+                             allow_missing=args.allow_missing, progress=progress if sys.stderr.isatty() else None)
     except ValueError as err:  # DatasetError, unknown convention names, bad tolerance
         raise SystemExit(f"medmamba evaluate: {err}") from None
-    ev.write_csv(out)
-    ev.write_summary_json(summary)
+    ev.write(out, summary)
     print(ev.describe())
     print(f"per-case metrics: {out}\nsummary: {summary}")
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from medmamba.data.synth import check_shape
     from medmamba.demo import DemoSettings, run_demo
-    from medmamba.models.registry import available
+    from medmamba.locks import output_lock
 
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"medmamba demo: --out {args.out} is a file; give a new folder (or an earlier demo's)")
     settings = DemoSettings()
     for option in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
         value = getattr(args, option)
@@ -221,16 +241,17 @@ def _demo(args: argparse.Namespace) -> None:
                 raise SystemExit(f"medmamba demo: --{option.replace('_', '-')} must be at least 1, got {value}")
             setattr(settings, option, value)
     if args.shape is not None:
-        settings.shape = tuple(args.shape)
+        try:
+            settings.shape = check_shape(args.shape)
+        except ValueError as err:
+            raise SystemExit(f"medmamba demo: --shape: {err}") from None
     if args.arch:
-        unknown = sorted(set(args.arch) - set(available()))
-        if unknown:
-            raise SystemExit(f"medmamba demo: unknown architecture(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(available())}")
+        _check_architectures("medmamba demo", args.arch)
         settings.archs = tuple(dict.fromkeys(["unet", *args.arch]))  # the baseline always runs
     settings.seed = args.seed
     try:
-        run_demo(args.out, settings, device=args.device)
+        with output_lock(args.out):  # beside the folder: the demo refuses a non-empty folder it did not make
+            run_demo(args.out, settings, device=args.device)
     except ValueError as err:  # DatasetError, PlanningError, CompareError, a foreign --out
         raise SystemExit(f"medmamba demo: {err}") from None
 
@@ -257,6 +278,7 @@ def _patch_shape(patch: list[int]) -> tuple[int, ...]:
 def _models(args: argparse.Namespace) -> None:
     from medmamba.models.profile import architecture_costs, format_costs
 
+    _check_architectures("medmamba models", args.arch)
     patch = _patch_shape(args.patch)
     if args.in_channels < 1 or args.num_classes < 1 or args.batch_size < 1:
         raise SystemExit("medmamba: --in-channels, --num-classes and --batch-size must be at least 1")
@@ -317,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs `medmamba plan` for every --arch, preprocesses the dataset once with nnU-Net (all "
                     "architectures share the preprocessed data and the split), then trains each architecture "
                     "with the shared default recipe (--recipe paper: the paper's). Everything lands in OUT "
-                    "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill.")
+                    "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill, "
+                    "--restart discards earlier models of these architectures. OUT is locked while it runs.")
     _add_dataset_options(pat)
     pat.add_argument("--fold", default="0",
                      help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
@@ -333,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
                           "data the interrupted run made")
-    pat.set_defaults(handler=_plan_and_train)
+    pat.add_argument("--restart", action="store_true",
+                     help="discard the trained or interrupted models of these architectures (this fold) in OUT and "
+                          "train them again (without --continue or --restart such a model stops the run)")
+    pat.set_defaults(handler=_plan_and_train, on_interrupt="stopped; resume with --continue")
 
     cmp = commands.add_parser(
         "compare", help="predict and evaluate every trained architecture on the same held-out cases; report",
@@ -389,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="checkpoint to use (default final)")
     pred.add_argument("--step-size", type=float, default=0.5,
                       help="sliding-window step as a fraction of the patch (default 0.5)")
-    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output file (never an input); for a folder of cases, an earlier "
+                           "prediction folder (one that holds only label maps)")
     pred.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
@@ -399,9 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Dice for WT, TC and ET with MONAI, in mm (the ground truth's voxel spacing). A prediction "
                     "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
                     "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
-                    "empty-mask convention. Empty masks: brats (default; both empty: Dice 1, HD95 0; one "
-                    "empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan (both empty excluded), segmamba "
-                    "(either empty: Dice 0, HD95 50).")
+                    "empty-mask convention. Ground-truth cases without a prediction stop the evaluation unless "
+                    "--cases or --allow-missing says a partial one is intended. Empty masks: brats (default; "
+                    "both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan "
+                    "(both empty excluded), segmamba (either empty: Dice 0, HD95 50).")
     evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
     evaluate.add_argument("--gt", type=Path, required=True,
                           help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
@@ -418,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "default: from the BraTS naming or the label values")
     evaluate.add_argument("--cases", nargs="+", metavar="CASE",
                           help="evaluate only these cases (each needs a prediction and ground truth)")
+    evaluate.add_argument("--allow-missing", action="store_true",
+                          help="evaluate the predicted cases although some ground-truth cases have no prediction "
+                               "(default: that stops the evaluation)")
     evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
     evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
     evaluate.add_argument("--num-workers", type=int, default=1, help="worker processes (default 1)")
@@ -440,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="epochs per architecture (default 4)")
     demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 20)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, on_interrupt="stopped; run the same command again to continue")
 
     models = commands.add_parser(
         "models", help="list every architecture with parameters, FLOPs and training memory",
@@ -512,9 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The option naming each command's output: a file-system error that names no file names it.
+_OUTPUT_OPTION = {"synth": "out", "plan": "out", "plan-and-train": "out", "predict": "output", "evaluate": "out",
+                  "compare": "out", "demo": "out", "benchmark": "json"}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.handler(args)
+    prog = " ".join(["medmamba", args.command] + ([args.target] if getattr(args, "target", None) else []))
+    location = getattr(args, _OUTPUT_OPTION.get(args.command, ""), None)
+    with one_line_failures(prog, location=location, on_interrupt=getattr(args, "on_interrupt", "stopped")):
+        args.handler(args)
 
 
 if __name__ == "__main__":

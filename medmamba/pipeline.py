@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "dataset_name", "case_identifiers", "check_fold", "write_splits",
-           "preprocessing_complete", "write_json_atomically"]
+from medmamba.errors import CommandError
+
+__all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
+           "case_identifiers", "check_fold", "write_splits", "preprocessing_complete", "write_json_atomically"]
 
 
 def dataset_name(folder: str | Path) -> str:
-    """The nnU-Net dataset name for a user's folder: its name with non-alphanumerics as '_'."""
-    return "".join(c if c.isalnum() else "_" for c in Path(folder).name) or "Data"
+    """The nnU-Net dataset name for a user's folder: its name in ASCII (accents dropped: nnU-Net's
+    folder names must be ASCII), other characters as '_', starting with a letter or digit."""
+    ascii_name = unicodedata.normalize("NFKD", Path(folder).name).encode("ascii", "ignore").decode()
+    return "".join(c if c.isalnum() else "_" for c in ascii_name).lstrip("_") or "Data"
 
 
 @dataclass
@@ -40,12 +45,84 @@ def _keep_record_with_model(raw: Path, model_folder: Path) -> None:
             shutil.copyfile(raw / RECORD_NAME, tmp)
 
 
+def _check_before_writing(data: Path, archs: Sequence[str], out: Path, dataset_id: int, name: str,
+                          ingest_kwargs: dict) -> Path:
+    """Every check of the arguments that reads no image and writes nothing: the architecture names,
+    the label convention, the dataset id and name. Returns the raw dataset folder :func:`prepare`
+    will use."""
+    from medmamba.data import get_convention, raw_dataset_folder
+    from medmamba.planning import load_presets
+
+    load_presets(archs)
+    if ingest_kwargs.get("label_convention") is not None:
+        get_convention(ingest_kwargs["label_convention"])
+    return raw_dataset_folder(data, out / "nnUNet_raw", dataset_id, name)
+
+
+def plan_work_folder(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
+                     dataset_id: int = 500, name: str | None = None, **ingest_kwargs) -> tuple[Path, dict[str, dict]]:
+    """``medmamba plan``: ingest ``data`` into ``out/nnUNet_raw`` (once) and write one plans file per
+    architecture into ``out/nnUNet_preprocessed``, holding the work folder's lock.
+
+    Returns:
+        (the raw dataset folder, ``{arch: plans}``).
+    Raises:
+        DatasetError, PlanningError (``ValueError``): bad data or arguments, before anything is
+        written where the arguments are at fault; LockError: another run uses ``out``.
+    """
+    from medmamba.data import prepare
+    from medmamba.locks import folder_lock
+    from medmamba.planning import plan
+
+    data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
+    name = name or dataset_name(data)
+    _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs)
+    with folder_lock(out):
+        raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
+        plans = plan(raw, archs, gpu_memory_gb=gpu_memory_gb, preprocessed_root=out / "nnUNet_preprocessed")
+    return raw, plans
+
+
+def _discovered_cases(data: Path, raw: Path, ingest_kwargs: dict) -> list[str]:
+    """The case ids the run will have, from folder listings only (no image is read): an existing
+    raw dataset's, or the cases discovered in ``data`` (invalid ones that ``skip_invalid`` drops
+    later are still counted; the fold is checked again after ingestion)."""
+    from medmamba.data import discover
+
+    if (raw / "dataset.json").is_file():
+        return case_identifiers(raw)
+    options = {k: ingest_kwargs.get(k) for k in ("modalities", "label_suffix", "label_convention")}
+    return [case.case_id for case in discover(data, **options).cases]
+
+
+def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], fold: int | str) -> dict[str, Path]:
+    """arch → its fold folder in ``out``, for the architectures with a checkpoint there."""
+    from medmamba.training.run import fold_folder
+
+    found = {}
+    for arch, trainer in trainers.items():
+        folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, f"medmambaPlans_{arch}", "3d_fullres",
+                                  fold))
+        if any(folder.glob("checkpoint_*.pth")):
+            found[arch] = folder
+    return found
+
+
+def _refuse_to_replace(trained: dict[str, Path]) -> None:
+    arch, folder = next(iter(trained.items()))
+    done = (folder / "checkpoint_final.pth").is_file()
+    present = ", ".join(sorted(p.name for p in folder.glob("checkpoint_*.pth")))
+    more = f" (and {len(trained) - 1} more architecture(s))" if len(trained) > 1 else ""
+    raise CommandError(f"{folder}: holds {'a trained' if done else 'an interrupted training of a'} {arch} model "
+                       f"({present}){more}; resume it with --continue, or discard it and train again with --restart")
+
+
 def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
                    fold: int | str = 0, device: str = "auto", epochs: int | None = None,
                    iters_per_epoch: int | None = None, val_iters: int | None = None, recipe: str | None = None,
-                   seed: int | None = None, continue_training: bool = False, dataset_id: int = 500,
-                   name: str | None = None, num_processes: int = 2, log: Callable[[str], None] = print,
-                   **ingest_kwargs) -> PlanAndTrainResult:
+                   seed: int | None = None, continue_training: bool = False, restart: bool = False,
+                   dataset_id: int = 500, name: str | None = None, num_processes: int = 2,
+                   log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
     """Ingest ``data`` (once), plan every architecture, preprocess once (all plans share nnU-Net's
     preprocessed data identifier, so every network sees the same arrays and split), then train each
     architecture in turn with the shared default recipe (or ``recipe="paper"``).
@@ -63,24 +140,66 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
     finished are reused rather than made again: a checkpoint only fits the plans it was trained
     with (re-planning with another ``gpu_memory_gb`` would build another network).
+    ``restart``: the trained or interrupted models of these architectures (this fold) are discarded
+    and trained again. With neither, a work folder that holds such a model is refused: no run
+    replaces another's model unasked.
+
+    Every argument is checked before anything is written (architecture and recipe names, label
+    convention, dataset id and name, the fold against the discovered cases), the work folder is
+    locked for the run (:mod:`medmamba.locks`), and every checkpoint ``--continue`` would resume
+    from is read before the first training starts.
 
     ``ingest_kwargs`` go to :func:`medmamba.data.prepare` (modalities, label_suffix,
     label_convention, skip_invalid). Errors of the data and planning layers propagate
     (``DatasetError``, ``PlanningError``, both ``ValueError``).
     """
+    from medmamba.locks import folder_lock
+    from medmamba.training import resolve_recipe
+    from medmamba.training.trainers import trainer_class
+
+    if continue_training and restart:
+        raise ValueError("--continue resumes the trained models and --restart discards them: choose one")
+    data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
+    name = name or dataset_name(data)
+    raw = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs)
+    trainers = {arch: trainer_class(resolve_recipe(recipe, arch)).__name__ for arch in archs}
+    if fold != "all":
+        fold = int(fold)
+        splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
+        check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
+    with folder_lock(out):
+        trained = _trained_folds(out, raw.name, trainers, fold)
+        if trained and not (continue_training or restart):
+            _refuse_to_replace(trained)
+        if continue_training:
+            from medmamba.training.run import load_resume_checkpoint
+
+            for folder in trained.values():
+                load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
+        return _plan_and_train_locked(data, archs, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
+                                      fold=fold, device=device, epochs=epochs, iters_per_epoch=iters_per_epoch,
+                                      val_iters=val_iters, recipe=recipe, seed=seed,
+                                      continue_training=continue_training, dataset_id=dataset_id, name=name,
+                                      num_processes=num_processes, log=log, **ingest_kwargs)
+
+
+def _plan_and_train_locked(data: Path, archs: Sequence[str], out: Path, discard: dict[str, Path], *,
+                           gpu_memory_gb: float | None, fold: int | str, device: str, epochs: int | None,
+                           iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
+                           continue_training: bool, dataset_id: int, name: str, num_processes: int,
+                           log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
+    """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
+    ``discard``: arch → fold folder of a model to throw away (``restart``) before training it."""
     from medmamba.data import prepare
     from medmamba.planning import nnunet_paths, plan
     from medmamba.training.run import train
 
-    out = Path(out).expanduser().absolute()
-    name = name or dataset_name(data)
     raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
     preprocessed_root = out / "nnUNet_preprocessed"
     preprocessed = preprocessed_root / raw.name
     log(f"dataset: {raw}")
     cases = case_identifiers(raw)
     if fold != "all":
-        fold = int(fold)
         check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
     identifiers = {arch: f"medmambaPlans_{arch}" for arch in archs}
     reuse = [arch for arch, identifier in identifiers.items()
@@ -111,6 +230,9 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
         val_iters = max(1, iters_per_epoch // 5)
     trained = {}
     for arch, identifier in identifiers.items():
+        if arch in discard:
+            log(f"--restart: discarding the earlier model in {discard[arch]}")
+            shutil.rmtree(discard[arch])
         log(f"training {arch} ({identifier}, fold {fold})")
         trained[arch] = train(preprocessed, identifier, "3d_fullres", fold, device=device, epochs=epochs,
                               iters_per_epoch=iters_per_epoch, val_iters=val_iters, seed=seed,

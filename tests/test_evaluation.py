@@ -294,7 +294,9 @@ def test_geometry_mismatch_is_an_error_naming_both_files(folders):
 def test_missing_predictions_and_ground_truth(folders):
     gt_root, pred_dir = folders
     (pred_dir / "BraTS2021_00003.nii.gz").unlink()
-    ev = evaluate_folder(pred_dir, gt_root)
+    with pytest.raises(DatasetError, match="1 of 3 ground-truth cases have no prediction here .*BraTS2021_00003"):
+        evaluate_folder(pred_dir, gt_root)  # a partial evaluation must be asked for
+    ev = evaluate_folder(pred_dir, gt_root, allow_missing=True)
     assert ev.cases == ["BraTS2021_00001", "BraTS2021_00002"]
     assert ev.summary()["gt_cases_without_prediction"] == 1 and ev.gt_without_prediction == ["BraTS2021_00003"]
     with pytest.raises(DatasetError, match="no prediction for case BraTS2021_00003") as err:

@@ -30,6 +30,7 @@ from medmamba.data.brats import (
     load_label_convention,
     naming_of,
     prepare,
+    raw_dataset_folder,
     validate,
     validate_case,
 )
@@ -45,7 +46,7 @@ from medmamba.data.synth import INTENSITY_TABLE, SynthCase, generate_case, synth
 
 __all__ = [
     "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
-    "ingest", "prepare", "synth", "generate_case",
+    "ingest", "prepare", "raw_dataset_folder", "synth", "generate_case",
     "to_nnunet_labels", "from_nnunet_labels", "detect_convention", "get_convention",
     "load_conversion_record", "load_label_convention",
     "Dataset", "Case", "Problem", "DatasetError", "DatasetWarning", "LabelConvention", "SynthCase",

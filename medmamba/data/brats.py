@@ -28,7 +28,9 @@ Validation (``validate``)
     with one :class:`DatasetError` naming the case, the file and the problem; so do missing and unknown
     files, duplicate case ids and folders without recognisable cases. With ``skip_invalid=True`` a bad
     case is dropped with one :class:`DatasetWarning` (Python ``warnings``: testable, filterable, and the
-    CLI can print them) and an error is raised only when no valid case remains.
+    CLI can print them) and an error is raised only when no valid case remains. An image whose voxels
+    are all 0 is accepted with a warning (it is almost always a broken export). A broken symbolic link
+    is reported as one, not as a missing file.
 
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
@@ -66,6 +68,7 @@ from medmamba.data.nifti import (
     VolumeReadError,
     atomic_output_folder,
     geometry_mismatch,
+    missing_file_problem,
     nonfinite_voxels,
     read_volume,
     strip_ending,
@@ -75,7 +78,7 @@ from medmamba.data.nifti import (
 __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
     "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
-    "ingest", "prepare", "load_conversion_record",
+    "ingest", "prepare", "raw_dataset_folder", "load_conversion_record",
     "load_label_convention",
     "RECORD_NAME",
 ]
@@ -218,6 +221,11 @@ def _nifti_files(folder: Path) -> list[Path]:
     return [p for p in _visible(folder.iterdir()) if p.is_file() and strip_ending(p.name)]
 
 
+def _broken_links(folder: Path) -> list[Path]:
+    """NIfTI-named symbolic links whose target does not exist (reported as such, not as a missing file)."""
+    return [p for p in _visible(folder.iterdir()) if p.is_symlink() and not p.exists() and strip_ending(p.name)]
+
+
 def _normalise_suffix(suffix: str) -> str:
     parts = strip_ending(suffix)
     s = parts[0] if parts else suffix
@@ -235,7 +243,7 @@ def _generic_match(stem: str, suffixes: Sequence[str]) -> str | None:
 def _discover_case(folder: Path, naming: Naming | None, modalities: tuple[str, ...],
                    label_suffix: str) -> Case:
     case_id = folder.name
-    problems: list[Problem] = []
+    problems: list[Problem] = [Problem(link, missing_file_problem(link)) for link in _broken_links(folder)]
     found: dict[str, list[Path]] = {}
     for f in _nifti_files(folder):
         stem, _ = strip_ending(f.name)
@@ -374,7 +382,7 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
         for entry in entries:
             if not entry.is_dir():
                 continue
-            has_nifti = bool(_nifti_files(entry))
+            has_nifti = bool(_nifti_files(entry) or _broken_links(entry))
             if naming is not None and not naming.pattern.match(entry.name):
                 if has_nifti:  # a case with a wrong name, not an unrelated folder
                     cases.append(Case(entry.name, entry, (), None, (Problem(
@@ -420,6 +428,7 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
 class _Report:
     problem: Problem | None
     label_values: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = ()  # valid, but probably not what the user meant
 
 
 def _dims_problem(shape: tuple[int, ...]) -> str | None:
@@ -456,6 +465,7 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
         return _Report(Problem(case.folder, f"no label file (expected a file whose name ends in "
                                             f"_{label_suffix}.nii.gz)"))
     ref: tuple[Path, tuple[int, ...], object] | None = None
+    notes: list[str] = []
     for path in case.images:
         try:
             vol = read_volume(path)
@@ -471,9 +481,12 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
             ref = (path, shape, vol.affine)
         elif (why := geometry_mismatch(ref[1], ref[2], shape, vol.affine)) is not None:
             return _Report(Problem(path, f"geometry differs from {ref[0].name}: {why}"))
+        if not vol.data.any():
+            notes.append(f"case {case.case_id}: {path}: every voxel is 0; an empty image is almost always a "
+                         f"broken export (check the file)")
         del vol
     if case.label is None:
-        return _Report(None)
+        return _Report(None, warnings=tuple(notes))
     try:
         vol = read_volume(case.label)
     except VolumeReadError as exc:
@@ -490,7 +503,12 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
     if convention is not None and (why := _label_values_problem(values, get_convention(convention),
                                                                    source)) is not None:
         return _Report(Problem(case.label, why))
-    return _Report(None, tuple(int(v) for v in values))
+    return _Report(None, tuple(int(v) for v in values), tuple(notes))
+
+
+def _warn_about(report: _Report) -> None:
+    for note in report.warnings:
+        warnings.warn(DatasetWarning(note), stacklevel=3)
 
 
 def validate_case(case: Case, *, require_label: bool = False) -> None:
@@ -502,6 +520,7 @@ def validate_case(case: Case, *, require_label: bool = False) -> None:
     report = _check_case(case, require_label, None, "given", "seg")
     if report.problem is not None:
         raise DatasetError(report.problem.message, case=case.case_id, path=report.problem.path)
+    _warn_about(report)
 
 
 R = TypeVar("R")
@@ -554,6 +573,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
             _fail_or_skip(DatasetError(report.problem.message, case=case.case_id, path=report.problem.path),
                           skip_invalid, skipped)
         else:
+            _warn_about(report)
             good.append((case, report.label_values))
 
     if conv is None:
@@ -605,12 +625,17 @@ def _convert_label(case: Case, out_file: Path, convention: str) -> None:
     write_volume(out_file, mapped, affine=vol.affine, header=vol.header)
 
 
-def _check_target(raw_root: Path, dataset_id: int, name: str) -> Path:
+def _dataset_folder_name(dataset_id: int, name: str) -> str:
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
-        raise DatasetError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
+        raise DatasetError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r} (CLI: --dataset-id)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
-        raise DatasetError(f"dataset name {name!r} must be letters, digits, '_', '-' or '.'")
-    folder_name = f"Dataset{dataset_id:03d}_{name}"
+        raise DatasetError(f"dataset name {name!r} must be ASCII letters, digits, '_', '-' or '.', starting with a "
+                           f"letter or digit; choose one with name= (CLI: --name)")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def _check_target(raw_root: Path, dataset_id: int, name: str) -> Path:
+    folder_name = _dataset_folder_name(dataset_id, name)
     if raw_root.is_dir():
         clash = [p.name for p in raw_root.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{dataset_id:03d}_")
                  and p.name != folder_name]
@@ -731,12 +756,26 @@ def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str
     - otherwise a fresh :func:`ingest` with ``ingest_kwargs``.
     """
     folder = Path(folder).expanduser().absolute()
-    if (folder / "dataset.json").is_file():
+    target = raw_dataset_folder(folder, raw_root, dataset_id, name)
+    if target == folder:
         return folder
-    target = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     if (target / RECORD_NAME).is_file():
         if load_conversion_record(target)["source"]["roots"] == [str(folder)]:
             return target
         raise DatasetError(f"{target} was converted from another folder; choose another --dataset-id or output",
                            path=target)
     return ingest(folder, raw_root, dataset_id, name, **ingest_kwargs)
+
+
+def raw_dataset_folder(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str) -> Path:
+    """Where :func:`prepare` finds or puts the nnU-Net raw dataset of ``folder``: ``folder`` itself when
+    it is one, else ``<raw_root>/DatasetXXX_<name>``. Reads and writes nothing, so commands call it to
+    check the id and the name before their first write.
+
+    Raises:
+        DatasetError: an id outside 1-999 or a name nnU-Net cannot use.
+    """
+    folder = Path(folder).expanduser().absolute()
+    if (folder / "dataset.json").is_file():
+        return folder
+    return Path(raw_root).expanduser().absolute() / _dataset_folder_name(dataset_id, name)

@@ -28,7 +28,7 @@ import numpy as np
 __all__ = [
     "NIFTI_ENDINGS", "VolumeReadError", "Volume", "read_volume", "write_volume",
     "geometry_mismatch", "nonfinite_voxels", "atomic_output_folder", "atomic_output_file", "strip_ending",
-    "VOXEL_SIZE_RTOL", "GRID_POSITION_TOL_VOXELS",
+    "lies_within", "check_writable", "missing_file_problem", "VOXEL_SIZE_RTOL", "GRID_POSITION_TOL_VOXELS",
 ]
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -91,6 +91,10 @@ def _load(path: Path) -> nib.Nifti1Image:
                 raw = f.read()  # to the end: checks the CRC and length in the gzip trailer
         else:
             raw = path.read_bytes()
+    except PermissionError as exc:  # not a damaged file: say so, or the user looks for the wrong problem
+        raise VolumeReadError("cannot be read: permission denied") from exc
+    except FileNotFoundError as exc:
+        raise VolumeReadError(missing_file_problem(path)) from exc
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise VolumeReadError(f"cannot be read ({type(exc).__name__}: {exc}); truncated or corrupt file?") from exc
     except Exception as exc:  # zlib.error and friends
@@ -220,6 +224,59 @@ def _is_within(child: Path, parent: Path) -> bool:
         return False
 
 
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser().absolute()))
+
+
+def lies_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it once symbolic links are followed (an output
+    reached through a link into an input folder is inside it)."""
+    return _is_within(_real(path), _real(folder))
+
+
+def missing_file_problem(path: str | Path) -> str:
+    """Why the input ``path`` cannot be opened although it was named: a broken symbolic link (its
+    target is named) or a file that does not exist."""
+    path = Path(path)
+    if path.is_symlink():
+        return f"broken symbolic link: its target {os.readlink(path)} does not exist"
+    return "input does not exist"
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create and remove a hidden empty file in ``folder`` (its nearest existing ancestor when it does
+    not exist yet), so that a folder the user cannot write to stops a command before its work.
+
+    Raises:
+        OSError: permission denied, read-only file system, ...; its file name is ``folder``.
+    """
+    folder = Path(folder).expanduser().absolute()
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".medmamba-write-check-", dir=probe_in)
+    except OSError as err:
+        err.filename = str(folder)
+        raise
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _name_the_output(err: OSError, output: Path, temporary: Path) -> None:
+    """Name the final output instead of the temporary one the user never asked for (or instead of
+    nothing, when a write to an open file failed). An OSError made from a message alone has no
+    strerror to show beside a file name, and is left as it is."""
+    if err.strerror is None:
+        return
+    inside = err.filename is not None and _is_within(Path(os.path.abspath(err.filename)),
+                                                     Path(os.path.abspath(temporary)))
+    if err.filename is None or inside:
+        err.filename = str(output)
+        if err.filename2 is not None and os.path.abspath(err.filename2) == os.path.abspath(output):
+            err.filename2 = None
+
+
 @contextlib.contextmanager
 def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = (),
                          error: type[Exception] = FileExistsError, replace: bool = False) -> Iterator[Path]:
@@ -238,20 +295,22 @@ def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = 
         replace: replace an existing non-empty ``out_dir`` (e.g. a report written again).
     """
     out = Path(out_dir).expanduser().absolute()
-    real = Path(os.path.realpath(out))
     for root in refuse_inside:
-        root_real = Path(os.path.realpath(Path(root).expanduser().absolute()))
-        if _is_within(real, root_real):
+        if lies_within(out, root):
             raise error(f"output folder {out} lies inside the input folder {root}; inputs are never modified, "
                         f"choose an output outside it")
-        if replace and _is_within(root_real, real):
+        if replace and lies_within(root, out):
             raise error(f"output folder {out} contains the input {root}; replacing it would delete the input")
     if out.exists() and not out.is_dir():
         raise error(f"output {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not replace:
         raise error(f"output {out} already exists and is not an empty folder; remove it or choose another")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:
+        err.filename = str(out)
+        raise
     try:
         yield tmp
         umask = os.umask(0)
@@ -264,8 +323,10 @@ def atomic_output_folder(out_dir: str | Path, refuse_inside: tuple[Path, ...] = 
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            _name_the_output(exc, out, tmp)
         raise
 
 
@@ -278,6 +339,8 @@ def atomic_output_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _name_the_output(exc, path, tmp)
         raise

@@ -63,7 +63,8 @@ from medmamba.data.brats import NAMINGS, DatasetError
 from medmamba.data.labels import CONVENTIONS
 from medmamba.data.nifti import atomic_output_folder, write_volume
 
-__all__ = ["synth", "generate_case", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES", "DEFAULT_SHAPE"]
+__all__ = ["synth", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
+           "DEFAULT_SHAPE"]
 
 DEFAULT_SHAPE = (64, 64, 64)
 SEQUENCES = ("T1", "T1ce", "T2", "FLAIR")  # channel order of both namings (t1/t1n, t1ce/t1c, t2/t2w, flair/t2f)
@@ -249,7 +250,9 @@ def _tumour(rng: np.random.Generator, u: Sequence[np.ndarray], brain: np.ndarray
                      "(use a shape of at least 16 voxels per axis)")
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``shape`` as a tuple of three ints; ValueError unless each is at least 16 (the smallest head
+    phantom with every tissue and tumour class)."""
     if len(shape) != 3 or any(int(s) != s or s < 16 for s in shape):
         raise ValueError(f"shape needs three integers of at least 16, got {tuple(shape)}")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
@@ -273,7 +276,7 @@ def generate_case(index: int, *, seed: int = 0, shape: Sequence[int] = DEFAULT_S
     """
     if style not in _STYLES:
         raise ValueError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
     sp = _spacing_for(rng, spacing)
     affine = _affine_for(rng, shape, sp, random_affine)
@@ -351,7 +354,7 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
         raise ValueError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ValueError(f"cases must be a positive integer, got {cases!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     if spacing is not None and not isinstance(spacing, str):
         _spacing_for(np.random.default_rng(0), spacing)  # validate before writing anything
     naming = NAMINGS[style]

@@ -16,13 +16,14 @@ Checks (each a :class:`medmamba.data.DatasetError` naming the file)
     a prediction without ground truth; a case listed in ``cases`` without prediction or ground truth; a
     prediction whose shape or affine differs from its ground truth's (tolerances of
     :mod:`medmamba.data.nifti`; nothing is resampled); label values outside the convention; unreadable or
-    non-3D files. Ground-truth cases without a prediction are not an error unless listed in ``cases``:
-    the summary counts and names them.
+    non-3D files; ground-truth cases without a prediction, unless ``cases`` names the ones to evaluate or
+    ``allow_missing`` says a partial evaluation is intended (the summary then counts and names them): a
+    mean over half the cases must not pass for the whole test set's.
 
 Outputs
     One row per (case, region) in ``Evaluation.rows``; ``write_csv`` and ``write_summary_json`` write
-    them atomically (temporary name, then rename). Every CSV row and the JSON state the empty-mask
-    convention, the NSD tolerance and the label convention.
+    them atomically (temporary name, then rename), ``write`` both together (both or neither). Every CSV
+    row and the JSON state the empty-mask convention, the NSD tolerance and the label convention.
 """
 
 from __future__ import annotations
@@ -219,6 +220,13 @@ class Evaluation:
         text = json.dumps(_json_ready(self.summary()), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         return _write_atomically(path, lambda f: f.write(text))
 
+    def write(self, csv_path: str | Path, summary_path: str | Path) -> None:
+        """Write the CSV and the summary JSON as a pair: both are complete under temporary names before
+        either is renamed, so a full disk or a Ctrl-C leaves neither (nor half of one)."""
+        with atomic_output_file(csv_path) as csv_tmp, atomic_output_file(summary_path) as summary_tmp:
+            self.write_csv(csv_tmp)
+            self.write_summary_json(summary_tmp)
+
     @classmethod
     def read_csv(cls, path: str | Path) -> Evaluation:
         """Load a CSV written by ``write_csv`` (e.g. for comparing several models' evaluations)."""
@@ -357,8 +365,8 @@ def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str
 
 
 def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | None = None, empty: str = "brats",
-                    nsd_tolerance_mm: float = 1.0, cases: Sequence[str] | None = None, num_workers: int = 1,
-                    modalities: Sequence[str] | None = None, label_suffix: str | None = None,
+                    nsd_tolerance_mm: float = 1.0, cases: Sequence[str] | None = None, allow_missing: bool = False,
+                    num_workers: int = 1, modalities: Sequence[str] | None = None, label_suffix: str | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
     """Dice, HD95 and NSD for WT, TC and ET of every prediction in ``pred_dir`` (module docstring).
 
@@ -370,6 +378,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
         empty: empty-mask convention, an ``EMPTY_CONVENTIONS`` key (default ``"brats"``).
         nsd_tolerance_mm: NSD tolerance in mm (default 1).
         cases: evaluate only these case ids; each must have a prediction and ground truth.
+        allow_missing: evaluate the predicted cases when some ground-truth cases have no prediction
+            (default: that is an error, unless ``cases`` is given).
         num_workers: worker processes (one case in memory per worker: two label maps and six masks).
         modalities, label_suffix: for a ground-truth folder in a generic layout (see ``discover``).
         progress: called as ``progress(done, total, case_id)`` after each case.
@@ -410,6 +420,11 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
                                    case=case_id, path=path)
         selected = sorted(preds)
     without = sorted(set(labels) - set(preds))
+    if without and cases is None and not allow_missing:
+        raise DatasetError(f"{len(without)} of {len(labels)} ground-truth cases have no prediction here (e.g. "
+                           f"{without[0]}); to evaluate only the {len(preds)} predicted ones, name them "
+                           f"(cases=...) or allow a partial evaluation (allow_missing=True; CLI: --cases, "
+                           f"--allow-missing)", path=pred_dir)
 
     if convention is None:
         convention, source = _detect([labels[c] for c in selected], [preds[c] for c in selected])

@@ -42,7 +42,16 @@ from medmamba.data import (
     validate_case,
 )
 from medmamba.data.labels import short_region_name
-from medmamba.data.nifti import atomic_output_file, atomic_output_folder, strip_ending, write_volume
+from medmamba.data.nifti import (
+    atomic_output_file,
+    atomic_output_folder,
+    check_writable,
+    lies_within,
+    missing_file_problem,
+    strip_ending,
+    write_volume,
+)
+from medmamba.locks import output_lock
 
 from .model import ModelError, TrainedModel
 
@@ -202,14 +211,17 @@ class Predictor:
 
     @staticmethod
     def write(prediction: Prediction, out_file: str | Path, probabilities_file: str | Path | None = None) -> Path:
-        """Write the label map (and the probabilities) atomically with the input's geometry."""
+        """Write the label map (and the probabilities) with the input's geometry, atomically and as a
+        pair: both are complete under temporary names before either is renamed."""
         header = prediction.reference.header
         out_file = Path(out_file)
-        with atomic_output_file(out_file) as tmp:
+        with_probabilities = probabilities_file is not None and prediction.probabilities is not None
+        with atomic_output_file(out_file) as tmp, (atomic_output_file(probabilities_file) if with_probabilities
+                                                   else contextlib.nullcontext()) as probabilities_tmp:
             write_volume(tmp, prediction.labels, header=header)
-        if probabilities_file is not None and prediction.probabilities is not None:
-            with atomic_output_file(probabilities_file) as tmp:
-                write_volume(tmp, prediction.probabilities, header=_probability_header(header, prediction.regions))
+            if with_probabilities:
+                write_volume(probabilities_tmp, prediction.probabilities,
+                             header=_probability_header(header, prediction.regions))
         return out_file
 
 
@@ -266,7 +278,7 @@ def resolve_cases(inputs: Sequence[str | Path], model: TrainedModel) -> tuple[st
     paths = [Path(p).expanduser().absolute() for p in inputs]
     for p in paths:
         if not p.exists():
-            raise DatasetError("input does not exist", path=p)
+            raise DatasetError(missing_file_problem(p), path=p)
     if len(paths) > 1 or paths[0].is_file():
         for p in paths:
             if not p.is_file() or strip_ending(p.name) is None:
@@ -291,6 +303,17 @@ def _probabilities_path(out_file: Path) -> Path:
     return out_file.with_name(f"{stem}_probabilities{ending}")
 
 
+def _check_replaceable(output: Path) -> None:
+    """An existing output folder may be replaced (``overwrite``) only when it holds nothing but label
+    maps: a folder with anything else in it is not an earlier prediction, and would be deleted."""
+    if not output.is_dir():
+        return
+    for entry in output.iterdir():
+        if not (entry.is_file() and strip_ending(entry.name)):
+            raise DatasetError(f"--overwrite replaces an earlier prediction folder, and this one holds {entry.name}, "
+                               f"which predict does not write; choose another output", path=output)
+
+
 def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Path, *, labels: str | None = None,
             probabilities: bool = False, tta: bool = False, device: str = "auto", step_size: float = 0.5,
             overwrite: bool = False, show_progress: bool = True, log=print) -> list[Path]:
@@ -298,21 +321,22 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
     path, or an existing folder to hold ``<case_id>.nii.gz``); a folder of cases → the folder
     ``output`` with one ``<case_id>.nii.gz`` per case (written as a whole: complete or absent).
 
-    Every case is checked before the first prediction, and nothing is written when one is bad.
-    An output never replaces an input; an existing output file is replaced only with ``overwrite``.
+    The output is checked before the model is loaded: it must not be an input or lie inside the input
+    folder (symbolic links followed), and its folder must be writable, so nothing is computed for
+    an output that cannot be written. Every case is checked before the first prediction, and nothing
+    is written when one is bad. The output is locked for the run (:func:`medmamba.locks.output_lock`).
+    An existing output is replaced only with ``overwrite`` (in folder mode: a folder that holds only
+    label maps, swapped for the new one once that is complete).
 
     Returns:
         the written label maps.
     Raises:
-        DatasetError: bad inputs or outputs, named in the message; ModelError: an unusable model.
+        DatasetError: bad inputs or outputs, named in the message; ModelError: an unusable model;
+        LockError: another run writes the same output; OSError: the output folder cannot be written.
     """
     from tqdm import tqdm
 
     mode, cases, input_folder = resolve_cases(inputs, model)
-    predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
-                          probabilities=probabilities, show_progress=show_progress and mode != "folder")
-    for case in cases:
-        predictor.check_case(case)
     output = Path(output).expanduser().absolute()
     inputs_ = {p for case in cases for p in case.images}
 
@@ -324,20 +348,33 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
         for target in targets:
             if any(_same_file(target, p) for p in inputs_):
                 raise DatasetError("output would overwrite an input file", path=target)
-            if input_folder is not None and input_folder in target.parents:
+            if input_folder is not None and lies_within(target, input_folder):
                 raise DatasetError(f"output lies inside the input case folder {input_folder}; inputs are never "
                                    f"modified, choose an output outside it", path=target)
             if target.exists() and not overwrite:
                 raise DatasetError("output exists; remove it, choose another, or pass --overwrite", path=target)
         if not out_file.parent.is_dir():
             raise DatasetError("output folder does not exist", path=out_file.parent)
-        prediction = predictor.predict_case(cases[0].images, cases[0].case_id)
-        Predictor.write(prediction, out_file, targets[1] if probabilities else None)
+        check_writable(out_file.parent)
+        with output_lock(out_file):
+            predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
+                                  probabilities=probabilities, show_progress=show_progress)
+            predictor.check_case(cases[0])
+            prediction = predictor.predict_case(cases[0].images, cases[0].case_id)
+            Predictor.write(prediction, out_file, targets[1] if probabilities else None)
         log(f"{prediction.case_id}: {out_file} ({prediction.seconds:.1f} s)")
         return [out_file]
 
+    if overwrite:
+        _check_replaceable(output)
+    check_writable(output.parent)
     written = []
-    with atomic_output_folder(output, refuse_inside=(input_folder,), error=DatasetError) as tmp:
+    with output_lock(output), atomic_output_folder(output, refuse_inside=(input_folder,), error=DatasetError,
+                                                  replace=overwrite) as tmp:
+        predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
+                              probabilities=probabilities, show_progress=False)
+        for case in cases:
+            predictor.check_case(case)
         for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
             prediction = predictor.predict_case(case.images, case.case_id)
             name = f"{case.case_id}.nii.gz"

@@ -7,7 +7,7 @@
 - :mod:`.presets` — the declarative presets in ``plans/<name>.toml`` (and user folders).
 """
 
-from .api import nnunet_paths, plan, resolve_dataset, summary
+from .api import load_presets, nnunet_paths, plan, resolve_dataset, summary
 from .memory import (
     MemoryBudget,
     MemoryModel,
@@ -43,7 +43,7 @@ from .presets import (
 )
 
 __all__ = [
-    "plan", "summary", "nnunet_paths", "resolve_dataset",
+    "load_presets", "plan", "summary", "nnunet_paths", "resolve_dataset",
     "MemoryBudget", "MemoryModel", "NetworkSpec", "StepMemory", "proxy_loss", "trace_training_step",
     "CONFIGURATIONS", "PLANNERS", "planner_class", "PlanningError", "MedMambaPlanner", "UNetLikePlanner",
     "FixedLayoutPlanner", "UNetPlanner", "ResEncMPlanner", "ResEncLPlanner", "UMambaBotPlanner", "UMambaEncPlanner",

@@ -23,9 +23,9 @@ from typing import Iterator, Sequence
 from medmamba.environ import temporary_environ
 
 from .planners import CONFIGURATIONS, PlanningError, planner_class
-from .presets import PresetError, load_preset
+from .presets import Preset, PresetError, load_preset
 
-__all__ = ["plan", "summary", "nnunet_paths", "resolve_dataset", "default_fingerprint_samples"]
+__all__ = ["load_presets", "plan", "summary", "nnunet_paths", "resolve_dataset", "default_fingerprint_samples"]
 
 _DATASET_NAME = re.compile(r"^Dataset\d{3}_.+$")
 
@@ -69,6 +69,23 @@ def resolve_dataset(dataset: str | os.PathLike | int) -> tuple[Path, str]:
     return resolve_dataset(candidates[0])
 
 
+def load_presets(archs: str | Sequence[str], plans_dir=None) -> list[Preset]:
+    """The preset of every architecture or preset name, in order: what :func:`plan` plans. Reads only
+    the preset files, so a command checks its ``--arch`` names with it before writing anything.
+
+    Raises:
+        PlanningError: no name, or a name with no preset (the message lists where it looked).
+    """
+    if isinstance(archs, str):
+        archs = [archs]
+    if not archs:
+        raise PlanningError("name at least one architecture to plan")
+    try:
+        return [load_preset(name, plans_dir) for name in archs]
+    except PresetError as err:
+        raise PlanningError(str(err)) from None
+
+
 def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: float | None = None,
          preprocessed_root: str | os.PathLike | None = None, *, plans_dir=None,
          configurations: Sequence[str] = CONFIGURATIONS, num_processes: int = 2,
@@ -101,14 +118,7 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: 
     The fingerprint is extracted by nnU-Net's spawn-based worker pool: a script calling this needs
     the ``if __name__ == "__main__":`` guard.
     """
-    if isinstance(archs, str):
-        archs = [archs]
-    if not archs:
-        raise PlanningError("name at least one architecture to plan")
-    try:
-        presets = [load_preset(name, plans_dir) for name in archs]
-    except PresetError as err:
-        raise PlanningError(str(err)) from None
+    presets = load_presets(archs, plans_dir)
     classes = [planner_class(p.architecture) for p in presets]
     raw_root, name = resolve_dataset(dataset)
     preprocessed = preprocessed_root or os.environ.get("nnUNet_preprocessed")

@@ -25,7 +25,8 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["TrainResult", "find_checkpoint", "main", "resolve_device", "seed_everything", "train"]
+__all__ = ["DamagedCheckpointError", "TrainResult", "find_checkpoint", "fold_folder", "load_resume_checkpoint", "main",
+           "resolve_device", "seed_everything", "train"]
 
 # nnU-Net reads nnUNet_def_n_proc (export/evaluation pools, default 8) when it is first imported;
 # a machine with fewer cores should not spawn 8 processes for the final validation.
@@ -36,6 +37,8 @@ import torch
 from torch import distributed as dist
 
 from medmamba.environ import temporary_environ
+from medmamba.errors import CommandError
+from medmamba.processes import children_die_with_parent, die_with_parent
 
 from .recipes import Recipe, resolve_recipe
 
@@ -95,13 +98,49 @@ def seed_everything(seed: int, rank: int = 0) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+_RESUME_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+class DamagedCheckpointError(CommandError):
+    """The checkpoint ``--continue`` would resume from cannot be read (the message says what to do)."""
+
+
 def find_checkpoint(fold_folder: str) -> str | None:
     """The checkpoint ``--continue`` resumes from: final, else latest, else best (nnU-Net's order)."""
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+    for name in _RESUME_ORDER:
         path = os.path.join(fold_folder, name)
         if os.path.isfile(path):
             return path
     return None
+
+
+def load_resume_checkpoint(fold_folder: str | os.PathLike) -> tuple[str, dict] | None:
+    """(path, contents on the CPU) of the checkpoint ``--continue`` resumes from, or None.
+
+    Raises:
+        DamagedCheckpointError: it cannot be read (cut short by a full disk, a copy or a kill); the
+            message offers the fold's other checkpoints and ``--restart``.
+    """
+    path = find_checkpoint(os.fspath(fold_folder))
+    if path is None:
+        return None
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        later = [n for n in _RESUME_ORDER[_RESUME_ORDER.index(os.path.basename(path)) + 1:]
+                 if os.path.isfile(os.path.join(os.fspath(fold_folder), n))]
+        instead = (f"to resume from {later[0]} instead, move the damaged file aside (mv {path} {path}.damaged) "
+                   f"and run with --continue again, or " if later else "")
+        raise DamagedCheckpointError(f"{path}: damaged, it cannot be read ({reason}); {instead}"
+                                     f"start this training again with --restart") from None
+
+
+def fold_folder(results_root: str | os.PathLike, dataset_name: str, trainer_name: str, plans_identifier: str,
+                configuration: str, fold: int | str) -> str:
+    """nnU-Net's folder of one trained fold: ``<results>/<dataset>/<Trainer>__<plans>__<configuration>/fold_<f>``."""
+    return os.path.join(os.fspath(results_root), dataset_name, f"{trainer_name}__{plans_identifier}__{configuration}",
+                        f"fold_{fold}")
 
 
 def _resolve_dataset(dataset: str | int | os.PathLike) -> tuple[str, str]:
@@ -232,6 +271,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, job: dict) -> None:
     else:
         # ranks share the CPU cores; one intra-op thread each avoids oversubscription
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    die_with_parent()  # a spawned rank outlives a killed launcher otherwise
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         _run(job)
@@ -240,8 +280,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, job: dict) -> None:
 
 
 def _fold_folder(job: dict, trainer_name: str) -> str:
-    return os.path.join(job["results_root"], job["dataset_name"],
-                        f"{trainer_name}__{job['plans_identifier']}__{job['configuration']}", f"fold_{job['fold']}")
+    return fold_folder(job["results_root"], job["dataset_name"], trainer_name, job["plans_identifier"],
+                       job["configuration"], job["fold"])
 
 
 def _run(job: dict) -> TrainResult:
@@ -255,10 +295,11 @@ def _run(job: dict) -> TrainResult:
         env["nnUNet_n_proc_DA"] = str(int(job["num_workers"]))
     if job["seed"] is not None:
         seed_everything(int(job["seed"]), rank)
-    with temporary_environ(**env):
+    with temporary_environ(**env), children_die_with_parent():
         cls = trainer_class(job["recipe"])
         folder = _fold_folder(job, cls.__name__)
-        resume_from = find_checkpoint(folder) if job["continue_training"] else None
+        resume = load_resume_checkpoint(folder) if job["continue_training"] else None
+        resume_from, checkpoint = resume if resume is not None else (None, None)
         if job["continue_training"] and rank == 0:
             _remove_stale_temporaries(folder)
         plans = load_json(os.path.join(job["root"], job["dataset_name"], job["plans_identifier"] + ".json"))
@@ -276,7 +317,7 @@ def _run(job: dict) -> TrainResult:
         trainer.epoch_end_callbacks = list(job["epoch_end_callbacks"])
         if resume_from is not None:
             trainer.adopt_previous_log_file()
-            trainer.load_checkpoint(resume_from)
+            trainer.load_checkpoint(checkpoint)
             trainer.print_to_log_file(f"Continuing training from {os.path.basename(resume_from)}: "
                                       f"{trainer.current_epoch} of {trainer.num_epochs} epochs completed")
         elif job["continue_training"]:
