@@ -103,7 +103,33 @@ def measure(work: Path, arch: str, *, depth: int, seed: int, recipe: str | None)
         r = records[name]
         rows.append((name, r["type"], r["act"], r.get("grad", float("nan")), g / w if w else float("nan")))
     print(f"\n== {arch} (recipe {trainer.recipe.name}), loss {float(loss):.4f}, input {tuple(data.shape)}")
+    print(_state_space_summary(net))
     return rows
+
+
+def _state_space_summary(net: torch.nn.Module) -> str:
+    """How the state-space layers start compared with the rest of the network: their share of the
+    parameters, their output RMS per unit input RMS, and the relative gradient ‖∂L/∂θ‖/‖θ‖ of their
+    parameters and of all others (what one SGD step moves, per unit of learning rate)."""
+    from medmamba.models.mamba import Mamba
+    from medmamba.models.mhs_vm import MultiRouteS6
+
+    ssm = [m for m in net.modules() if isinstance(m, (Mamba, MultiRouteS6))]
+    ssm_params = {id(p) for m in ssm for p in m.parameters()}
+    groups = {"state-space": [], "other": []}
+    for p in net.parameters():
+        if p.grad is not None:
+            groups["state-space" if id(p) in ssm_params else "other"].append(p)
+
+    def ratio(params):
+        w = math.sqrt(sum(float(p.detach().pow(2).sum()) for p in params))
+        g = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params))
+        return g / w if w else float("nan")
+
+    n_total = sum(p.numel() for p in net.parameters())
+    n_ssm = sum(p.numel() for m in ssm for p in m.parameters())
+    return (f"state-space layers: {len(ssm)}, {100 * n_ssm / n_total:.0f}% of the parameters; relative gradient "
+            f"‖∂L/∂θ‖/‖θ‖ state-space {ratio(groups['state-space']):.2e}, other {ratio(groups['other']):.2e}")
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,8 @@ class Recipe:
         name: registry key.
         summary: one line for logs and ``--help``.
         optimizer: "sgd" (momentum, Nesterov), "adam" or "adamw".
-        lr, weight_decay, momentum, nesterov, eps: optimiser settings (``eps`` for Adam/AdamW only).
+        lr, weight_decay, momentum, nesterov, eps, amsgrad: optimiser settings (``eps`` and ``amsgrad``
+            for Adam/AdamW only).
         lr_schedule: "poly" (nnU-Net's ``lr·(1 − epoch/epochs)^poly_exponent``, stepped per epoch) or
             "cosine" (``CosineAnnealingLR(T_max=cosine_t_max, eta_min=cosine_eta_min)`` per epoch).
         warmup_fraction: linear learning-rate warm-up over this fraction of all training iterations,
@@ -56,6 +57,7 @@ class Recipe:
     momentum: float = 0.99
     nesterov: bool = True
     eps: float = 1e-8
+    amsgrad: bool = False
     lr_schedule: Literal["poly", "cosine"] = "poly"
     poly_exponent: float = 0.9
     cosine_t_max: int = 50
@@ -85,6 +87,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "momentum 0.99 Nesterov, wd 3e-5, PolyLR 0.9, deep supervision where the network has it, AMP on "
         "CUDA, clip 12",
         source="nnunetv2 2.8.1 nnUNetTrainer; U-Mamba trains with exactly these (networks.md §7)"),
+    # Mamba layers start as near-zero maps whose parameters get relative gradients 20-10,000x smaller
+    # than convolutions' (docs/training-dynamics.md); SGD moves them in proportion to the gradient,
+    # AdamW per parameter. For runs of a few hundred iterations (CPU budgets, the demo) every
+    # architecture shares this recipe instead: nnU-Net's own AdamW variant, unchanged.
+    Recipe(
+        "nnunet_adamw",
+        "nnU-Net's AdamW variant, the shared recipe for short runs: AdamW 1e-3 (amsgrad), wd 3e-5, PolyLR "
+        "0.9, nnU-Net's loss and deep supervision, AMP on CUDA, clip 12",
+        optimizer="adamw", lr=1e-3, weight_decay=3e-5, amsgrad=True,
+        source="nnunetv2 2.8.1 nnUNetTrainerAdam1en3 (AdamW, amsgrad, PolyLR)"),
     Recipe(
         "lightm_unet_adam",
         "LightM-UNet: Adam 1e-4, wd 1e-5, eps 1e-5, PolyLR 0.9, nnU-Net loss, no deep supervision, no AMP, "

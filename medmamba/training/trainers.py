@@ -68,6 +68,7 @@ __all__ = [
     "labels_from_regions",
     "network_supports_deep_supervision",
     "nnUNetTrainerMedMamba",
+    "nnUNetTrainerMedMambaAdamW",
     "nnUNetTrainerMedMambaLightMUNetAdam",
     "nnUNetTrainerMedMambaMHSVMAdamW",
     "nnUNetTrainerMedMambaSegMambaCE",
@@ -252,9 +253,9 @@ class MedMambaTrainer(nnUNetTrainer):
             optimizer = torch.optim.SGD(params, r.lr, weight_decay=r.weight_decay, momentum=r.momentum,
                                         nesterov=r.nesterov)
         elif r.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, r.lr, weight_decay=r.weight_decay, eps=r.eps)
+            optimizer = torch.optim.Adam(params, r.lr, weight_decay=r.weight_decay, eps=r.eps, amsgrad=r.amsgrad)
         else:
-            optimizer = torch.optim.AdamW(params, r.lr, weight_decay=r.weight_decay, eps=r.eps)
+            optimizer = torch.optim.AdamW(params, r.lr, weight_decay=r.weight_decay, eps=r.eps, amsgrad=r.amsgrad)
         if r.lr_schedule == "poly":
             scheduler = PolyLRScheduler(optimizer, r.lr, self.num_epochs, exponent=r.poly_exponent)
         else:
@@ -528,6 +529,11 @@ class nnUNetTrainerMedMamba(MedMambaTrainer):
     recipe = RECIPES["nnunet_default"]
 
 
+class nnUNetTrainerMedMambaAdamW(MedMambaTrainer):
+    """The shared recipe for short runs (``nnunet_adamw``): nnU-Net's AdamW variant."""
+    recipe = RECIPES["nnunet_adamw"]
+
+
 class nnUNetTrainerMedMambaLightMUNetAdam(MedMambaTrainer):
     """LightM-UNet's recipe (``lightm_unet_adam``)."""
     recipe = RECIPES["lightm_unet_adam"]
@@ -550,7 +556,8 @@ class nnUNetTrainerMedMambaMHSVMAdamW(MedMambaTrainer):
 
 #: recipe name → trainer class (the class name becomes part of nnU-Net's output folder name).
 TRAINERS: dict[str, type[MedMambaTrainer]] = {
-    cls.recipe.name: cls for cls in (nnUNetTrainerMedMamba, nnUNetTrainerMedMambaLightMUNetAdam,
+    cls.recipe.name: cls for cls in (nnUNetTrainerMedMamba, nnUNetTrainerMedMambaAdamW,
+                                     nnUNetTrainerMedMambaLightMUNetAdam,
                                      nnUNetTrainerMedMambaSegMambaCE, nnUNetTrainerMedMambaUMambaNoAMP,
                                      nnUNetTrainerMedMambaMHSVMAdamW)}
 
