@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from medmamba.errors import one_line_failures
-from medmamba.pipeline import write_json_atomically as _write_json_atomically
+from medmamba.files import write_json_atomically as _write_json_atomically
 
 
 def _device(name: str) -> torch.device:
@@ -184,7 +184,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from medmamba.data.nifti import check_writable, lies_within
+    from medmamba.files import check_writable, lies_within
     from medmamba.evaluation import evaluate_folder
 
     if not args.pred.is_dir():

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medmamba.errors import CommandError
+from medmamba.files import atomic_output_file, write_json_atomically
+from medmamba.nnunet_folders import fold_folder
 
 __all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
-           "case_identifiers", "check_fold", "write_splits", "preprocessing_complete", "write_json_atomically"]
+           "case_identifiers", "check_fold", "write_splits", "preprocessing_complete"]
 
 
 def dataset_name(folder: str | Path) -> str:
@@ -38,7 +40,6 @@ def _keep_record_with_model(raw: Path, model_folder: Path) -> None:
     """Copy the conversion record (channel order, file naming, label convention) into the trainer's
     output folder, so that a model folder moved elsewhere still predicts in the user's conventions."""
     from medmamba.data import RECORD_NAME
-    from medmamba.data.nifti import atomic_output_file
 
     if (raw / RECORD_NAME).is_file():  # absent when the input already was an nnU-Net raw dataset
         with atomic_output_file(model_folder / RECORD_NAME) as tmp:
@@ -97,8 +98,6 @@ def _discovered_cases(data: Path, raw: Path, ingest_kwargs: dict) -> list[str]:
 
 def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], fold: int | str) -> dict[str, Path]:
     """arch → its fold folder in ``out``, for the architectures with a checkpoint there."""
-    from medmamba.training.run import fold_folder
-
     found = {}
     for arch, trainer in trainers.items():
         folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, f"medmambaPlans_{arch}", "3d_fullres",
@@ -335,13 +334,3 @@ def preprocessing_complete(preprocessed: str | Path, data_identifier: str, cases
     return (done.get("data_identifier") == data_identifier and done.get("cases") == sorted(cases)
             and all((folder / f"{case}.pkl").is_file() for case in cases))
 
-
-def write_json_atomically(path: str | Path, payload) -> None:
-    """Write ``payload`` as JSON to a temporary file beside ``path`` and rename it, so the file is
-    complete or absent (never half-written)."""
-    from medmamba.data.nifti import atomic_output_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_file(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2))

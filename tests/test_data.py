@@ -566,7 +566,7 @@ def test_worker_processes_give_the_same_results(brats21, tmp_path):
 def test_atomic_output_folder_has_a_plain_mkdir_mode_and_replaces_only_when_asked(tmp_path):
     import os
 
-    from medmamba.data.nifti import atomic_output_folder
+    from medmamba.files import atomic_output_folder
 
     umask = os.umask(0)
     os.umask(umask)

@@ -66,7 +66,6 @@ from medmamba.data.nifti import (
     GRID_POSITION_TOL_VOXELS,
     VOXEL_SIZE_RTOL,
     VolumeReadError,
-    atomic_output_folder,
     geometry_mismatch,
     missing_file_problem,
     nonfinite_voxels,
@@ -74,6 +73,7 @@ from medmamba.data.nifti import (
     strip_ending,
     write_volume,
 )
+from medmamba.files import atomic_output_folder
 
 __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",

@@ -61,7 +61,8 @@ from scipy import ndimage
 
 from medmamba.data.brats import NAMINGS, DatasetError
 from medmamba.data.labels import CONVENTIONS
-from medmamba.data.nifti import atomic_output_folder, write_volume
+from medmamba.data.nifti import write_volume
+from medmamba.files import atomic_output_folder
 
 __all__ = ["synth", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
            "DEFAULT_SHAPE"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from medmamba.data.nifti import atomic_output_folder
+from medmamba.files import atomic_output_folder
 
 from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
 
@@ -141,10 +141,8 @@ def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool =
     """A temporary folder that becomes ``out`` when the block completes (``out`` is complete or
     untouched); an existing non-empty ``out`` is refused unless ``force``, then replaced once the new
     one is complete. ``out`` must not lie inside an input, nor (when replaced) contain one."""
-    def refuse(message: str) -> CompareError:
-        return CompareError(f"{message}{'; pass --force to replace it' if 'already exists' in message else ''}")
-
-    with atomic_output_folder(out, refuse_inside=tuple(inputs), error=refuse, replace=force) as tmp:
+    with atomic_output_folder(out, refuse_inside=tuple(inputs), error=CompareError, replace=force,
+                              if_exists="remove it, choose another, or pass --force to replace it") as tmp:
         yield tmp
 
 
@@ -295,7 +293,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
 
     from medmamba.benchmarks.memory import PeakMemory
     from medmamba.inference import Predictor
-    from medmamba.training.run import resolve_device
+    from medmamba.devices import resolve_device
 
     from .folders import evaluate_folder
     from .metrics import check_empty_convention

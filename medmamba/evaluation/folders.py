@@ -39,13 +39,8 @@ import numpy as np
 
 from medmamba.data.brats import DatasetError, _ordered_map, discover
 from medmamba.data.labels import detect_convention, get_convention, present_values
-from medmamba.data.nifti import (
-    VolumeReadError,
-    atomic_output_file,
-    geometry_mismatch,
-    read_volume,
-    strip_ending,
-)
+from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
+from medmamba.files import atomic_output_file
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medmamba.data.nifti import atomic_output_file
+from medmamba.files import atomic_output_file
 
 __all__ = ["box_plots", "dice_vs_parameters", "overlay_case", "axial_slices"]
 

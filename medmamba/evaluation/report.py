@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medmamba.data.nifti import atomic_output_file
+from medmamba.files import atomic_output_file
 
 from . import plots
 from .folders import Evaluation

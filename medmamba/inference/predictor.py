@@ -42,15 +42,9 @@ from medmamba.data import (
     validate_case,
 )
 from medmamba.data.labels import short_region_name
-from medmamba.data.nifti import (
-    atomic_output_file,
-    atomic_output_folder,
-    check_writable,
-    lies_within,
-    missing_file_problem,
-    strip_ending,
-    write_volume,
-)
+from medmamba.data.nifti import missing_file_problem, strip_ending, write_volume
+from medmamba.devices import resolve_device
+from medmamba.files import atomic_output_file, atomic_output_folder, check_writable, lies_within
 from medmamba.locks import output_lock
 
 from .model import ModelError, TrainedModel
@@ -104,8 +98,6 @@ class Predictor:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from medmamba.training.run import resolve_device
 
         if not 0 < step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {step_size}")

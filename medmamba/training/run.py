@@ -25,8 +25,8 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["DamagedCheckpointError", "TrainResult", "find_checkpoint", "fold_folder", "load_resume_checkpoint", "main",
-           "resolve_device", "seed_everything", "train"]
+__all__ = ["DamagedCheckpointError", "TrainResult", "find_checkpoint", "load_resume_checkpoint", "main",
+           "seed_everything", "train"]
 
 # nnU-Net reads nnUNet_def_n_proc (export/evaluation pools, default 8) when it is first imported;
 # a machine with fewer cores should not spawn 8 processes for the final validation.
@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from medmamba.devices import resolve_device
 from medmamba.environ import temporary_environ
 from medmamba.errors import CommandError
+from medmamba.nnunet_folders import fold_folder
 from medmamba.processes import children_die_with_parent, die_with_parent
 
 from .recipes import Recipe, resolve_recipe
@@ -70,20 +72,6 @@ class TrainResult:
         if self.validation_summary is None:
             return None
         return WholeVolumeValidation.read(self.validation_summary)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" → CUDA when available, else CPU; "cpu"/"cuda"/"cuda:N" as given (CUDA must exist)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device (use --device cpu or auto)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return dev
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -134,13 +122,6 @@ def load_resume_checkpoint(fold_folder: str | os.PathLike) -> tuple[str, dict] |
                    f"and run with --continue again, or " if later else "")
         raise DamagedCheckpointError(f"{path}: damaged, it cannot be read ({reason}); {instead}"
                                      f"start this training again with --restart") from None
-
-
-def fold_folder(results_root: str | os.PathLike, dataset_name: str, trainer_name: str, plans_identifier: str,
-                configuration: str, fold: int | str) -> str:
-    """nnU-Net's folder of one trained fold: ``<results>/<dataset>/<Trainer>__<plans>__<configuration>/fold_<f>``."""
-    return os.path.join(os.fspath(results_root), dataset_name, f"{trainer_name}__{plans_identifier}__{configuration}",
-                        f"fold_{fold}")
 
 
 def _resolve_dataset(dataset: str | int | os.PathLike) -> tuple[str, str]:

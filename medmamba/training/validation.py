@@ -105,7 +105,7 @@ class WholeVolumeValidation:
         return cls(regions=tuple(data["regions"]), **fields)
 
     def write(self, path: str | Path) -> Path:
-        from medmamba.data.nifti import atomic_output_file
+        from medmamba.files import atomic_output_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def validate_whole_volumes(trainer, *, mirroring: bool = False, log=None) -> Who
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from medmamba.data.nifti import atomic_output_file
+    from medmamba.files import atomic_output_file
     from medmamba.evaluation.metrics import mask_metrics
 
     start = time.perf_counter()
