@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from medmamba.errors import CommandError
 from medmamba.files import atomic_output_file, write_json_atomically
-from medmamba.nnunet_folders import fold_folder
+from medmamba.nnunet_folders import fold_folder, plans_identifier
 
 __all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
            "case_identifiers", "check_fold", "write_splits", "preprocessing_complete"]
@@ -47,17 +47,22 @@ def _keep_record_with_model(raw: Path, model_folder: Path) -> None:
 
 
 def _check_before_writing(data: Path, archs: Sequence[str], out: Path, dataset_id: int, name: str,
-                          ingest_kwargs: dict) -> Path:
-    """Every check of the arguments that reads no image and writes nothing: the architecture names,
-    the label convention, the dataset id and name. Returns the raw dataset folder :func:`prepare`
-    will use."""
-    from medmamba.data import get_convention, raw_dataset_folder
-    from medmamba.planning import load_presets
+                          ingest_kwargs: dict, gpu_memory_gb: float | None) -> tuple[Path, dict]:
+    """Every check of the arguments that reads no image and writes nothing: the data folder, the
+    architecture names, the GPU memory target, the label convention, the dataset id and name.
+    Returns the raw dataset folder :func:`prepare` will use and the presets, by name (``--arch``
+    may name a preset file: its name is the stem)."""
+    from medmamba.data import DatasetError, get_convention, raw_dataset_folder
+    from medmamba.planning import PlanningError, load_presets
 
-    load_presets(archs)
+    if not data.is_dir():
+        raise DatasetError("is not a folder (give a BraTS-style folder or an nnU-Net raw dataset folder)", path=data)
+    if gpu_memory_gb is not None and gpu_memory_gb <= 0:
+        raise PlanningError(f"the GPU memory target must be positive, got {gpu_memory_gb} GiB")
+    presets = {preset.name: preset for preset in load_presets(archs)}
     if ingest_kwargs.get("label_convention") is not None:
         get_convention(ingest_kwargs["label_convention"])
-    return raw_dataset_folder(data, out / "nnUNet_raw", dataset_id, name)
+    return raw_dataset_folder(data, out / "nnUNet_raw", dataset_id, name), presets
 
 
 def plan_work_folder(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
@@ -77,7 +82,7 @@ def plan_work_folder(data: str | Path, archs: Sequence[str], out: str | Path, *,
 
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
     name = name or dataset_name(data)
-    _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs)
+    _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
     with folder_lock(out):
         raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
         plans = plan(raw, archs, gpu_memory_gb=gpu_memory_gb, preprocessed_root=out / "nnUNet_preprocessed")
@@ -100,7 +105,7 @@ def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], fold: int
     """arch → its fold folder in ``out``, for the architectures with a checkpoint there."""
     found = {}
     for arch, trainer in trainers.items():
-        folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, f"medmambaPlans_{arch}", "3d_fullres",
+        folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, plans_identifier(arch), "3d_fullres",
                                   fold))
         if any(folder.glob("checkpoint_*.pth")):
             found[arch] = folder
@@ -152,16 +157,18 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     label_convention, skip_invalid). Errors of the data and planning layers propagate
     (``DatasetError``, ``PlanningError``, both ``ValueError``).
     """
+    from medmamba.devices import resolve_device
     from medmamba.locks import folder_lock
     from medmamba.training import resolve_recipe
     from medmamba.training.trainers import trainer_class
 
+    resolve_device(device)  # --device cuda without a GPU stops here, before any work
     if continue_training and restart:
         raise ValueError("--continue resumes the trained models and --restart discards them: choose one")
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
     name = name or dataset_name(data)
-    raw = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs)
-    trainers = {arch: trainer_class(resolve_recipe(recipe, arch)).__name__ for arch in archs}
+    raw, presets = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
+    trainers = {arch: trainer_class(resolve_recipe(recipe, p.architecture)).__name__ for arch, p in presets.items()}
     if fold != "all":
         fold = int(fold)
         splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
@@ -175,20 +182,21 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
 
             for folder in trained.values():
                 load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
-        return _plan_and_train_locked(data, archs, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
+        return _plan_and_train_locked(data, presets, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
                                       fold=fold, device=device, epochs=epochs, iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
                                       continue_training=continue_training, dataset_id=dataset_id, name=name,
                                       num_processes=num_processes, log=log, **ingest_kwargs)
 
 
-def _plan_and_train_locked(data: Path, archs: Sequence[str], out: Path, discard: dict[str, Path], *,
+def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
                            gpu_memory_gb: float | None, fold: int | str, device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
-    ``discard``: arch → fold folder of a model to throw away (``restart``) before training it."""
+    ``presets``: preset name → preset; ``discard``: arch → fold folder of a model to throw away
+    (``restart``) before training it."""
     from medmamba.data import prepare
     from medmamba.planning import nnunet_paths, plan
     from medmamba.training.run import train
@@ -200,14 +208,14 @@ def _plan_and_train_locked(data: Path, archs: Sequence[str], out: Path, discard:
     cases = case_identifiers(raw)
     if fold != "all":
         check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
-    identifiers = {arch: f"medmambaPlans_{arch}" for arch in archs}
+    identifiers = {arch: plans_identifier(arch) for arch in presets}
     reuse = [arch for arch, identifier in identifiers.items()
              if continue_training and (preprocessed / f"{identifier}.json").is_file()]
     if reuse:
         log(f"--continue: reusing the plans of {', '.join(reuse)}")
     missing = [arch for arch in identifiers if arch not in reuse]
     if missing:
-        plan(raw, missing, gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root)
+        plan(raw, [presets[arch] for arch in missing], gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root)
     with nnunet_paths(raw=raw.parent, preprocessed=preprocessed_root):
         from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
@@ -235,7 +243,8 @@ def _plan_and_train_locked(data: Path, archs: Sequence[str], out: Path, discard:
         log(f"training {arch} ({identifier}, fold {fold})")
         trained[arch] = train(preprocessed, identifier, "3d_fullres", fold, device=device, epochs=epochs,
                               iters_per_epoch=iters_per_epoch, val_iters=val_iters, seed=seed,
-                              continue_training=continue_training, recipe=recipe, architecture=arch,
+                              continue_training=continue_training, recipe=recipe,
+                              architecture=presets[arch].architecture,
                               output_folder=out / "nnUNet_results")
         _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
         log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")

@@ -24,7 +24,6 @@ import torch
 
 from medmamba.models import registry
 from medmamba.planning import (
-    PLANNERS,
     PLANS_DIR_ENV,
     PlanningError,
     PresetError,
@@ -174,8 +173,8 @@ def test_plans_for_each_architecture(arch, planned, workspace):
     plans = planned[arch]
     path = workspace["preprocessed"] / "Dataset901_TinyBraTS" / f"medmambaPlans_{arch}.json"
     assert path.is_file() and json.loads(path.read_text())["plans_name"] == f"medmambaPlans_{arch}"
-    assert plans["experiment_planner_used"] == PLANNERS[arch].__name__
-    assert plans["medmamba"]["recipe"]["name"] == "nnunet_default"
+    assert plans["experiment_planner_used"] == planner_class(arch).__name__
+    assert plans["medmamba"]["recipe"]["paper"] == registry.get(arch).paper_recipe
     manager = PlansManager(str(path))
     assert set(manager.available_configurations) <= {"3d_fullres", "2d"}
     for name in manager.available_configurations:
@@ -248,11 +247,8 @@ reserve_gb = 0.0
 fragmentation = 0.0
 max_dataset_covered = 1.0
 [topology]
-kind = "unet"
 blocks_encoder = [2]
 blocks_decoder = [2]
-[recipe]
-name = "nnunet_default"
 """
 
 
@@ -285,14 +281,14 @@ def test_preset_lookup_order(tmp_path, monkeypatch):
     env_dir.mkdir()
     arg_dir.mkdir()
     (env_dir / "lab_segmamba.toml").write_text(
-        'architecture = "segmamba"\n[memory]\ntarget_gb = 24\n[topology]\nkind = "fixed"\ndivisible_by = 32\n'
-        '[network]\npaper_gsc = true\n[recipe]\nname = "segmamba_ce"\n')
+        'architecture = "segmamba"\n[memory]\ntarget_gb = 24\n[topology]\ndivisible_by = 32\n'
+        '[network]\npaper_gsc = true\n')
     (arg_dir / "unet.toml").write_text(TIGHT_PRESET)  # shadows the built-in unet preset
     monkeypatch.setenv(PLANS_DIR_ENV, str(env_dir))
     preset = load_preset("lab_segmamba")
     assert (preset.architecture, preset.memory.target_gb, preset.network, preset.topology.divisible_by) == \
         ("segmamba", 24.0, {"paper_gsc": True}, 32)
-    assert planner_class(preset.architecture).__name__ == "SegMambaPlanner"
+    assert planner_class(preset.architecture).__name__ == "FixedLayoutPlanner_segmamba"
     assert "lab_segmamba" in available_presets() and set(ARCHS) <= set(available_presets())
     assert load_preset("unet").memory.reserve_gb == 1.0  # built-in
     assert load_preset("unet", plans_dir=arg_dir).memory.reserve_gb == 0.0  # the user's
@@ -325,8 +321,8 @@ def test_bad_input_gives_one_clear_error(workspace, planned, tmp_path, monkeypat
     (bad / "ghost.toml").write_text('architecture = "vnet"\n')
     with pytest.raises(PlanningError, match=r"ghost.toml: architecture 'vnet' is not registered"):
         plan(workspace["raw"], ["ghost"], preprocessed_root=tmp_path, plans_dir=bad)
-    (bad / "seg16.toml").write_text('architecture = "mhs_vm"\n[memory]\ntarget_gb = 8\n[topology]\nkind = "fixed"\n'
-                                    'divisible_by = 16\n[recipe]\nname = "nnunet_default"\n')
+    (bad / "seg16.toml").write_text('architecture = "mhs_vm"\n[memory]\ntarget_gb = 8\n[topology]\n'
+                                    'divisible_by = 16\n')
     with pytest.raises(PlanningError, match=r"divisible_by = 16, but the mhs_vm network needs .*32"):
         plan(workspace["raw"], ["seg16"], preprocessed_root=workspace["preprocessed"], plans_dir=bad,
              configurations=("3d_fullres",), fingerprint_samples=10_000)

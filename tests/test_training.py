@@ -142,14 +142,15 @@ def _make_trainer(tiny_dataset, tmp_path, recipe, net="unet"):
 
 # ------------------------------------------------------------------------------------ recipes
 def test_recipe_resolution():
-    from medmamba.models.registry import available
-    from medmamba.training import PAPER_RECIPES, resolve_recipe
+    from medmamba.models.registry import available, get
+    from medmamba.training import RECIPES, resolve_recipe
 
     assert resolve_recipe(None).name == resolve_recipe("default").name == "nnunet_default"
     assert resolve_recipe("paper", "lightm_unet").name == "lightm_unet_adam"
     assert resolve_recipe("paper", "segmamba").name == "segmamba_ce"
     assert resolve_recipe("paper", "umamba_bot").name == "nnunet_default"
-    assert set(available()) <= set(PAPER_RECIPES)
+    assert all(get(name).paper_recipe in RECIPES for name in available())
+    assert "nnunet_adamw" in RECIPES  # the shared short-run recipe is nobody's paper recipe, and stays
     with pytest.raises(ValueError, match="unknown recipe"):
         resolve_recipe("nope")
 

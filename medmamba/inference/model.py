@@ -11,7 +11,7 @@ training data (channel order, file naming, label convention; copied there by ``p
 - a fold folder (``…/fold_0``);
 - a trainer output folder (one fold is chosen with ``fold``, or the only one present);
 - ``RESULTS/ARCH``: a ``medmamba plan-and-train --out RESULTS`` work folder and an architecture
-  name (the one trainer folder whose plans were made for ARCH).
+  or preset name, as ``--arch`` named it (the one trainer folder whose plans were made for it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from medmamba.data import RECORD_NAME, DatasetError, LabelConvention, get_convention
+from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
 __all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model"]
 
@@ -39,6 +40,8 @@ class TrainedModel:
     """One trained fold of one architecture, ready to be loaded.
 
     Attributes:
+        name: what the model is called: the preset its plans were made from (``--arch`` of
+            ``plan-and-train``; for built-in presets the architecture name), else ``arch``.
         arch: medmamba architecture name (from the plans), or the network class name for plans that
             medmamba did not write.
         trainer: nnU-Net trainer class name (it names the recipe).
@@ -51,6 +54,7 @@ class TrainedModel:
         record: ``medmamba_dataset.json`` of the training data, or None when none was found.
     """
 
+    name: str
     arch: str
     trainer: str
     folder: Path
@@ -84,7 +88,7 @@ class TrainedModel:
             raise ModelError(f"{self.checkpoint}: cannot be read as a checkpoint ({exc})") from None
 
     def describe(self) -> str:
-        return f"{self.arch} ({self.trainer}, fold {self.fold}, {self.checkpoint.name})"
+        return f"{self.name} ({self.trainer}, fold {self.fold}, {self.checkpoint.name})"
 
 
 def _read_json(path: Path) -> dict:
@@ -114,16 +118,18 @@ def _architecture(plans: dict, configuration: str) -> str:
     return plans["configurations"][configuration]["architecture"]["network_class_name"].rsplit(".", 1)[-1]
 
 
-def _split_folder_name(name: str) -> tuple[str, str, str] | None:
-    parts = name.split("__")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+def _name(plans: dict, plans_identifier: str, arch: str) -> str:
+    """The preset the plans were made from (recorded by the planner, else in the plans identifier)."""
+    preset = plans.get("medmamba", {}).get("preset", {})
+    recorded = preset.get("name") if isinstance(preset, dict) else preset
+    return recorded or preset_of_plans_identifier(plans_identifier) or arch
 
 
 def _model_from_folder(folder: Path, fold: str | None, checkpoint: str) -> TrainedModel:
-    parts = _split_folder_name(folder.name)
+    parts = split_trainer_folder_name(folder.name)
     if parts is None:
         raise ModelError(f"{folder}: not a trainer output folder (named <Trainer>__<plans>__<configuration>)")
-    trainer, _, configuration = parts
+    trainer, plans_identifier, configuration = parts
     plans = _read_json(folder / "plans.json")
     dataset_json = _read_json(folder / "dataset.json")
     if configuration not in plans.get("configurations", {}):
@@ -145,7 +151,8 @@ def _model_from_folder(folder: Path, fold: str | None, checkpoint: str) -> Train
         hint = (f"; training did not finish (found {', '.join(present)}): resume it with --continue, or use "
                 f"--checkpoint latest" if present and checkpoint == "final" else "")
         raise ModelError(f"{ckpt}: missing{hint}")
-    return TrainedModel(arch=_architecture(plans, configuration), trainer=trainer, folder=folder, fold=fold,
+    arch = _architecture(plans, configuration)
+    return TrainedModel(name=_name(plans, plans_identifier, arch), arch=arch, trainer=trainer, folder=folder, fold=fold,
                         checkpoint=ckpt, configuration=configuration, plans=plans, dataset_json=dataset_json,
                         record=_find_record(folder, folder.parent.name))
 
@@ -177,7 +184,7 @@ def list_trained_models(results: str | Path, *, checkpoint: str = "final",
             models.append(_model_from_folder(folder, fold, checkpoint))
         except (ModelError, DatasetError, KeyError) as exc:
             skipped.append((folder.name, str(exc)))
-    return sorted(models, key=lambda m: (m.arch, m.trainer)), skipped
+    return sorted(models, key=lambda m: (m.name, m.trainer)), skipped
 
 
 def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: str = "final") -> TrainedModel:
@@ -201,8 +208,9 @@ def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: s
         for folder in _trainer_folders(path.parent):
             try:
                 plans = _read_json(folder / "plans.json")
-                parts = _split_folder_name(folder.name)
-                if parts and parts[2] in plans.get("configurations", {}) and _architecture(plans, parts[2]) == arch:
+                parts = split_trainer_folder_name(folder.name)
+                if parts and parts[2] in plans.get("configurations", {}) and \
+                        _name(plans, parts[1], _architecture(plans, parts[2])) == arch:
                     candidates.append(folder)
             except ModelError:
                 continue
@@ -211,7 +219,7 @@ def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: s
         if len(candidates) > 1:
             raise ModelError(f"{path}: {len(candidates)} trained models of {arch} "
                              f"({', '.join(c.name for c in candidates)}); give the folder of the one to use")
-        trained = sorted({m.arch for m in list_trained_models(path.parent, checkpoint=checkpoint)[0]})
+        trained = sorted({m.name for m in list_trained_models(path.parent, checkpoint=checkpoint)[0]})
         raise ModelError(f"{path}: no trained {arch} in {path.parent}"
                          + (f" (trained: {', '.join(trained)})" if trained else " (no trained model there)"))
     raise ModelError(f"{path}: not a model folder (expected plans.json and fold_* inside, or RESULTS/ARCH for a "

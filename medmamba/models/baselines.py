@@ -17,12 +17,10 @@ import torch.nn as nn
 from dynamic_network_architectures.architectures import unet as dna_unet
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
-from .registry import register
+from .layout import InputSizeError, StageLayout
 
 __all__ = ["PlainConvUNet", "ResidualEncoderUNet", "nnunet_unet_kwargs", "build_unet", "build_resenc"]
 
-_NNUNET_PAPER = "Isensee et al., nnU-Net, Nature Methods 2021; nnU-Net Revisited, MICCAI 2024"
-_NNUNET_CODE = "MIC-DKFZ/nnUNet, MIC-DKFZ/dynamic-network-architectures"
 _OPS = {
     2: ("torch.nn.modules.conv.Conv2d", "torch.nn.modules.instancenorm.InstanceNorm2d"),
     3: ("torch.nn.modules.conv.Conv3d", "torch.nn.modules.instancenorm.InstanceNorm3d"),
@@ -79,9 +77,12 @@ class _CheckedInput:
     def forward(self, x: torch.Tensor):
         size = list(x.shape[2:])
         if len(size) != len(self.total_stride) or any(s % t for s, t in zip(size, self.total_stride)):
-            raise ValueError(f"input size {size} is not divisible by the network's total stride "
+            raise InputSizeError(f"input size {size} is not divisible by the network's total stride "
                              f"{self.total_stride} (the product of its strides per axis)")
         return super().forward(x)
+
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(len(self.init_kwargs["strides"]), tuple(self.total_stride))
 
 
 class PlainConvUNet(_CheckedInput, dna_unet.PlainConvUNet):
@@ -112,8 +113,6 @@ def _instantiate(cls, in_channels: int, num_classes: int, deep_supervision: bool
     return model
 
 
-@register("unet", spatial_dims=(2, 3), paper=_NNUNET_PAPER, code=_NNUNET_CODE,
-          summary="nnU-Net PlainConvUNet (the default nnU-Net configuration)")
 def build_unet(in_channels: int, num_classes: int, spatial_dims: int = 3, deep_supervision: bool = True,
                n_conv_per_stage: int = 2, n_conv_per_stage_decoder: int = 2, **unet_kwargs) -> nn.Module:
     """PlainConvUNet; ``unet_kwargs`` go to :func:`nnunet_unet_kwargs` (n_stages, features_per_stage,
@@ -133,8 +132,3 @@ def build_resenc(in_channels: int, num_classes: int, spatial_dims: int = 3, deep
     kwargs["n_conv_per_stage_decoder"] = [1] * (kwargs["n_stages"] - 1)
     return _instantiate(ResidualEncoderUNet, in_channels, num_classes, deep_supervision, kwargs)
 
-
-register("resenc_m", spatial_dims=(2, 3), paper=_NNUNET_PAPER, code=_NNUNET_CODE,
-         summary="nnU-Net ResEnc M preset (ResidualEncoderUNet; planner target 8 GB)")(build_resenc)
-register("resenc_l", spatial_dims=(2, 3), paper=_NNUNET_PAPER, code=_NNUNET_CODE,
-         summary="nnU-Net ResEnc L preset (ResidualEncoderUNet; planner target 24 GB)")(build_resenc)

@@ -46,7 +46,7 @@ from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 
 from .mamba import Mamba
-from .registry import register
+from .layout import InputSizeError, StageLayout
 
 __all__ = [
     "RVMLayer",
@@ -287,6 +287,9 @@ class LightMUNet(nn.Module):
             DepthwiseSeparableConv(spatial_dims, init_filters, num_classes, kernel_size=1, bias=True),
         )
 
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(len(self.blocks_down), (self.total_stride,) * self.spatial_dims)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (B, input_channels, *S) with every side of S divisible by the
         total stride."""
@@ -296,7 +299,7 @@ class LightMUNet(nn.Module):
                              f"got {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
         if any(s % self.total_stride for s in spatial):
-            raise ValueError(f"LightM-UNet input spatial size {spatial} is invalid: every side must be "
+            raise InputSizeError(f"LightM-UNet input spatial size {spatial} is invalid: every side must be "
                              f"divisible by {self.total_stride} (2^{len(self.blocks_down) - 1} for "
                              f"{len(self.blocks_down) - 1} poolings)")
 
@@ -316,15 +319,6 @@ class LightMUNet(nn.Module):
         return self.conv_final(x)
 
 
-@register(
-    "lightm_unet",
-    spatial_dims=(2, 3),
-    paper="Liao et al. 2024, LightM-UNet: Mamba Assists in Lightweight UNet for Medical Image Segmentation, "
-          "arXiv 2403.05246",
-    code="https://github.com/MrBlankness/LightM-UNet (6b72e27)",
-    summary="U-Net with residual Mamba (RVM) blocks in the encoder, additive skips, 21 Mambas; 5.0M params "
-            "(paper's ~1M is a thop undercount).",
-)
 def build_lightm_unet(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs: Any) -> LightMUNet:
     """LightM-UNet as upstream's nnU-Net trainer builds it: init_filters 32, blocks_down (1, 2, 2, 4),
     blocks_up (1, 1, 1), no deep supervision. Keywords are :class:`LightMUNet`'s (e.g. ``init_filters``,

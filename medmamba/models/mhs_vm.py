@@ -81,7 +81,7 @@ from medmamba_kernels import selective_scan
 from medmamba_kernels.routes import Route, register_route_kind
 from monai.networks.layers import DropPath
 
-from .registry import register
+from .layout import InputSizeError, StageLayout
 
 __all__ = [
     "HEAD_KINDS",
@@ -706,6 +706,9 @@ class MHSVM(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(self.n_stages, tuple(self.size_multiple))
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (B, input_channels, *S) with every side of S divisible by
         patch_size · 2^(stages − 1)."""
@@ -714,7 +717,7 @@ class MHSVM(nn.Module):
                              f"(B, {self.input_channels}, {', '.join('S' * self.spatial_dims)}), got {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
         if any(s % m for s, m in zip(spatial, self.size_multiple)):
-            raise ValueError(f"MHS-VM input spatial size {spatial} is invalid: each side must be divisible by "
+            raise InputSizeError(f"MHS-VM input spatial size {spatial} is invalid: each side must be divisible by "
                              f"{self.size_multiple} (patch_size × 2^{self.n_stages - 1} for "
                              f"{self.n_stages - 1} patch mergings)")
 
@@ -735,14 +738,6 @@ class MHSVM(nn.Module):
 _DEFAULT_DIMS = {2: [96, 192, 384, 768], 3: [64, 128, 256, 512]}
 
 
-@register(
-    "mhs_vm",
-    spatial_dims=(2, 3),
-    paper="Ji 2024, MHS-VM: Multi-Head Scanning in Parallel Subspaces for Vision Mamba, arXiv 2406.05992",
-    code="https://github.com/PixDeep/MHS-VM (be64b6f), host https://github.com/JCruan519/VM-UNet",
-    summary="VM-UNet host with a multi-head scan mixer (4 heads × 2 routes + reverses, gated route fusion); "
-            "17.26M params in 2D; 3D generalisation with 3D route families.",
-)
 def build_mhs_vm(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs: Any) -> MHSVM:
     """MHS-VM with the ISIC host configuration: depths [2, 2, 2, 2], decoder [2, 2, 2, 1], 4 heads,
     with_proj, drop-path 0.2, GFU threshold 0.5, patch 4, no deep supervision.

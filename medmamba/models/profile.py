@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layout import InputSizeError
+
 __all__ = ["ModelCost", "ArchitectureCost", "count_parameters", "forward_flops", "training_step_memory", "model_cost",
            "architecture_costs", "format_costs", "builder_for_patch"]
 
@@ -119,15 +121,13 @@ class ArchitectureCost:
 
 
 def builder_for_patch(name: str, in_channels: int, num_classes: int, patch: Sequence[int]) -> Callable[[], nn.Module]:
-    """A no-argument builder of ``name`` for this patch: builders that size themselves from the
-    training patch (U-Mamba Enc's channel-token rule) take it as ``input_size``."""
-    import inspect
-
+    """A no-argument builder of ``name`` for this patch: a network that sizes itself from the
+    training patch (U-Mamba Enc's channel-token rule) gets it through its registry record's
+    ``patch_keyword``."""
     from .registry import create, get
 
-    kwargs = {}
-    if "input_size" in inspect.signature(get(name).builder).parameters:
-        kwargs["input_size"] = list(patch)
+    keyword = get(name).patch_keyword
+    kwargs = {keyword: list(patch)} if keyword else {}
     return lambda: create(name, in_channels, num_classes, spatial_dims=len(patch), **kwargs)
 
 
@@ -135,8 +135,17 @@ def architecture_costs(in_channels: int, num_classes: int, patch: Sequence[int],
                        names: Sequence[str] | None = None,
                        measure_on: torch.device | None = None) -> list[ArchitectureCost]:
     """Costs of the named (default: all registered) architectures at one patch; an architecture that
-    cannot take this patch (dimensionality, divisibility) is reported as skipped with the reason."""
+    cannot take this patch (dimensionality, divisibility) is reported as skipped with the reason.
+
+    Raises:
+        ValueError: ``measure_on`` is not a CUDA device (memory is measured with CUDA's allocator;
+            without it, it is estimated with fake tensors), or an unknown name.
+    """
     from .registry import available, get
+
+    if measure_on is not None and torch.device(measure_on).type != "cuda":
+        raise ValueError(f"measuring training memory needs a CUDA GPU, not {measure_on}; without --measure it is "
+                         f"estimated with fake tensors")
 
     rows = []
     for name in names or available():
@@ -147,7 +156,7 @@ def architecture_costs(in_channels: int, num_classes: int, patch: Sequence[int],
         build = builder_for_patch(name, in_channels, num_classes, patch)
         try:
             cost = model_cost(name, build, [batch_size, in_channels, *patch], batch_size, measure_on)
-        except ValueError as err:  # the network's own check of the input size
+        except InputSizeError as err:  # the network's own check of the input size
             rows.append(ArchitectureCost(name, None, str(err)))
             continue
         rows.append(ArchitectureCost(name, cost))

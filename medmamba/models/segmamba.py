@@ -49,7 +49,7 @@ import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
 from .mamba import Mamba
-from .registry import register
+from .layout import InputSizeError, StageLayout
 
 __all__ = ["TOM_ROUTES", "GSC", "MambaLayer", "MlpChannel", "MambaEncoder", "SegMamba", "build_segmamba"]
 
@@ -284,6 +284,9 @@ class SegMamba(nn.Module):
         """Each spatial size of the input must be a multiple of this."""
         return 2**self.num_stages
 
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(self.num_stages, (self.total_stride,) * 3)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless ``x`` is (B, input_channels, D, H, W) with every spatial size
         divisible by :attr:`total_stride` (and, in training mode, more than one voxel at the
@@ -294,14 +297,14 @@ class SegMamba(nn.Module):
             )
         spatial = tuple(x.shape[2:])
         if any(s % self.total_stride for s in spatial):
-            raise ValueError(
+            raise InputSizeError(
                 f"SegMamba needs every spatial size divisible by {self.total_stride} (a stride-2 stem and "
                 f"{self.num_stages - 1} stride-2 downsamples, undone by as many 2× upsamplings); "
                 f"got spatial size {spatial}"
             )
         if self.training and math.prod(s // self.total_stride for s in spatial) == 1:
             # InstanceNorm cannot normalise a single voxel in training mode (torch raises deep inside).
-            raise ValueError(
+            raise InputSizeError(
                 f"SegMamba in training mode needs more than one voxel at its deepest stage (InstanceNorm): "
                 f"spatial size {spatial} / {self.total_stride} is a single voxel; use a larger patch"
             )
@@ -317,15 +320,6 @@ class SegMamba(nn.Module):
         return self.out(self.decoder1(y))
 
 
-@register(
-    "segmamba",
-    spatial_dims=(3,),
-    paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba For 3D Medical Image Segmentation, "
-    "MICCAI 2024 (arXiv 2401.13560)",
-    code="https://github.com/ge-xing/SegMamba (cff3597)",
-    summary="Mamba encoder (GSC + tri-orientated Mamba layers, 4 stages 48-384) with a UNETR decoder; "
-    "no deep supervision; inputs divisible by 16.",
-)
 def build_segmamba(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) -> SegMamba:
     """SegMamba V1. With no keyword: the released configuration (feat_size [48, 96, 192, 384],
     depths [2, 2, 2, 2], hidden_size 768, additive GSC); 67,416,196 parameters for in 4, out 4.

@@ -76,7 +76,8 @@ from dynamic_network_architectures.initialization.weight_init import (
 
 from .baselines import nnunet_unet_kwargs
 from .mamba import Mamba
-from .registry import dotted_name, register
+from .layout import InputSizeError, StageLayout
+from .registry import dotted_name
 
 __all__ = [
     "VARIANTS",
@@ -97,8 +98,6 @@ __all__ = [
 VARIANTS = ("paper_v1", "repo_2024_03")
 KW_REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
-_PAPER = "Ma, Li, Wang, U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation, arXiv 2401.04722"
-_CODE = "bowang-lab/U-Mamba (paper_v1: 92a741a 2024-01-09; repo_2024_03: 530739b 2024-03-27)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,19 +485,22 @@ class _UMambaBase(nn.Module):
         """nnU-Net's init for U-Mamba (``InitWeights_He(1e-2)``): convs only, Mamba keeps its own."""
         InitWeights_He(1e-2)(module)
 
+    def stage_layout(self) -> StageLayout:
+        return StageLayout(self.n_stages, tuple(self.total_stride))
+
     def check_input_size(self, spatial: Sequence[int]) -> None:
-        """Raise ValueError unless ``spatial`` is a valid input size for this network."""
+        """Raise InputSizeError unless ``spatial`` is a valid input size for this network."""
         spatial = list(spatial)
         name = type(self).__name__
         if len(spatial) != self.spatial_dims:
-            raise ValueError(f"{name} is {self.spatial_dims}D: expected input (B, C, {self.spatial_dims} spatial "
+            raise InputSizeError(f"{name} is {self.spatial_dims}D: expected input (B, C, {self.spatial_dims} spatial "
                              f"dims), got spatial size {spatial}")
         if self.required_input_size is not None and spatial != self.required_input_size:
-            raise ValueError(f"{name} ({self.variant}) uses channels as tokens in a stage and only accepts its "
+            raise InputSizeError(f"{name} ({self.variant}) uses channels as tokens in a stage and only accepts its "
                              f"training patch input_size={self.required_input_size}; got input size {spatial}")
         bad = [(i, t) for i, t in zip(spatial, self.total_stride) if i % t]
         if bad:
-            raise ValueError(f"{name}: input size {spatial} is not divisible by the total stride "
+            raise InputSizeError(f"{name}: input size {spatial} is not divisible by the total stride "
                              f"{self.total_stride} (product of the strides per axis)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -624,8 +626,6 @@ def _builder_arch_kwargs(spatial_dims: int, variant: str, n_stages: int | None, 
     return kwargs
 
 
-@register("umamba_bot", spatial_dims=(2, 3), paper=_PAPER, code=_CODE,
-          summary="U-Mamba Bot: residual U-Net, LayerNorm + Mamba on the bottleneck (paper_v1 | repo_2024_03)")
 def build_umamba_bot(in_channels: int, num_classes: int, spatial_dims: int = 3, *, variant: str = "paper_v1",
                      n_stages: int | None = None, features_per_stage: Sequence[int] | None = None,
                      kernel_sizes: Sequence[Sequence[int]] | None = None,
@@ -650,9 +650,6 @@ def build_umamba_bot(in_channels: int, num_classes: int, spatial_dims: int = 3, 
     return model
 
 
-@register("umamba_enc", spatial_dims=(2, 3), paper=_PAPER, code=_CODE,
-          summary="U-Mamba Enc: residual U-Net, LayerNorm + Mamba after every encoder stage (paper_v1 | "
-                  "repo_2024_03)")
 def build_umamba_enc(in_channels: int, num_classes: int, spatial_dims: int = 3, *, variant: str = "paper_v1",
                      n_stages: int | None = None, features_per_stage: Sequence[int] | None = None,
                      kernel_sizes: Sequence[Sequence[int]] | None = None,

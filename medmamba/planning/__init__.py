@@ -2,7 +2,8 @@
 
 - :func:`plan` — fingerprint a raw nnU-Net dataset and write ``medmambaPlans_<preset>.json`` per
   architecture; :func:`summary` — the readable report (spacing, patch, batch, stages, memory).
-- :mod:`.planners` — one ``ExperimentPlanner`` subclass per architecture (:data:`PLANNERS`).
+- :mod:`.planners` — the planners: :func:`planner_class` gives each architecture the
+  ``ExperimentPlanner`` subclass of its registry record's kind.
 - :mod:`.memory` — the memory model: a fake-tensor trace of one training step.
 - :mod:`.presets` — the declarative presets in ``plans/<name>.toml`` (and user folders).
 """
@@ -18,19 +19,10 @@ from .memory import (
 )
 from .planners import (
     CONFIGURATIONS,
-    PLANNERS,
     FixedLayoutPlanner,
-    LightMUNetPlanner,
     MedMambaPlanner,
-    MHSVMPlanner,
     PlanningError,
-    ResEncLPlanner,
-    ResEncMPlanner,
-    SegMambaPlanner,
-    UMambaBotPlanner,
-    UMambaEncPlanner,
     UNetLikePlanner,
-    UNetPlanner,
     planner_class,
 )
 from .presets import (
@@ -45,8 +37,6 @@ from .presets import (
 __all__ = [
     "load_presets", "plan", "summary", "nnunet_paths", "resolve_dataset",
     "MemoryBudget", "MemoryModel", "NetworkSpec", "StepMemory", "proxy_loss", "trace_training_step",
-    "CONFIGURATIONS", "PLANNERS", "planner_class", "PlanningError", "MedMambaPlanner", "UNetLikePlanner",
-    "FixedLayoutPlanner", "UNetPlanner", "ResEncMPlanner", "ResEncLPlanner", "UMambaBotPlanner", "UMambaEncPlanner",
-    "SegMambaPlanner", "LightMUNetPlanner", "MHSVMPlanner",
+    "CONFIGURATIONS", "planner_class", "PlanningError", "MedMambaPlanner", "UNetLikePlanner", "FixedLayoutPlanner",
     "PLANS_DIR_ENV", "Preset", "PresetError", "available_presets", "load_preset", "plans_dirs",
 ]

@@ -69,21 +69,30 @@ def resolve_dataset(dataset: str | os.PathLike | int) -> tuple[Path, str]:
     return resolve_dataset(candidates[0])
 
 
-def load_presets(archs: str | Sequence[str], plans_dir=None) -> list[Preset]:
-    """The preset of every architecture or preset name, in order: what :func:`plan` plans. Reads only
-    the preset files, so a command checks its ``--arch`` names with it before writing anything.
+def load_presets(archs: str | Preset | Sequence[str | Preset], plans_dir=None) -> list[Preset]:
+    """The preset of every architecture or preset name (or preset file, or :class:`Preset`), in
+    order: what :func:`plan` plans. Reads only the preset files, so a command checks its ``--arch``
+    names with it before writing anything.
 
     Raises:
-        PlanningError: no name, or a name with no preset (the message lists where it looked).
+        PlanningError: no name, a name with no preset (the message lists where it looked), or two
+            presets of one name (their plans would be one file).
     """
-    if isinstance(archs, str):
+    if isinstance(archs, (str, Preset)):
         archs = [archs]
     if not archs:
         raise PlanningError("name at least one architecture to plan")
     try:
-        return [load_preset(name, plans_dir) for name in archs]
+        presets = [name if isinstance(name, Preset) else load_preset(name, plans_dir) for name in archs]
     except PresetError as err:
         raise PlanningError(str(err)) from None
+    by_name: dict[str, Preset] = {}
+    for preset in presets:
+        other = by_name.setdefault(preset.name, preset)
+        if other.path != preset.path:
+            raise PlanningError(f"two presets are called {preset.name} ({other.path} and {preset.path}): their "
+                                f"plans would be one file; rename one")
+    return list({p.name: p for p in presets}.values())
 
 
 def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: float | None = None,
@@ -198,8 +207,8 @@ def summary(plans: dict[str, dict] | dict) -> str:
         lines.append(f"{name} ({info.get('architecture', '?')}): {p['dataset_name']}, plans {p['plans_name']}"
                      + (f" → {info['plans_file']}" if info.get("plans_file") else ""))
         lines.append(f"  GPU memory target {info.get('gpu_memory_target_gb', float('nan')):g} GB, "
-                     f"{info.get('precision', '?')} training, recipe {recipe.get('name', '?')}"
-                     + (f" (paper recipe: {recipe['paper']})" if recipe.get("paper") else ""))
+                     f"{info.get('precision', '?')} training"
+                     + (f", paper recipe {recipe['paper']}" if recipe.get("paper") else ""))
         for cfg_name, cfg in p["configurations"].items():
             if "architecture" not in cfg:
                 continue

@@ -30,9 +30,11 @@ nnU-Net's default planner's, so the configurations reuse its data identifiers (`
 ``nnUNetPlans_3d_fullres``) as nnU-Net's ResEnc planners do — every architecture trains on the same
 preprocessed arrays — unless the target spacing is overwritten.
 
-Usable with nnU-Net's own API as well, e.g.
-``plan_experiment_dataset(901, UMambaBotPlanner, gpu_memory_target_in_gb=24)``: each planner
-defaults to the preset named after its architecture; ``preset=`` selects another one.
+Which planner an architecture gets is its registry record's ``planner`` kind ("unet" or "fixed");
+:func:`planner_class` makes the class of each architecture from its record, so no table here names
+architectures. Usable with nnU-Net's own API as well, e.g.
+``plan_experiment_dataset(901, planner_class("umamba_bot"), gpu_memory_target_in_gb=24)``: each
+planner defaults to the preset named after its architecture; ``preset=`` selects another one.
 """
 
 from __future__ import annotations
@@ -53,13 +55,14 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import (
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from medmamba.models import registry
+from medmamba.models.layout import InputSizeError, stage_layout
+from medmamba.nnunet_folders import plans_identifier
 
 from .memory import GIB, MemoryBudget, MemoryModel, NetworkSpec, StepMemory, describe
 from .presets import Preset, load_preset
 
-__all__ = ["PlanningError", "MedMambaPlanner", "UNetLikePlanner", "FixedLayoutPlanner", "UNetPlanner",
-           "ResEncMPlanner", "ResEncLPlanner", "UMambaBotPlanner", "UMambaEncPlanner", "SegMambaPlanner",
-           "LightMUNetPlanner", "MHSVMPlanner", "PLANNERS", "planner_class", "CONFIGURATIONS"]
+__all__ = ["PlanningError", "MedMambaPlanner", "UNetLikePlanner", "FixedLayoutPlanner", "planner_class",
+           "CONFIGURATIONS"]
 
 CONFIGURATIONS = ("3d_fullres", "2d")
 _SKIP = "_medmamba_skipped"
@@ -80,7 +83,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         configurations: which of "3d_fullres", "2d" to plan.
     """
 
-    architecture: str = ""
+    architecture: str = ""  # set, with deep_supervision, by planner_class() from the registry record
     deep_supervision: bool = False
     # Builder keywords the planner decides; a preset's [network] table must not set them.
     planner_keywords: frozenset[str] = frozenset({"deep_supervision", "spatial_dims"})
@@ -91,13 +94,14 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
                  preset: Preset | str | None = None, plans_dir=None,
                  configurations: Sequence[str] = CONFIGURATIONS) -> None:
         if not self.architecture:
-            raise TypeError("MedMambaPlanner is abstract: use the planner of an architecture (planner_class(name))")
+            raise TypeError(f"{type(self).__name__} is abstract: use the planner of an architecture "
+                            f"(planner_class(name))")
         preset = preset if isinstance(preset, Preset) else load_preset(preset or self.architecture, plans_dir)
         if preset.architecture != self.architecture:
             raise PlanningError(f"preset {preset.name!r} ({preset.path}) is for architecture "
                                 f"{preset.architecture!r}, not {self.architecture!r}; use "
                                 f"planner_class({preset.architecture!r})")
-        taken = sorted(set(preset.network) & self.planner_keywords)
+        taken = sorted(set(preset.network) & self.decided_keywords())
         if taken:
             raise PlanningError(f"preset {preset.name} ({preset.path}): [network] sets {', '.join(taken)}, which "
                                 f"the {type(self).__name__} decides (see [topology] for features and blocks)")
@@ -110,7 +114,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
             raise PlanningError(f"GPU memory target {target} GB is not more than the reserve of preset "
                                 f"{preset.name!r} ({preset.memory.reserve_gb} GB for the CUDA context and "
                                 f"workspaces): no training step fits")
-        super().__init__(dataset_name_or_id, target, preprocessor_name, plans_name or f"medmambaPlans_{preset.name}",
+        super().__init__(dataset_name_or_id, target, preprocessor_name, plans_name or plans_identifier(preset.name),
                          overwrite_target_spacing, suppress_transpose)
         self.preset = preset
         self.configurations = tuple(configurations)
@@ -131,6 +135,10 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         names = self.dataset_json.get("channel_names", self.dataset_json.get("modality", {}))
         self.num_input_channels = len(names)
         self._networks: dict = {}  # per-planner cache of candidate networks (their specs)
+
+    def decided_keywords(self) -> frozenset[str]:
+        """Builder keywords this planner sets, which a preset's [network] table must not set."""
+        return self.planner_keywords
 
     # -- nnU-Net hooks ---------------------------------------------------------------------------
 
@@ -206,7 +214,9 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
             "planner": type(self).__name__,
             "gpu_memory_target_gb": self.budget.target_gb,
             "precision": self.memory_model.precision,
-            "recipe": dict(self.preset.recipe),
+            # The recipe is chosen when training (--recipe); the plans record the paper's, for reference.
+            "recipe": {"paper": registry.get(self.architecture).paper_recipe,
+                       "facts": dict(self.preset.recipe_facts)},
         }
         super().save_plans(plans)
 
@@ -231,20 +241,21 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
 
     def _fits(self, net: NetworkSpec, patch: Sequence[int]) -> tuple[bool, StepMemory] | None:
         """Whether ``min_batch_size`` fits at ``patch`` (extrapolated first, confirmed by a trace),
-        or None when the network rejects ``patch`` (its own ValueError)."""
+        or None when the network rejects ``patch`` (its own :class:`InputSizeError`; any other
+        error is a failure and propagates)."""
         bs = self.UNet_min_batch_size
         try:
             step = self.memory_model.estimate(net, patch, bs)
             if self.budget.fits(step) and step.source != "trace":
                 step = self.memory_model.trace(net, patch, bs)
-        except ValueError:
+        except InputSizeError:
             return None
         return self.budget.fits(step), step
 
     def _rejected(self, net: NetworkSpec, patch) -> PlanningError:
         try:  # the network's own message
             self.memory_model.trace(net, patch, self.UNet_min_batch_size)
-        except ValueError as err:
+        except InputSizeError as err:
             return PlanningError(f"{self.preset.name}: the network rejects patch {list(patch)}: {err}")
         return PlanningError(f"{self.preset.name}: the network rejects patch {list(patch)}")
 
@@ -254,7 +265,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         for net, patch in reversed(tried):
             try:
                 step = self.memory_model.trace(net, patch, self.UNet_min_batch_size)
-            except ValueError:
+            except InputSizeError:
                 continue
             return PlanningError(
                 f"{self.preset.name} does not fit {self.budget.target_gb:g} GB: even the smallest patch "
@@ -311,14 +322,16 @@ def _per_stage(values: Sequence[int], n: int) -> list[int]:
 class UNetLikePlanner(MedMambaPlanner):
     """Networks on nnU-Net's U-Net topology: stages, strides and kernels from
     ``get_pool_and_conv_props`` for each candidate patch, features ``min(base·2^i, max)``, blocks per
-    stage from the preset (written into ``arch_kwargs[blocks_keys]``)."""
+    stage from the preset (written into the arch_kwargs named by the registry record's
+    ``blocks_keywords``; the patch into its ``patch_keyword``, if any)."""
 
-    deep_supervision = True
     planner_keywords = MedMambaPlanner.planner_keywords | {
         "n_stages", "features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder",
         "input_size", "patch_size"}
-    blocks_keys: tuple[str, str] = ("n_conv_per_stage", "n_conv_per_stage_decoder")
-    patch_keyword: str | None = None  # builder keyword that receives the patch (U-Mamba Enc: input_size)
+
+    def decided_keywords(self) -> frozenset[str]:
+        record = registry.get(self.architecture)
+        return self.planner_keywords | set(record.blocks_keywords) | {record.patch_keyword} - {None}
 
     def _topology(self, spacing, patch):
         _, strides, kernels, patch, must_div = get_pool_and_conv_props(
@@ -330,14 +343,15 @@ class UNetLikePlanner(MedMambaPlanner):
         cap = self.UNet_max_features_2d if dim == 2 else self.UNet_max_features_3d
         kwargs = {"n_stages": n, "features_per_stage": [min(self.UNet_base_num_features * 2**i, cap) for i in range(n)],
                   "kernel_sizes": [list(map(int, k)) for k in kernels], "strides": [list(map(int, s)) for s in strides]}
-        if self.patch_keyword:
-            kwargs[self.patch_keyword] = list(patch)
+        record = registry.get(self.architecture)
+        if record.patch_keyword:
+            kwargs[record.patch_keyword] = list(patch)
         key = repr((dim, kwargs))
         cache = self._networks
         if key not in cache:
             model = self._build(dim, **kwargs)
             arch_kwargs = dict(registry.plans_architecture(model)["arch_kwargs"])
-            encoder_key, decoder_key = self.blocks_keys
+            encoder_key, decoder_key = record.blocks_keywords
             arch_kwargs[encoder_key] = _per_stage(self.preset.topology.blocks_encoder, n)
             arch_kwargs[decoder_key] = _per_stage(self.preset.topology.blocks_decoder, n - 1)
             cache[key] = self._spec(model, dim, arch_kwargs)
@@ -378,30 +392,22 @@ class FixedLayoutPlanner(MedMambaPlanner):
     ``divisible_by`` (which must be a multiple of the network's own requirement), and a patch the
     network accepts (its forward's own check)."""
 
-    deep_supervision = False
-
-    def _network_multiple(self, model: nn.Module, dim: int) -> list[int]:
-        multiple = getattr(model, "size_multiple", None)  # MHS-VM: per axis
-        if multiple is None:
-            multiple = model.total_stride  # SegMamba, LightM-UNet: one int
-        if isinstance(multiple, int):
-            multiple = [multiple] * dim
-        return [int(m) for m in multiple]
-
     def _layout(self, dim: int) -> tuple[NetworkSpec, list[int], int]:
         cache = self._networks
         if dim not in cache:
             model = self._build(dim)
-            own = self._network_multiple(model, dim)
+            try:
+                layout = stage_layout(model)
+            except TypeError as err:
+                raise PlanningError(f"{self.architecture}: {err}") from None
+            own = [int(m) for m in layout.input_multiple]
             wanted = self.preset.topology.divisible_by
             bad = [m for m in own if wanted % m]
             if bad:
                 raise PlanningError(f"preset {self.preset.name} ({self.preset.path}): divisible_by = {wanted}, but the "
                                     f"{self.architecture} network needs every axis to be a multiple of "
                                     f"{own} ({dim}D)")
-            stages = next(v for v in (getattr(model, "num_stages", None), getattr(model, "n_stages", None),
-                                      len(getattr(model, "blocks_down", ())) or None) if v)
-            cache[dim] = (self._spec(model, dim), [wanted] * dim, int(stages))
+            cache[dim] = (self._spec(model, dim), [wanted] * dim, layout.n_stages)
         return cache[dim]
 
     def search_patch(self, spacing, median):
@@ -444,67 +450,20 @@ class FixedLayoutPlanner(MedMambaPlanner):
 
 # -- one planner per architecture ------------------------------------------------------------------
 
-class UNetPlanner(UNetLikePlanner):
-    """nnU-Net's default U-Net (PlainConvUNet): 2 convs per stage in encoder and decoder."""
-
-    architecture = "unet"
-
-
-class ResEncMPlanner(UNetLikePlanner):
-    """nnU-Net's ResEnc M preset (ResidualEncoderUNet, blocks 1,3,4,6,6,6…, 1 decoder conv; 8 GB, no
-    5 % batch cap), with medmamba's memory model instead of nnU-Net's reference values."""
-
-    architecture = "resenc_m"
-    blocks_keys = ("n_blocks_per_stage", "n_conv_per_stage_decoder")
-
-
-class ResEncLPlanner(ResEncMPlanner):
-    """nnU-Net's ResEnc L preset: ResEnc M at 24 GB."""
-
-    architecture = "resenc_l"
-
-
-class UMambaBotPlanner(UNetLikePlanner):
-    """U-Mamba Bot on nnU-Net's topology (U-Mamba used nnU-Net's default planner)."""
-
-    architecture = "umamba_bot"
-
-
-class UMambaEncPlanner(UNetLikePlanner):
-    """U-Mamba Enc: as Bot, and ``input_size`` = the planned patch (its channel-token rule)."""
-
-    architecture = "umamba_enc"
-    patch_keyword = "input_size"
-
-
-class SegMambaPlanner(FixedLayoutPlanner):
-    """SegMamba: 3D only, four stages, every axis a multiple of 16, no deep supervision."""
-
-    architecture = "segmamba"
-
-
-class LightMUNetPlanner(FixedLayoutPlanner):
-    """LightM-UNet: fixed sizes, every axis a multiple of 8, no deep supervision."""
-
-    architecture = "lightm_unet"
-
-
-class MHSVMPlanner(FixedLayoutPlanner):
-    """MHS-VM: every axis a multiple of patch_size · 2^(stages − 1) (32), no deep supervision."""
-
-    architecture = "mhs_vm"
-
-
-PLANNERS: dict[str, type[MedMambaPlanner]] = {
-    cls.architecture: cls for cls in (UNetPlanner, ResEncMPlanner, ResEncLPlanner, UMambaBotPlanner,
-                                      UMambaEncPlanner, SegMambaPlanner, LightMUNetPlanner, MHSVMPlanner)
-}
-"""Architecture name → its planner class."""
+_PLANNER_KINDS: dict[str, type[MedMambaPlanner]] = {"unet": UNetLikePlanner, "fixed": FixedLayoutPlanner}
+_planner_classes: dict[registry.Architecture, type[MedMambaPlanner]] = {}
 
 
 def planner_class(architecture: str) -> type[MedMambaPlanner]:
-    """The planner of a registered architecture."""
-    if architecture not in PLANNERS:
-        known = ", ".join(PLANNERS)
-        raise PlanningError(f"no planner for architecture {architecture!r}; planners exist for {known}")
-    return PLANNERS[architecture]
+    """The planner of a registered architecture: the planner of its registry record's kind, with
+    the architecture's name and deep supervision (one class per architecture, made once)."""
+    try:
+        record = registry.get(architecture)
+    except ValueError as err:
+        raise PlanningError(str(err)) from None
+    if record not in _planner_classes:
+        base = _PLANNER_KINDS[record.planner]
+        _planner_classes[record] = type(f"{base.__name__}_{architecture}", (base,), {
+            "__module__": __name__, "__doc__": f"{base.__name__} for {architecture}: {record.summary}",
+            "architecture": architecture, "deep_supervision": record.deep_supervision})
+    return _planner_classes[record]

@@ -1,8 +1,10 @@
 """Declarative planner presets: one TOML file per name in ``plans/`` (or a user folder).
 
 A preset gives the planner its defaults for one architecture: the memory target and how memory is
-accounted, the topology policy (features, blocks per stage, or a fixed input-size multiple), the
-builder keywords of the network, and the training recipe's name and facts. The planner looks a
+accounted, the topology policy (features and blocks per stage, or a fixed input-size multiple), the
+builder keywords of the network, and the facts of the paper's training recipe (documentation carried
+into the plans). What kind of topology applies, and which recipe ``--recipe paper`` means, are facts of
+the architecture: its registry record (:mod:`medmamba.models.registry`) says them, not the preset. The planner looks a
 preset up by file name, so a user adds ``my_unet.toml`` (``architecture = "unet"`` with other
 defaults) to a folder of their own and plans with ``--arch my_unet`` without touching code.
 
@@ -13,8 +15,8 @@ Search order for a name (first match wins, so a user folder can shadow a built-i
 3. the shipped presets: the checkout's ``plans/`` folder, or in a regular install the package
    ``medmamba_plans`` (see :func:`builtin_plans_dir`).
 
-File layout (every table but ``[network]`` and ``[recipe]`` has a fixed set of keys; an unknown key
-is an error naming the file, so a typo never silently falls back to a default)::
+File layout (every table but ``[network]`` and ``[recipe.facts]`` has a fixed set of keys; an unknown
+key is an error naming the file, so a typo never silently falls back to a default)::
 
     architecture = "unet"            # a name from medmamba.models.registry.available()
     description = "..."
@@ -28,20 +30,18 @@ is an error naming the file, so a typo never silently falls back to a default)::
     max_dataset_covered = 0.05       # a batch covers at most this fraction of the dataset's voxels
     min_batch_size = 2
 
-    [topology]                       # U-Net-like networks (nnU-Net's get_pool_and_conv_props):
-    kind = "unet"
+    [topology]                       # architectures whose registry planner is "unet" (nnU-Net's topology):
     features_base = 32
     features_max_3d = 320
     features_max_2d = 512
     featuremap_min_edge = 4
     blocks_encoder = [2, 2, ...]     # per stage, cut to the planned number of stages
     blocks_decoder = [2, 2, ...]
-    # or, for networks with a fixed layout:
-    # kind = "fixed"
+    # or, for architectures whose registry planner is "fixed" (layout independent of the patch):
     # divisible_by = 16              # every patch axis is a multiple of this
 
     [network]                        # keywords for the registry builder, as they are
-    [recipe]                         # name = shared default recipe, paper = the paper's recipe, facts
+    [recipe.facts]                   # what the paper trained with (text, carried into the plans)
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ PLANS_DIR_ENV = "MEDMAMBA_PLANS_DIR"
 explicit ``plans_dir`` argument and before the built-in ``plans/``."""
 
 PRECISIONS = ("amp", "fp32")
-TOPOLOGY_KINDS = ("unet", "fixed")
 
 # Defaults for what is a property of the GPU and the runtime rather than of an architecture; a preset
 # may override them. Calibrated from public figures, not measured here (no GPU): the CUDA context of a
@@ -95,15 +94,15 @@ class MemoryPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """How patch size and network layout go together.
+    """How patch size and network layout go together, for the architecture's planner kind (its
+    registry record's ``planner``).
 
-    ``kind="unet"``: nnU-Net's pooling topology per patch (``get_pool_and_conv_props``), features
+    "unet": nnU-Net's pooling topology per patch (``get_pool_and_conv_props``), features
     ``min(features_base·2^i, features_max_{2d,3d})``, blocks per stage cut to the stage count.
-    ``kind="fixed"``: the network's layout does not depend on the patch; every patch axis is a
-    multiple of ``divisible_by``.
+    "fixed": the network's layout does not depend on the patch; every patch axis is a multiple of
+    ``divisible_by``.
     """
 
-    kind: str
     features_base: int = 32
     features_max_3d: int = 320
     features_max_2d: int = 512
@@ -123,7 +122,7 @@ class Preset:
     memory: MemoryPolicy
     topology: Topology
     network: dict[str, Any]
-    recipe: dict[str, Any]
+    recipe_facts: dict[str, str]
     path: Path
 
     def as_dict(self) -> dict:
@@ -131,7 +130,7 @@ class Preset:
         return {
             "name": self.name, "architecture": self.architecture, "description": self.description,
             "memory": dataclasses.asdict(self.memory), "topology": dataclasses.asdict(self.topology),
-            "network": dict(self.network), "recipe": dict(self.recipe), "path": str(self.path),
+            "network": dict(self.network), "recipe_facts": dict(self.recipe_facts), "path": str(self.path),
         }
 
 
@@ -217,6 +216,7 @@ def _read(path: Path) -> Preset:
 
     if architecture not in registry.available():
         fail(f"architecture {architecture!r} is not registered; available: {', '.join(registry.available())}")
+    planner = registry.get(architecture).planner
     for table in ("memory", "topology", "network", "recipe"):
         if not isinstance(data.get(table, {}), dict):
             fail(f"[{table}] must be a table")
@@ -245,15 +245,15 @@ def _read(path: Path) -> Preset:
         fail("[memory] needs optimizer_states ≥ 0, min_batch_size ≥ 1 and 0 < max_dataset_covered ≤ 1")
 
     topo = dict(data.get("topology", {}))
+    if "kind" in topo:
+        fail(f"[topology] kind is not a preset key: the {architecture} architecture is planned as "
+             f"\"{planner}\" (its registry record decides); remove the line")
     unknown = set(topo) - _TOPOLOGY_KEYS
     if unknown:
         fail(f"unknown [topology] key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TOPOLOGY_KEYS))}")
-    kind = topo.get("kind")
-    if kind not in TOPOLOGY_KINDS:
-        fail(f"[topology] kind must be one of {', '.join(TOPOLOGY_KINDS)}, got {kind!r}")
     try:
         topology = Topology(
-            kind=kind, features_base=int(topo.get("features_base", 32)),
+            features_base=int(topo.get("features_base", 32)),
             features_max_3d=int(topo.get("features_max_3d", 320)),
             features_max_2d=int(topo.get("features_max_2d", 512)),
             featuremap_min_edge=int(topo.get("featuremap_min_edge", 4)),
@@ -262,16 +262,28 @@ def _read(path: Path) -> Preset:
             divisible_by=None if topo.get("divisible_by") is None else int(topo["divisible_by"]))
     except (TypeError, ValueError) as err:
         fail(f"[topology] has a value of the wrong type ({err})")
-    if kind == "unet" and (not topology.blocks_encoder or not topology.blocks_decoder):
-        fail("[topology] kind = \"unet\" needs blocks_encoder and blocks_decoder (blocks per stage)")
-    if kind == "fixed" and (topology.divisible_by is None or topology.divisible_by < 1):
-        fail("[topology] kind = \"fixed\" needs divisible_by (a positive int: every patch axis is a multiple)")
-    if kind == "fixed" and (topology.blocks_encoder or topology.blocks_decoder):
-        fail("[topology] kind = \"fixed\" takes no blocks_encoder/blocks_decoder (set them in [network])")
+    planned_as = f"{architecture} is planned as \"{planner}\""
+    if planner == "unet" and (not topology.blocks_encoder or not topology.blocks_decoder):
+        fail(f"[topology] needs blocks_encoder and blocks_decoder (blocks per stage): {planned_as}")
+    if planner == "unet" and topology.divisible_by is not None:
+        fail(f"[topology] takes no divisible_by ({planned_as}: the planned strides decide)")
+    if planner == "fixed" and (topology.divisible_by is None or topology.divisible_by < 1):
+        fail(f"[topology] needs divisible_by (a positive int: every patch axis is a multiple): {planned_as}")
+    if planner == "fixed" and (topology.blocks_encoder or topology.blocks_decoder):
+        fail(f"[topology] takes no blocks_encoder/blocks_decoder ({planned_as}: set them in [network])")
 
     recipe = dict(data.get("recipe", {}))
-    if not isinstance(recipe.get("name"), str):
-        fail("[recipe] needs name = \"<training recipe identifier>\"")
+    chosen = sorted({"name", "paper"} & set(recipe))
+    if chosen:
+        fail(f"[recipe] {' and '.join(chosen)}: a preset does not choose the training recipe (plan-and-train "
+             f"--recipe does: default, paper = the registry's {registry.get(architecture).paper_recipe} for "
+             f"{architecture}, or a recipe name); remove the line(s)")
+    unknown = set(recipe) - {"facts"}
+    if unknown:
+        fail(f"unknown [recipe] key(s) {', '.join(sorted(unknown))}; allowed: a [recipe.facts] table")
+    facts = recipe.get("facts", {})
+    if not isinstance(facts, dict) or not all(isinstance(v, str) for v in facts.values()):
+        fail("[recipe.facts] must be a table of text values (what the paper trained with)")
     return Preset(name=path.stem, architecture=architecture, description=str(data.get("description", "")),
-                  memory=policy, topology=topology, network=dict(data.get("network", {})), recipe=recipe,
+                  memory=policy, topology=topology, network=dict(data.get("network", {})), recipe_facts=dict(facts),
                   path=path.resolve())

@@ -6,7 +6,6 @@ Importing this package does not import nnunetv2; :mod:`.trainers` and :mod:`.run
 
 from .recipes import (
     DEFAULT_RECIPE,
-    PAPER_RECIPES,
     RECIPES,
     Recipe,
     available_recipes,
@@ -16,7 +15,6 @@ from .recipes import (
 
 __all__ = [
     "DEFAULT_RECIPE",
-    "PAPER_RECIPES",
     "RECIPES",
     "Recipe",
     "available_recipes",

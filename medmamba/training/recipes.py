@@ -2,11 +2,12 @@
 
 A :class:`Recipe` says which optimiser, schedule, loss, deep supervision, precision and gradient
 clipping a run uses; :mod:`medmamba.training.trainers` turns it into an nnU-Net trainer subclass.
-The shared default (``nnunet_default``) keeps the comparison fair (DESIGN decision 5): every
+The shared default (``nnunet_default``) keeps the comparison fair (docs/design.md, decision 5): every
 architecture trained with it differs from the others only in its network. The paper recipe of an
-architecture is one flag away (``recipe="paper"``).
+architecture is one flag away (``recipe="paper"``); which one that is, is a fact of the architecture,
+kept in its registry record (``medmamba.models.registry``, ``paper_recipe``).
 
-Sources: ``shared/reference/networks.md`` §7 (per-paper training) and nnU-Net 2.8.1's trainer.
+Sources: docs/recipes.md (per-paper training) and nnU-Net 2.8.1's trainer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_RECIPE",
-    "PAPER_RECIPES",
     "RECIPES",
     "Recipe",
     "available_recipes",
@@ -131,20 +131,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 #: The recipe every architecture trains with unless asked otherwise (fair comparison).
 DEFAULT_RECIPE = "nnunet_default"
 
-#: Each architecture's paper recipe. U-Mamba's released commands train with the stock nnU-Net trainer
-#: settings (its NoAMP trainer is a fallback for NaNs, selectable as ``umamba_noamp``).
-PAPER_RECIPES: dict[str, str] = {
-    "unet": "nnunet_default",
-    "resenc_m": "nnunet_default",
-    "resenc_l": "nnunet_default",
-    "umamba_bot": "nnunet_default",
-    "umamba_enc": "nnunet_default",
-    "segmamba": "segmamba_ce",
-    "lightm_unet": "lightm_unet_adam",
-    "mhs_vm": "mhs_vm_adamw",
-}
-
-
 def available_recipes() -> list[str]:
     """Names of every recipe."""
     return list(RECIPES)
@@ -160,8 +146,8 @@ def get_recipe(name: str) -> Recipe:
 def resolve_recipe(recipe: str | Recipe | None, architecture: str | None = None) -> Recipe:
     """Turn a user's choice into a recipe.
 
-    ``None``/"default" → the shared default; "paper" → ``architecture``'s paper recipe; a recipe
-    name → that recipe; a :class:`Recipe` → itself.
+    ``None``/"default" → the shared default; "paper" → ``architecture``'s paper recipe (its
+    registry record's ``paper_recipe``); a recipe name → that recipe; a :class:`Recipe` → itself.
     """
     if isinstance(recipe, Recipe):
         return recipe
@@ -170,7 +156,7 @@ def resolve_recipe(recipe: str | Recipe | None, architecture: str | None = None)
     if recipe == "paper":
         if architecture is None:
             raise ValueError("recipe='paper' needs the architecture name (could not infer it from the plans)")
-        if architecture not in PAPER_RECIPES:
-            raise ValueError(f"no paper recipe for architecture {architecture!r}; known: {', '.join(PAPER_RECIPES)}")
-        return RECIPES[PAPER_RECIPES[architecture]]
+        from medmamba.models import registry
+
+        return get_recipe(registry.get(architecture).paper_recipe)
     return get_recipe(recipe)

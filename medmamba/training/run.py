@@ -44,10 +44,6 @@ from medmamba.processes import children_die_with_parent, die_with_parent
 
 from .recipes import Recipe, resolve_recipe
 
-_ARCH_BY_CLASS = {"PlainConvUNet": "unet", "ResidualEncoderUNet": "resenc_m", "UMambaBot": "umamba_bot",
-                  "UMambaEnc": "umamba_enc", "SegMamba": "segmamba", "LightMUNet": "lightm_unet",
-                  "MHSVM": "mhs_vm"}
-
 
 @dataclasses.dataclass
 class TrainResult:
@@ -139,9 +135,15 @@ def _resolve_dataset(dataset: str | int | os.PathLike) -> tuple[str, str]:
 
 
 def _infer_architecture(plans: dict, configuration: str) -> str | None:
+    """The registry architecture of the plans (see ``architectures_of_network``); None when the
+    plans' network could be several (ResidualEncoderUNet: resenc_m or resenc_l) or none."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medmamba.models import registry
+
     cls = PlansManager(plans).get_configuration(configuration).network_arch_class_name
-    return _ARCH_BY_CLASS.get(cls.rsplit(".", 1)[-1])
+    names = registry.architectures_of_network(cls, plans)
+    return names[0] if len(names) == 1 else None
 
 
 def _free_port() -> int:

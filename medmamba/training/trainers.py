@@ -2,7 +2,7 @@
 
 Every trainer here is a subclass of nnunetv2's ``nnUNetTrainer`` with the same constructor
 signature (nnU-Net records ``__init__``'s arguments by name, so extra parameters would break it).
-Construct them directly (DESIGN decision 1); never look them up by name. Per-run settings that
+Construct them directly (docs/design.md, decision 1); never look them up by name. Per-run settings that
 nnU-Net hard-codes in ``__init__`` (``num_epochs``, ``num_iterations_per_epoch``,
 ``num_val_iterations_per_epoch``) are set on the instance after construction and before
 ``initialize()`` (the LR schedule is built from ``num_epochs`` in ``initialize``).
@@ -10,9 +10,9 @@ nnU-Net hard-codes in ``__init__`` (``num_epochs``, ``num_iterations_per_epoch``
 What the base class is changed for, and why:
 
 - the recipe: optimiser, LR schedule, loss, deep supervision, AMP and gradient clipping;
-- networks without deep supervision (SegMamba, LightM-UNet, MHS-VM): ``enable_deep_supervision``
-  is forced off and ``set_deep_supervision_enabled`` does nothing for them (they have no
-  ``decoder.deep_supervision``);
+- networks without deep supervision (their registry record says so: SegMamba, LightM-UNet, MHS-VM):
+  ``enable_deep_supervision`` is forced off and ``set_deep_supervision_enabled`` does nothing for
+  them (they have no ``decoder.deep_supervision``);
 - DDP off CUDA: nnU-Net's ``__init__`` moves every DDP rank to ``cuda:rank`` and wraps the network
   in ``DDP(device_ids=[rank])``; here a CPU (gloo) run stays on the CPU and DDP gets no device ids;
 - checkpoints are written to a temporary name and renamed (``os.replace``), every epoch, and hold
@@ -29,7 +29,6 @@ import copy
 import glob
 import math
 import os
-import pydoc
 import random
 import sys
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from medmamba.data.labels import short_region_name
+from medmamba.models import registry
 
 from .recipes import RECIPES, Recipe, get_recipe
 
@@ -78,17 +78,12 @@ __all__ = [
     "trainer_class",
 ]
 
-# Network classes with a single output. A class may also declare ``supports_deep_supervision``.
-_NO_DEEP_SUPERVISION = {"SegMamba", "LightMUNet", "MHSVM"}
-
-
-def network_supports_deep_supervision(network_class_name: str) -> bool:
-    """Whether the plans' network class (dotted path) has nnU-Net deep supervision."""
-    cls = pydoc.locate(network_class_name)
-    short = network_class_name.rsplit(".", 1)[-1]
-    if cls is not None and getattr(cls, "supports_deep_supervision", None) is not None:
-        return bool(cls.supports_deep_supervision)
-    return short not in _NO_DEEP_SUPERVISION
+def network_supports_deep_supervision(plans: dict, network_class_name: str) -> bool:
+    """Whether the plans' network (class as a dotted path) has nnU-Net deep supervision, as its
+    architecture's registry record says; a network the registry does not build is one of nnU-Net's
+    own, which all have it."""
+    names = registry.architectures_of_network(network_class_name, plans)
+    return all(registry.get(name).deep_supervision for name in names)
 
 
 def labels_from_regions(dataset_json: dict) -> dict:
@@ -184,7 +179,7 @@ class MedMambaTrainer(nnUNetTrainer):
         if self.device.type != "cuda" or not self.recipe.amp:
             self.grad_scaler = None
         self.enable_deep_supervision = bool(self.recipe.deep_supervision) and network_supports_deep_supervision(
-            self.configuration_manager.network_arch_class_name)
+            self.plans_manager.plans, self.configuration_manager.network_arch_class_name)
         self.initial_lr = self.recipe.lr
         self.weight_decay = self.recipe.weight_decay
         self.save_every = 1  # checkpoint_latest every epoch, so --continue loses at most one epoch
@@ -204,7 +199,7 @@ class MedMambaTrainer(nnUNetTrainer):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         ds = enable_deep_supervision and network_supports_deep_supervision(
-            configuration_manager.network_arch_class_name)
+            plans_manager.plans, configuration_manager.network_arch_class_name)
         return get_network_from_plans(configuration_manager.network_arch_class_name,
                                       configuration_manager.network_arch_init_kwargs,
                                       configuration_manager.network_arch_init_kwargs_req_import,
