@@ -222,6 +222,62 @@ def test_mean_dice_difference_below_the_noise_level_is_flagged(tmp_path):
     assert "better (below the 0.3-point noise level)" in files.table_md.read_text()
 
 
+def _shifted(base: ArchitectureResult, name: str, shift) -> ArchitectureResult:
+    """``base`` with every Dice moved by ``shift(case index)``."""
+    rows = [dict(r, dice=r["dice"] + shift(int(r["case"][5:]))) for r in base.evaluation.rows]
+    return ArchitectureResult(name, Evaluation(rows=rows, empty_convention="brats", nsd_tolerance_mm=1.0))
+
+
+def test_the_report_opens_with_the_winner_the_margin_and_whether_it_is_conclusive(tmp_path):
+    from medmamba.evaluation.report import assemble_report
+
+    base = _fabricated(n_cases=8)[0]
+    # 8 cases, every one 2-3 points better: significant, and far above the noise level.
+    clear = assemble_report([base, _shifted(base, "umamba_bot", lambda i: 0.02 + 0.001 * i)], baseline="unet")
+    first, verdict = clear.headline
+    assert first.startswith("Highest mean Dice: umamba_bot,") and "2.35 points ahead of unet" in first
+    assert verdict.startswith("Conclusive: umamba_bot is better than unet on mean Dice (+2.35 points")
+    # The baseline wins: the verdict is about the runner-up against it.
+    worse = assemble_report([base, _shifted(base, "segmamba", lambda i: -0.02 - 0.001 * i)], baseline="unet")
+    assert worse.headline[0].startswith("Highest mean Dice: unet,")
+    assert worse.headline[1].startswith("Conclusive: segmamba is worse than unet")
+    # Three cases: no test can conclude, and the headline says so.
+    few = assemble_report([_fabricated(n_cases=3)[0], _shifted(_fabricated(n_cases=3)[0], "x", lambda i: 0.05)],
+                          baseline="unet")
+    assert few.headline[1].startswith("Not conclusive: x against the baseline unet: +5.00 points") and \
+        "too few cases (3 with a difference)" in few.headline[1]
+    # Mixed signs: no significant difference.
+    mixed = assemble_report([base, _shifted(base, "y", lambda i: 0.01 * (-1) ** i)], baseline="unet")
+    assert mixed.headline[1].endswith("no significant difference.")
+    assert "Not tested" in assemble_report([base, _shifted(base, "z", lambda i: 0.01)]).headline[1]
+    # The first screen: title, context, headline, then the results; the headline also ends the
+    # console summary and opens the Markdown.
+    files = write_report(tmp_path / "r", [base, _shifted(base, "umamba_bot", lambda i: 0.02 + 0.001 * i)],
+                         baseline="unet", settings={"dataset": "fabricated", "cases": "8"})
+    page = files.html.read_text()
+    assert page.index("Conclusive: umamba_bot") < page.index("<h2>Results</h2>") < page.index("<h2>Statistics")
+    assert files.table_md.read_text().splitlines()[2].startswith("Highest mean Dice: umamba_bot")
+    assert files.headline == clear.headline
+
+
+def test_the_statistics_table_is_grouped_by_architecture_and_metric(tmp_path):
+    results = _fabricated(n_cases=7)
+    files = write_report(tmp_path / "r", results, baseline="unet")
+    page = files.html.read_text()
+    table = page[page.index('<table class="stats">'):]
+    table = table[:table.index("</table>")]
+    # One block per architecture, its name once, spanning its 8 rows (4 regions × 2 metrics) ...
+    assert table.count("<tbody>") == 2
+    assert table.count('rowspan="8">umamba_bot</th>') == 1 and table.count(">umamba_bot<") == 1
+    # ... each metric once per block, spanning its 4 regions; every verdict coloured by its kind.
+    assert table.count('<td class="metric" rowspan="4">') == 4
+    assert table.count("<tr") == 1 + 16 and table.count("<tr class=mean>") == 4
+    # Markdown: the architecture and the metric on the first row of their group only.
+    stats_md = files.table_md.read_text().split("## Against the baseline")[1]
+    assert len([line for line in stats_md.splitlines() if line.startswith("| segmamba |")]) == 1
+    assert len([line for line in stats_md.splitlines() if "| HD95 (mm) |" in line]) == 2
+
+
 def test_report_folder_is_atomic_refuses_inputs_and_replaces_only_with_force(tmp_path):
     from medmamba.evaluation.compare import CompareError, report_folder
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ def test_each_record_agrees_with_its_network_its_planner_and_its_preset(name):
 
 def test_changing_a_record_changes_every_consumer(monkeypatch):
     """Nothing keeps a copy: a changed record is what planning, training and comparison then use."""
+    from medmamba.evaluation.compare import choose_baseline
     from medmamba.planning import planner_class
     from medmamba.training import resolve_recipe
     from medmamba.training.trainers import network_supports_deep_supervision
@@ -57,6 +59,7 @@ def test_changing_a_record_changes_every_consumer(monkeypatch):
     assert planner_class("umamba_bot").deep_supervision is False
     assert not network_supports_deep_supervision({"medmamba": {"architecture": "umamba_bot"}}, "any.Class")
     assert registry.baselines()[0] == "resenc_l"
+    assert choose_baseline(["unet", "resenc_l", "segmamba"], None) == ("resenc_l", None)
 
 
 # ------------------------------------------------------------------------------- regressions
@@ -86,6 +89,22 @@ def test_plans_name_their_architecture_resenc_l_is_not_resenc_m():
     assert not network_supports_deep_supervision(_plans(lightm, "lightm_unet"), lightm)
     assert not network_supports_deep_supervision({}, lightm)
     assert network_supports_deep_supervision({}, "dynamic_network_architectures.architectures.unet.PlainConvUNet")
+
+
+def test_compare_arch_selects_a_model_trained_under_two_recipes():
+    from medmamba.evaluation.compare import CompareError, select_models
+
+    models = [SimpleNamespace(name="umamba_bot", trainer="nnUNetTrainerMedMamba"),
+              SimpleNamespace(name="umamba_bot", trainer="nnUNetTrainerMedMambaSegMambaCE"),
+              SimpleNamespace(name="unet", trainer="nnUNetTrainerMedMamba")]
+    kept, names, skipped = select_models(models, [("segmamba", "no checkpoint_final.pth")], ["umamba_bot"])
+    assert names == ["umamba_bot@nnunet_default", "umamba_bot@segmamba_ce"] and kept == models[:2] and skipped == []
+    kept, names, _ = select_models(models, [], ["umamba_bot@segmamba_ce", "unet"])
+    assert names == ["umamba_bot@segmamba_ce", "unet"]
+    _, _, skipped = select_models(models, [("segmamba", "no checkpoint_final.pth")], ["segmamba", "unet"])
+    assert skipped == [("segmamba", "no checkpoint_final.pth")]
+    with pytest.raises(CompareError, match="--arch mhs_vm: not trained here"):
+        select_models(models, [], ["mhs_vm"])
 
 
 @pytest.fixture(scope="module")

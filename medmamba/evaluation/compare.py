@@ -12,12 +12,14 @@ What is compared, and how:
 - the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case>.nii.gz`` in the
   ground truth's label convention, timed per case (``time.perf_counter``) with the peak memory
   measured (:class:`medmamba.benchmarks.memory.PeakMemory`);
-- the scores: :func:`medmamba.evaluation.metrics.evaluate_folder` against the user's own label files;
+- the scores: :func:`medmamba.evaluation.folders.evaluate_folder` against the user's own label files;
 - the costs: parameters and forward FLOPs of the network built from the plans at the plans' patch size
   (batch 1, scan included), training time from the checkpoint's nnU-Net log (sum of the epochs'
   durations), and the planner's training-memory estimate.
 
-The report folder is built beside ``out`` under a temporary name and renamed when complete.
+Three steps: :func:`choose_models` (which models, cases and baseline; predicts nothing),
+:func:`predict_and_score` per model, and :func:`medmamba.evaluation.report.write_report`. The report
+folder is built beside ``out`` under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -31,20 +33,27 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from medmamba.files import atomic_output_folder
+from medmamba.models import registry
+from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
 from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
 
-__all__ = ["CompareError", "CompareResult", "HeldOutCase", "compare", "choose_baseline", "held_out_cases",
-           "network_costs", "training_time", "planned_training_memory", "report_folder", "BASELINE_FALLBACKS"]
+__all__ = ["CompareError", "CompareResult", "HeldOutCase", "Selection", "compare", "choose_models", "select_models",
+           "predict_and_score", "choose_baseline", "held_out_cases", "network_costs", "training_time",
+           "planned_training_memory", "report_folder", "MIN_RESAMPLES"]
 
-#: Baselines tried in order when none is named: nnU-Net's U-Net, then the ResEnc presets.
-BASELINE_FALLBACKS = ("unet", "resenc_m", "resenc_l")
+#: The fewest bootstrap resamples a comparison accepts (fewer make the confidence intervals noisy).
+MIN_RESAMPLES = 1000
 #: Channel names (lower case) preferred as the overlay's background, best first: FLAIR, then T2.
 _BACKGROUND_CHANNELS = ("flair", "t2f", "t2-flair", "t2", "t2w")
 
 
 class CompareError(ValueError):
     """A comparison that cannot be made: bad input folders, no trained model, inconsistent models."""
+
+
+class ModelFailure(Exception):
+    """One model could not be predicted or scored; the message says at which stage and why."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class CompareResult:
         lines += [note for note in self.report.notes if note.startswith("warning")]
         if self.baseline is None:
             lines.append("no statistics (no baseline, or one architecture only)")
+        lines += self.report.headline
         lines.append(f"report: {self.report.html}")
         return "\n".join(lines)
 
@@ -147,17 +157,20 @@ def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool =
 
 
 def choose_baseline(names: Sequence[str], requested: str | None) -> tuple[str | None, str | None]:
-    """(baseline, note): ``requested`` if given (it must be among ``names``), else the first of
-    :data:`BASELINE_FALLBACKS` present; (None, why) when there is none or only one architecture."""
+    """(baseline, note): ``requested`` if given (it must be among ``names``), else the first of the
+    registry's baselines (:func:`medmamba.models.registry.baselines`) present, trained under any
+    recipe; (None, why) when there is none."""
     if requested is not None:
         if requested not in names:
             raise CompareError(f"--baseline {requested} is not among the compared architectures "
                                f"({', '.join(names) or 'none'})")
         return requested, None
-    for name in BASELINE_FALLBACKS:
-        if name in names:
-            return name, None if name == "unet" else f"no unet trained: {name} is the baseline"
-    return None, (f"no baseline: none of {', '.join(BASELINE_FALLBACKS)} was compared and --baseline was not given; "
+    order = registry.baselines()
+    for candidate in order:
+        found = [n for n in names if n.split("@")[0] == candidate]
+        if found:
+            return found[0], None if candidate == order[0] else f"no {order[0]} trained: {found[0]} is the baseline"
+    return None, (f"no baseline: none of {', '.join(order)} was compared and --baseline was not given; "
                   f"no statistics")
 
 
@@ -234,11 +247,11 @@ def _gt_folder(cases: Sequence[HeldOutCase], folder: Path) -> Path:
     return folder
 
 
-def _arch_of_folder(name: str) -> str:
-    """The architecture of a trainer folder name ``<Trainer>__medmambaPlans_<arch>__<configuration>``
-    (the whole name for other layouts), to report skipped folders by architecture."""
-    parts = name.split("__")
-    return parts[1].removeprefix("medmambaPlans_") if len(parts) == 3 else name
+def _name_of_folder(name: str) -> str:
+    """The model name (preset) of a trainer folder name ``<Trainer>__medmambaPlans_<name>__<configuration>``
+    (the whole folder name for other layouts), to report skipped folders by what ``--arch`` named."""
+    parts = split_trainer_folder_name(name)
+    return (preset_of_plans_identifier(parts[1]) or name) if parts else name
 
 
 def _recipe(trainer: str) -> str:
@@ -249,54 +262,75 @@ def _recipe(trainer: str) -> str:
 
 
 def _unique_names(models) -> list[str]:
-    """Architecture names, with ``@recipe`` added where one architecture was trained with several recipes."""
-    base = [m.arch for m in models]
+    """Model names, with ``@recipe`` added where one name was trained with several recipes."""
+    base = [m.name for m in models]
     return [f"{b}@{_recipe(m.trainer)}" if base.count(b) > 1 else b for b, m in zip(base, models)]
 
 
-def _trained_models(results: Path, fold: str | None) -> tuple[list, list[tuple[str, str]]]:
-    """(models, [(architecture, why skipped)]) from :func:`medmamba.inference.list_trained_models`."""
-    from medmamba.inference import list_trained_models
+@dataclass
+class Selection:
+    """What :func:`compare` compares, decided before anything is predicted.
 
-    models, skipped = list_trained_models(results, fold=fold)
-    return list(models), [(_arch_of_folder(folder), reason) for folder, reason in skipped]
-
-
-# ------------------------------------------------------------------------------------------ compare
-
-def compare(results: str | Path, out: str | Path, *, baseline: str | None = None, test: str | Path | None = None,
-            archs: Sequence[str] | None = None, fold: str | int | None = None, device: str = "auto",
-            tta: bool = False, empty: str = "brats", overlay_case: str | None = None, force: bool = False,
-            seed: int = 0, n_resamples: int = 10_000, log: Callable[[str], None] = print) -> CompareResult:
-    """Predict, evaluate and report every trained architecture of a ``plan-and-train`` work folder.
-
-    Args:
-        results: the work folder (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
-        out: the report folder (must not exist or be empty, unless ``force``; not inside an input).
-        baseline: the architecture the others are tested against; None: unet, else resenc_m/resenc_l.
-        test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
-            for models trained on fold "all").
-        archs: only these architectures (names as listed; default all).
-        fold: the fold to compare where a trainer folder holds several (default: each folder's only one).
-        device: "auto", "cpu" or "cuda", for prediction.
-        tta: mirroring test-time augmentation.
-        empty: evaluate's empty-mask convention ("brats", …).
-        overlay_case: the case of the overlay figure (default: the first held-out case).
-        force: replace an existing report folder.
-        seed, n_resamples: the bootstrap's.
-        log: progress lines.
-    Raises:
-        CompareError: bad folders or options, no trained model, models of different datasets or folds,
-            every architecture skipped.
+    Attributes:
+        results: the work folder.
+        models: the trained models, the baseline first; ``names`` their labels in the report (the
+            ``--arch`` name, with ``@recipe`` where one name was trained with several recipes).
+        skipped: (name, why) of models left out before prediction.
+        dataset, fold: what they were trained on.
+        cases: the cases to predict and score; ``source`` says where they come from.
+        convention: the label convention the predictions are written and scored in.
+        channels: the cases' channel names (the overlay shows a FLAIR/T2-like one).
+        baseline: the name the others are tested against, or None (no statistics).
+        notes: lines for the report.
+        inputs: folders the report must not be written into (the work folder, the test data, the
+            training data the work folder references).
     """
-    import torch
 
-    from medmamba.benchmarks.memory import PeakMemory
-    from medmamba.inference import Predictor
-    from medmamba.devices import resolve_device
+    results: Path
+    models: list
+    names: list[str]
+    skipped: list[tuple[str, str]]
+    dataset: str
+    fold: str
+    cases: list[HeldOutCase]
+    source: str
+    convention: str | None
+    channels: tuple[str, ...]
+    baseline: str | None
+    notes: list[str]
+    inputs: list[Path]
 
-    from .folders import evaluate_folder
-    from .metrics import check_empty_convention
+
+def select_models(models: Sequence, skipped: Sequence[tuple[str, str]], archs: Sequence[str] | None
+                  ) -> tuple[list, list[str], list[tuple[str, str]]]:
+    """(models, their report names, skipped) restricted to ``archs``: a name selects every model
+    trained under it (``umamba_bot`` selects ``umamba_bot@nnunet_default`` and
+    ``umamba_bot@segmamba_ce``), ``name@recipe`` one of them.
+
+    Raises:
+        CompareError: a name in ``archs`` that names no trained (or skipped) model.
+    """
+    models, skipped = list(models), list(skipped)
+    names = _unique_names(models)
+    if not archs:
+        return models, names, skipped
+    trained = set(names) | {m.name for m in models}
+    unknown = [a for a in archs if a not in trained and a not in {n for n, _ in skipped}]
+    if unknown:
+        raise CompareError(f"--arch {', '.join(unknown)}: not trained here (trained: {', '.join(names) or 'none'})")
+    keep = [i for i, (n, m) in enumerate(zip(names, models)) if n in archs or m.name in archs]
+    return [models[i] for i in keep], [names[i] for i in keep], [(a, r) for a, r in skipped if a in archs]
+
+
+def choose_models(results: str | Path, *, test: str | Path | None = None, archs: Sequence[str] | None = None,
+                  fold: str | int | None = None, baseline: str | None = None, overlay_case: str | None = None,
+                  log: Callable[[str], None] = print) -> Selection:
+    """Which models, which cases, which baseline: every check of :func:`compare` that predicts nothing.
+
+    Raises:
+        CompareError: bad folders or options, no trained model, models of different datasets or folds.
+    """
+    from medmamba.inference import list_trained_models
 
     results = Path(results).expanduser().absolute()
     if not results.is_dir():
@@ -306,22 +340,8 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     test = Path(test).expanduser().absolute() if test is not None else None
     if test is not None and not test.is_dir():
         raise CompareError(f"--test {test} is not a folder")
-    empty = check_empty_convention(empty)
-    try:
-        dev = resolve_device(device)
-    except (RuntimeError, ValueError) as err:
-        raise CompareError(str(err)) from None
-
-    models, skipped = _trained_models(results, None if fold is None else str(fold))
-    names = _unique_names(models)
-    if archs:
-        unknown = [a for a in archs if a not in names and a not in {n for n, _ in skipped}]
-        if unknown:
-            raise CompareError(f"--arch {', '.join(unknown)}: not trained in {results} (trained: "
-                               f"{', '.join(names) or 'none'})")
-        keep = [i for i, n in enumerate(names) if n in archs]
-        models, names = [models[i] for i in keep], [names[i] for i in keep]
-        skipped = [(a, r) for a, r in skipped if a in archs]
+    models, skipped_folders = list_trained_models(results, fold=None if fold is None else str(fold))
+    models, names, skipped = select_models(models, [(_name_of_folder(f), r) for f, r in skipped_folders], archs)
     for name, reason in skipped:
         log(f"skipped {name}: {reason}")
     if not models:
@@ -358,92 +378,169 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     if convention != train_convention:
         notes.append(f"predictions written in the test data's label convention {convention} (training data: "
                      f"{train_convention or 'unknown'})")
-    case_ids = [c.case_id for c in cases]
-    if overlay_case is not None and overlay_case not in case_ids:
-        raise CompareError(f"--overlay-case {overlay_case} is not a held-out case ({', '.join(case_ids)})")
+    if overlay_case is not None and overlay_case not in [c.case_id for c in cases]:
+        raise CompareError(f"--overlay-case {overlay_case} is not a held-out case "
+                           f"({', '.join(c.case_id for c in cases)})")
     chosen, baseline_note = choose_baseline(names, baseline)
     if baseline_note:
         notes.append(baseline_note)
     if chosen is not None:  # the baseline first: the table reads top-down from it
         order = sorted(range(len(names)), key=lambda i: names[i] != chosen)
         models, names = [models[i] for i in order], [names[i] for i in order]
-    log(f"comparing {', '.join(names)} on {source}")
-
     inputs = [results, *([test] if test is not None else []),
               *(Path(r) for r in (record or {}).get("source", {}).get("roots", []))]
+    return Selection(results, models, names, skipped, dataset, fold, cases, source, convention, tuple(channels),
+                     chosen, notes, inputs)
+
+
+def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], predictions: Path, ground_truth: Path, *,
+                      device, tta: bool, convention: str | None, empty: str, final_predictions: Path,
+                      log: Callable[[str], None] = print) -> tuple[ArchitectureResult, list[str]]:
+    """Predict ``cases`` with one model into ``predictions``, score them against ``ground_truth`` (a
+    folder of label maps ``<case_id>.nii.gz``) and measure its costs.
+
+    Returns:
+        (the architecture's result, notes for the report). The rows name the prediction files as
+        they will be found: under ``final_predictions``.
+    Raises:
+        ModelFailure: prediction or evaluation failed (the caller skips the model with the reason).
+    """
+    import torch
+
+    from medmamba.benchmarks.memory import PeakMemory
+    from medmamba.inference import Predictor
+
+    from .folders import evaluate_folder
+
+    seconds: dict[str, float] = {}
+    peak = 0
+    stage, predictor = "prediction", None
+    try:
+        predictor = Predictor(model, device=device, tta=tta, labels=convention, show_progress=False)
+        for i, case in enumerate(cases, 1):
+            with PeakMemory(device) as memory:
+                start = time.perf_counter()
+                prediction = predictor.predict_case(list(case.images))
+                seconds[case.case_id] = time.perf_counter() - start
+            peak = max(peak, memory.bytes)
+            predictor.write(prediction, predictions / f"{case.case_id}.nii.gz")
+            log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
+        predictor = None  # free the network before the evaluation and the next model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        stage = "evaluation"
+        evaluation = evaluate_folder(predictions, ground_truth, convention=convention, empty=empty,
+                                     cases=[c.case_id for c in cases])
+    except Exception as err:  # noqa: BLE001 - any failure of one model is reported, the others go on
+        raise ModelFailure(f"{stage} failed: {type(err).__name__}: {err}") from err
+    _final_paths(evaluation, final_predictions, {c.case_id: c.label for c in cases})
+    notes = []
+    params = gflops = scan = patch = None
+    try:
+        params, gflops, scan, patch = network_costs(model.plans, model.dataset_json, model.configuration)
+    except Exception as err:  # noqa: BLE001 - the scores stand without the cost figures
+        notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
+    train_s, epochs = training_time(model.checkpoint)
+    result = ArchitectureResult(
+        name=name, evaluation=evaluation, params=params, gflops=gflops, scan_gflops=scan, patch_size=patch,
+        training_seconds=train_s, epochs=epochs, inference_seconds=seconds, inference_peak_bytes=peak,
+        inference_device=device.type, training_memory_gib=planned_training_memory(model.plans, model.configuration),
+        recipe=_recipe(model.trainer), trainer_folder=str(model.folder), checkpoint=str(model.checkpoint),
+        validation=_training_validation(model.checkpoint))
+    return result, notes
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+def compare(results: str | Path, out: str | Path, *, baseline: str | None = None, test: str | Path | None = None,
+            archs: Sequence[str] | None = None, fold: str | int | None = None, device: str = "auto",
+            tta: bool = False, empty: str = "brats", overlay_case: str | None = None, force: bool = False,
+            seed: int = 0, n_resamples: int = 10_000, log: Callable[[str], None] = print) -> CompareResult:
+    """Predict, evaluate and report every trained architecture of a ``plan-and-train`` work folder:
+    :func:`choose_models`, then :func:`predict_and_score` for each model (one that fails is skipped
+    with the reason), then :func:`medmamba.evaluation.report.write_report`.
+
+    Args:
+        results: the work folder (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
+        out: the report folder (must not exist or be empty, unless ``force``; not inside an input).
+        baseline: the architecture the others are tested against; None: the first of the registry's
+            baselines that was trained (unet, else resenc_m, resenc_l).
+        test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
+            for models trained on fold "all").
+        archs: only these (names as ``--arch`` of plan-and-train named them; a name trained under
+            several recipes selects all of them, ``name@recipe`` one).
+        fold: the fold to compare where a trainer folder holds several (default: each folder's only one).
+        device: "auto", "cpu" or "cuda", for prediction.
+        tta: mirroring test-time augmentation.
+        empty: evaluate's empty-mask convention ("brats", …).
+        overlay_case: the case of the overlay figure (default: the first held-out case).
+        force: replace an existing report folder.
+        seed, n_resamples: the bootstrap's (at least :data:`MIN_RESAMPLES` resamples).
+        log: progress lines.
+    Raises:
+        CompareError: bad folders or options, no trained model, models of different datasets or folds,
+            every architecture skipped.
+    """
+    from medmamba.devices import resolve_device
+
+    from .metrics import check_empty_convention
+
+    if n_resamples < MIN_RESAMPLES:
+        raise CompareError(f"the bootstrap needs at least {MIN_RESAMPLES} resamples, got {n_resamples}")
+    empty = check_empty_convention(empty)
+    dev = resolve_device(device)
+    chosen = choose_models(results, test=test, archs=archs, fold=fold, baseline=baseline, overlay_case=overlay_case,
+                           log=log)
+    log(f"comparing {', '.join(chosen.names)} on {chosen.source}")
+    skipped, notes, baseline = list(chosen.skipped), list(chosen.notes), chosen.baseline
     evaluated: list[ArchitectureResult] = []
     final = Path(out).expanduser().absolute()
-    with report_folder(out, inputs=inputs, force=force) as tmp:
-        gt_dir = _gt_folder(cases, tmp / ".ground_truth")
-        for name, model in zip(names, models):
+    with report_folder(out, inputs=chosen.inputs, force=force) as tmp:
+        gt_dir = _gt_folder(chosen.cases, tmp / ".ground_truth")
+        for name, model in zip(chosen.names, chosen.models):
             pred_dir = tmp / "predictions" / name
             pred_dir.mkdir(parents=True)
-            seconds: dict[str, float] = {}
-            peak = 0
-            stage = "prediction"
             try:
-                predictor = Predictor(model, device=dev, tta=tta, labels=convention, show_progress=False)
-                for i, case in enumerate(cases, 1):
-                    with PeakMemory(dev) as memory:
-                        start = time.perf_counter()
-                        prediction = predictor.predict_case(list(case.images))
-                        seconds[case.case_id] = time.perf_counter() - start
-                    peak = max(peak, memory.bytes)
-                    predictor.write(prediction, pred_dir / f"{case.case_id}.nii.gz")
-                    log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
-                stage = "evaluation"
-                evaluation = evaluate_folder(pred_dir, gt_dir, convention=convention, empty=empty, cases=case_ids)
-                _final_paths(evaluation, final / "predictions" / name, {c.case_id: c.label for c in cases})
-            except Exception as err:  # noqa: BLE001 - one architecture's failure must not stop the others
+                result, model_notes = predict_and_score(
+                    model, name, chosen.cases, pred_dir, gt_dir, device=dev, tta=tta, convention=chosen.convention,
+                    empty=empty, final_predictions=final / "predictions" / name, log=log)
+            except ModelFailure as err:  # one architecture's failure must not stop the others
                 shutil.rmtree(pred_dir, ignore_errors=True)
-                reason = f"{stage} failed: {type(err).__name__}: {err}"
+                reason = str(err)
                 skipped.append((name, reason))
                 log(f"skipped {name}: {reason}")
                 continue
-            finally:
-                predictor = None  # free the network before the next one
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-            cfg = model.configuration
-            params = gflops = scan = patch = None
-            try:
-                params, gflops, scan, patch = network_costs(model.plans, model.dataset_json, cfg)
-            except Exception as err:  # noqa: BLE001 - the scores stand without the cost figures
-                notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
-            train_s, epochs = training_time(model.checkpoint)
-            validation = _training_validation(model.checkpoint)
-            evaluated.append(ArchitectureResult(
-                name=name, evaluation=evaluation, params=params, gflops=gflops,
-                scan_gflops=scan, patch_size=patch, training_seconds=train_s, epochs=epochs,
-                inference_seconds=seconds, inference_peak_bytes=peak, inference_device=dev.type,
-                training_memory_gib=planned_training_memory(model.plans, cfg), recipe=_recipe(model.trainer),
-                trainer_folder=str(model.folder), checkpoint=str(model.checkpoint), validation=validation))
-            log(f"  {name}: mean Dice {evaluation.summary()['mean']['dice']['mean']:.4f} over {len(cases)} cases")
+            evaluated.append(result)
+            notes += model_notes
+            log(f"  {name}: mean Dice {result.evaluation.summary()['mean']['dice']['mean']:.4f} over "
+                f"{len(chosen.cases)} cases")
         if not evaluated:
             raise CompareError("every architecture was skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped))
         sources = sorted({r.validation.cases_source for r in evaluated if r.validation is not None})
         if sources:
             notes.append(f"validation Dice (whole volumes) is each training run's own final score on its "
                          f"{' / '.join(sources)}, not on the compared cases")
-        if chosen is not None and chosen not in {r.name for r in evaluated}:
-            notes.append(f"the baseline {chosen} was skipped: no statistics")
-            chosen = None
-        overlay_id = overlay_case or case_ids[0]
-        overlay_case_obj = next(c for c in cases if c.case_id == overlay_id)
-        overlay = OverlayInput(overlay_id, overlay_case_obj.images[_background_channel(channels)],
+        if baseline is not None and baseline not in {r.name for r in evaluated}:
+            notes.append(f"the baseline {baseline} was skipped: no statistics")
+            baseline = None
+        overlay_id = overlay_case or chosen.cases[0].case_id
+        overlay_case_obj = next(c for c in chosen.cases if c.case_id == overlay_id)
+        overlay = OverlayInput(overlay_id, overlay_case_obj.images[_background_channel(chosen.channels)],
                                overlay_case_obj.label,
                                {r.name: tmp / "predictions" / r.name / f"{overlay_id}.nii.gz" for r in evaluated})
         settings: dict[str, Any] = {
-            "results": str(results), "dataset": dataset, "cases": f"{len(cases)} ({source})",
-            "label convention": convention, "empty-mask convention": empty, "baseline": chosen or "none",
-            "device": str(dev), "test-time augmentation": "mirroring" if tta else "off",
+            "results": str(chosen.results), "dataset": chosen.dataset,
+            "cases": f"{len(chosen.cases)} ({chosen.source})", "label convention": chosen.convention,
+            "empty-mask convention": empty, "baseline": baseline or "none", "device": str(dev),
+            "test-time augmentation": "mirroring" if tta else "off",
             "architectures": ", ".join(r.name for r in evaluated),
         }
-        report = write_report(tmp, evaluated, baseline=chosen, skipped=skipped, notes=notes, overlay=overlay,
+        report = write_report(tmp, evaluated, baseline=baseline, skipped=skipped, notes=notes, overlay=overlay,
                               settings=settings, seed=seed, n_resamples=n_resamples)
         shutil.rmtree(gt_dir)
     report = _relocate(report, tmp, final)
-    return CompareResult(final, report, [r.name for r in evaluated], skipped, chosen, case_ids, notes)
+    return CompareResult(final, report, [r.name for r in evaluated], skipped, baseline,
+                         [c.case_id for c in chosen.cases], notes)
 
 
 def _training_validation(checkpoint: Path):

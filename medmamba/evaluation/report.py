@@ -3,7 +3,11 @@ time and memory), paired statistics against the baseline, plots, and one HTML pa
 
 :func:`write_report` writes into an existing folder from :class:`ArchitectureResult` objects, which
 hold evaluate's per-case rows and the measured costs; :mod:`medmamba.evaluation.compare` fills them
-from a results folder and makes the folder appear atomically.
+from a results folder and makes the folder appear atomically. It assembles the content once
+(:func:`assemble_report`: table, statistics, headline, notes) and hands it to the writers
+(:func:`report_markdown`, :func:`report_html`, :func:`report_json`, the CSVs and the plots). The
+headline, the report's first lines, says which network has the highest mean Dice, by how much, and
+whether the statistics can tell it from the baseline.
 
 Files written (``out`` relative)::
 
@@ -28,16 +32,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medmamba.files import atomic_output_file
+from medmamba.files import write_text_atomically
+from medmamba.models import registry
 
 from . import plots
 from .folders import Evaluation
 from .metrics import REGIONS
-from .stats import MIN_CASES_TO_CONCLUDE, PairedComparison, compare_to_baseline
+from .stats import MIN_CASES_TO_CONCLUDE, TOO_FEW_WARNING, PairedComparison, compare_to_baseline
 
-__all__ = ["ArchitectureResult", "OverlayInput", "ReportFiles", "MEAN_REGION", "NOISE_NOTE", "NOISE_DICE_POINTS",
-           "SMALL_SAMPLE_RULE",
-           "per_case_values", "table_rows", "markdown_table", "stats_markdown", "write_report"]
+__all__ = ["ArchitectureResult", "OverlayInput", "Report", "ReportFiles", "MEAN_REGION", "NOISE_NOTE",
+           "NOISE_DICE_POINTS", "SMALL_SAMPLE_RULE", "per_case_values", "table_rows", "markdown_table",
+           "stats_markdown", "headline", "assemble_report", "report_markdown", "report_html", "report_json",
+           "write_report"]
 
 #: Mean-Dice differences (in points) that BraTS21 cross-validation cannot tell from noise (NOISE_NOTE).
 NOISE_DICE_POINTS = 0.3
@@ -126,6 +132,7 @@ class ReportFiles:
     stats: list[PairedComparison]
     markdown: str
     notes: list[str] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- numbers
@@ -251,37 +258,302 @@ def _diff_text(c: PairedComparison) -> tuple[str, str]:
     return _num(c.mean_difference, fmt, scale), ci
 
 
+def _below_noise(c: PairedComparison) -> bool:
+    """A significant mean-Dice difference too small to tell from noise (:data:`NOISE_NOTE`)."""
+    return (c.metric == "dice" and c.region == MEAN_REGION and c.verdict in ("better", "worse")
+            and abs(c.mean_difference) < NOISE_DICE_POINTS / 100)
+
+
+def _verdict_text(c: PairedComparison) -> str:
+    return c.verdict + (f" (below the {NOISE_DICE_POINTS:g}-point noise level)" if _below_noise(c) else "")
+
+
+def _metric_label(metric: str) -> str:
+    return f"{'Dice' if metric == 'dice' else metric.upper()} ({'points' if metric == 'dice' else 'mm'})"
+
+
 def _stats_rows(stats: Sequence[PairedComparison]) -> list[list[str]]:
     rows = []
     for c in stats:
         diff, ci = _diff_text(c)
-        unit = "points" if c.metric == "dice" else "mm"
-        verdict = c.verdict
-        if (c.metric == "dice" and c.region == MEAN_REGION and verdict in ("better", "worse")
-                and abs(c.mean_difference) < NOISE_DICE_POINTS / 100):
-            verdict += f" (below the {NOISE_DICE_POINTS:g}-point noise level)"
-        rows.append([c.architecture, c.region, f"{'Dice' if c.metric == 'dice' else c.metric.upper()} ({unit})",
-                     str(c.n), diff, ci, _num(c.p_value, ".4g"), verdict])
+        rows.append([c.architecture, _metric_label(c.metric), c.region, str(c.n), diff, ci, _num(c.p_value, ".4g"),
+                     _verdict_text(c)])
     return rows
 
 
-_STATS_HEADER = ["architecture", "region", "metric (difference unit)", "n", "mean difference vs baseline",
+_STATS_HEADER = ["architecture", "metric (difference unit)", "region", "n", "mean difference vs baseline",
                  "95% CI (bootstrap)", "Wilcoxon p", "verdict"]
 
 
 def stats_markdown(stats: Sequence[PairedComparison]) -> str:
-    """The paired statistics as a Markdown table (Dice differences in points, HD95 in mm)."""
+    """The paired statistics as a Markdown table (Dice differences in points, HD95 in mm), grouped:
+    the architecture and the metric are written once, on the first row of their group."""
     lines = ["| " + " | ".join(_STATS_HEADER) + " |", "|" + "|".join("---" for _ in _STATS_HEADER) + "|"]
-    lines += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in _stats_rows(stats)]
+    previous = ("", "")
+    for row in _stats_rows(stats):
+        arch, metric = row[0], row[1]
+        shown = [arch if arch != previous[0] else "", metric if (arch, metric) != previous else "", *row[2:]]
+        previous = (arch, metric)
+        lines.append("| " + " | ".join(_md_escape(x) for x in shown) + " |")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------- files
+# ------------------------------------------------------------------------------------------- verdict
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="")
+def headline(table: Sequence[dict], stats: Sequence[PairedComparison], baseline: str | None) -> list[str]:
+    """What a reader needs first: which network has the highest mean Dice, by how much, and whether
+    the statistics can tell it from the baseline (they compare every architecture with the baseline
+    only). Two or three sentences."""
+    ranked = sorted(((row["architecture"], row[f"dice_{MEAN_REGION}_mean"]) for row in table
+                     if math.isfinite(row.get(f"dice_{MEAN_REGION}_mean", math.nan))), key=lambda x: -x[1])
+    if not ranked:
+        return ["No architecture has a mean Dice to rank (every value is missing)."]
+    best, best_dice = ranked[0]
+    n_cases = next(row["cases"] for row in table if row["architecture"] == best)
+    if len(ranked) == 1:
+        return [f"{best}: mean Dice {best_dice * 100:.2f} % over {n_cases} cases; one architecture, nothing to "
+                f"compare."]
+    second, second_dice = ranked[1]
+    lines = [f"Highest mean Dice: {best}, {best_dice * 100:.2f} % over {n_cases} cases, "
+             f"{(best_dice - second_dice) * 100:.2f} points ahead of {second} ({second_dice * 100:.2f} %)."]
+    if baseline is None or not stats:
+        lines.append("Not tested: the statistics compare each architecture with a baseline, and there is none.")
+        return lines
+    # The test that bears on the winner: the winner against the baseline, or, when the baseline
+    # itself won, the runner-up against it.
+    challenger = second if best == baseline else best
+    c = next((c for c in stats if c.architecture == challenger and c.region == MEAN_REGION and c.metric == "dice"),
+             None)
+    if c is None:
+        lines.append(f"Not tested: {challenger} has no paired mean-Dice comparison with {baseline}.")
+        return lines
+    diff, ci = _diff_text(c)
+    evidence = f"{diff} points, 95% CI {ci}, Wilcoxon p = {_num(c.p_value, '.3g')}, {c.n} paired cases"
+    against = f"{challenger} against the baseline {baseline}: {evidence}"
+    if c.verdict == TOO_FEW_WARNING:
+        lines.append(f"Not conclusive: {against}; too few cases ({c.n_nonzero} with a difference) for a "
+                     f"test to reach p < 0.05.")
+    elif c.verdict not in ("better", "worse"):
+        lines.append(f"Not conclusive: {against}; no significant difference.")
+    elif _below_noise(c):
+        lines.append(f"Not conclusive: {against}; significant, but below the {NOISE_DICE_POINTS:g}-point level "
+                     f"that cross-validation cannot tell from noise.")
+    else:
+        lines.append(f"Conclusive: {challenger} is {c.verdict} than {baseline} on mean Dice ({evidence}).")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- assembling
+
+@dataclass
+class Report:
+    """A comparison's content, before any file is written: what :func:`assemble_report` decides and
+    every writer shows.
+
+    Attributes:
+        title, settings: the heading, and what was compared (label → value).
+        results: the evaluated architectures; ``baseline`` the name the others are tested against.
+        per_case: name → (region, metric) → case id → value (:func:`per_case_values`).
+        table: :func:`table_rows` of the results.
+        stats: the paired comparisons against the baseline, by architecture, metric, region.
+        headline: :func:`headline`, the report's first lines.
+        skipped: (architecture, reason) of the ones left out; notes: everything the reader should know.
+        seed, n_resamples: the bootstrap's.
+    """
+
+    title: str
+    settings: dict[str, Any]
+    results: list[ArchitectureResult]
+    baseline: str | None
+    per_case: dict
+    table: list[dict]
+    stats: list[PairedComparison]
+    headline: list[str]
+    skipped: list[tuple[str, str]]
+    notes: list[str]
+    seed: int
+    n_resamples: int
+
+    @property
+    def cases(self) -> list[str]:
+        """The cases of the first architecture (all share them unless a note says otherwise)."""
+        return sorted(self.results[0].cases)
+
+
+def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | None = None,
+                    skipped: Sequence[tuple[str, str]] = (), notes: Sequence[str] = (),
+                    settings: Mapping[str, Any] | None = None, seed: int = 0, n_resamples: int = 10_000,
+                    title: str = "medmamba comparison") -> Report:
+    """Compute everything the report shows: the table, the statistics against the baseline, the
+    headline and the notes (arguments as :func:`write_report`'s)."""
+    if not results:
+        raise ValueError("nothing to report: no architecture was evaluated")
+    names = [r.name for r in results]
+    if len(set(names)) != len(names):
+        raise ValueError(f"architecture names must be unique, got {names}")
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not among the evaluated architectures {names}")
+    notes = list(notes)
+    regions = [*REGIONS, MEAN_REGION]
+    per_case = {r.name: per_case_values(r.evaluation) for r in results}
+    if len({tuple(sorted(r.cases)) for r in results}) > 1:
+        notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
+                     "cases they share")
+    stats: list[PairedComparison] = []
+    if len(results) == 1:
+        notes.append("one architecture only: no statistics")
+    elif baseline is None:
+        notes.append(f"no baseline among the architectures ({', '.join(registry.baselines())}, or --baseline): "
+                     f"no statistics")
+    else:
+        stats = compare_to_baseline(per_case, baseline, seed=seed, n_resamples=n_resamples)
+        stats.sort(key=lambda c: (names.index(c.architecture), c.metric,
+                                  regions.index(c.region) if c.region in regions else len(regions)))
+        few = [c for c in stats if c.warning]
+        if few:
+            n = min(c.n_nonzero for c in few)
+            notes.append(f"warning: too few cases to conclude for {len(few)} of {len(stats)} comparisons "
+                         f"(as few as {n} cases with a non-zero difference)")
+    if stats or len(results) > 1:
+        notes += [SMALL_SAMPLE_RULE, MULTIPLE_TESTING_NOTE]
+    notes.append(NOISE_NOTE)
+    table = table_rows(results)
+    return Report(title, dict(settings or {}), list(results), baseline, per_case, table, stats,
+                  headline(table, stats, baseline), list(skipped), notes, seed, n_resamples)
+
+
+# ------------------------------------------------------------------------------------------- writers
+
+_TABLE_INTRO = ("Mean ± sample standard deviation over the held-out cases; Dice in %, HD95 in mm. *inference peak* "
+                "is measured while predicting (CUDA allocator peak, or growth of the process's resident memory on "
+                "CPU); *training GiB* is the planner's estimate of one training step on the GPU, not a measurement.")
+_STATS_INTRO = ("Paired by case: mean of (architecture − baseline), percentile bootstrap 95% confidence interval of "
+                "that mean, two-sided Wilcoxon signed-rank p-value. Dice differences in points (1 point = 0.01 "
+                "Dice); for HD95 lower is better.")
+
+
+def report_markdown(report: Report) -> str:
+    """The report as Markdown (``table.md``): headline, table, statistics, notes, skipped, settings."""
+    md = [f"# {report.title}", "", *report.headline, "", _TABLE_INTRO, "", markdown_table(report.table), ""]
+    if report.stats:
+        md += [f"## Against the baseline ({report.baseline})", "", _STATS_INTRO, "", stats_markdown(report.stats), ""]
+    if report.notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    if report.skipped:
+        md += ["## Skipped architectures", ""] + [f"- {a}: {r}" for a, r in report.skipped] + [""]
+    if report.settings:
+        md += ["## Setting", ""] + [f"- {k}: {v}" for k, v in report.settings.items()] + [""]
+    return "\n".join(md)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_VERDICT_CLASS = {"better": "better", "worse": "worse", TOO_FEW_WARNING: "few"}
+
+
+def _html_stats(stats: Sequence[PairedComparison]) -> str:
+    """The statistics grouped: one block per architecture (its name once, spanning its rows), the
+    metric once per block of regions, the mean-over-regions row in bold, the verdict coloured."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in _STATS_HEADER)
+    blocks = []
+    by_arch: dict[str, list[PairedComparison]] = {}
+    for c in stats:
+        by_arch.setdefault(c.architecture, []).append(c)
+    for arch, comparisons in by_arch.items():
+        rows = []
+        for i, c in enumerate(comparisons):
+            cells = []
+            if i == 0:
+                cells.append(f'<th scope="rowgroup" rowspan="{len(comparisons)}">{esc(arch)}</th>')
+            same_metric = [d for d in comparisons if d.metric == c.metric]
+            if c is same_metric[0]:
+                cells.append(f'<td class="metric" rowspan="{len(same_metric)}">{esc(_metric_label(c.metric))}</td>')
+            diff, ci = _diff_text(c)
+            verdict = _VERDICT_CLASS.get(c.verdict, "ns") + (" noise" if _below_noise(c) else "")
+            cells += [f"<td>{esc(c.region)}</td>", f"<td>{c.n}</td>", f"<td>{esc(diff)}</td>", f"<td>{esc(ci)}</td>",
+                      f"<td>{esc(_num(c.p_value, '.3g'))}</td>", f'<td class="{verdict}">{esc(_verdict_text(c))}</td>']
+            rows.append(f'<tr{" class=mean" if c.region == MEAN_REGION else ""}>{"".join(cells)}</tr>')
+        blocks.append(f"<tbody>{''.join(rows)}</tbody>")
+    return f'<table class="stats"><thead><tr>{head}</tr></thead>{"".join(blocks)}</table>'
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
+           f"{html.escape(alt)}</figcaption></figure>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{display:inline-block;margin:1em;vertical-align:top}
+img{max-width:100%}code{background:#f3f3f3;padding:0 3px}
+.headline{border-left:6px solid #36c;background:#f2f6fc;padding:0.6em 1em;margin:1em 0;font-size:1.1em;max-width:70em}
+.headline p{margin:0.3em 0}.context{color:#555}
+table.stats tbody{border-top:3px solid #888}table.stats th[scope=rowgroup]{text-align:left;vertical-align:top;background:#f6f6f6}
+table.stats td.metric{text-align:left;vertical-align:top;color:#444}table.stats tr.mean td{font-weight:600}
+td.better{background:#dff3df}td.worse{background:#f8dcdc}td.few{color:#777;background:#fbf3dc}td.ns{color:#555}
+td.noise{background:#eee}td:last-child{text-align:left}"""
+
+_PLOT_CAPTIONS = {"box_dice": "Dice per case and region", "box_hd95": "HD95 per case and region",
+                  "dice_vs_params": "mean Dice against parameters"}
+
+
+def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
+    """The report as one self-contained HTML page (plots embedded). Its first screen holds the
+    headline and the results table; the statistics, plots, notes and the full setting follow."""
+    esc = html.escape
+    cols = _columns(report.table, list(REGIONS))
+    context = ", ".join(f"{k}: {report.settings[k]}" for k in ("dataset", "cases", "baseline") if k in report.settings)
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(report.title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{esc(report.title)}</h1>"]
+    if context:
+        parts.append(f'<p class="context">{esc(context)}</p>')
+    parts.append('<div class="headline">' + "".join(f"<p>{esc(line)}</p>" for line in report.headline) + "</div>")
+    parts.append(f"<h2>Results</h2><p>{esc(_TABLE_INTRO).replace('*', '')}</p>")
+    parts.append(_html_table([h for h, _ in cols], [[f(row) for _, f in cols] for row in report.table]))
+    parts.append("<h2>Statistics against the baseline</h2>")
+    if report.stats:
+        parts.append(f"<p>Baseline: <b>{esc(str(report.baseline))}</b>. {esc(_STATS_INTRO)}</p>")
+        parts.append(_html_stats(report.stats))
+    else:
+        parts.append("<p>No statistics (see the notes).</p>")
+    if plot_files:
+        parts.append("<h2>Plots</h2>")
+        for key, path in plot_files.items():
+            parts.append(_img(path, _PLOT_CAPTIONS.get(key, f"overlay: {key.removeprefix('overlay_')}")))
+    if report.notes:
+        warn = ' class="warn"'
+        parts.append("<h2>Notes</h2><ul>" + "".join(
+            f"<li{warn if n.startswith('warning') else ''}>{esc(n)}</li>" for n in report.notes) + "</ul>")
+    if report.skipped:
+        parts.append("<h2>Skipped architectures</h2>"
+                     + _html_table(["architecture", "reason"], [[a, r] for a, r in report.skipped]))
+    if report.settings:
+        parts.append("<h2>Setting</h2><ul>" + "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>"
+                                                      for k, v in report.settings.items()) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def report_json(report: Report, files: Mapping[str, Any]) -> dict:
+    """The report as ``summary.json``'s content (``files``: the written files, relative paths)."""
+    return {
+        "format": "medmamba-compare/1", "settings": dict(report.settings), "baseline": report.baseline,
+        "regions": list(REGIONS), "cases": report.cases, "headline": list(report.headline), "table": report.table,
+        "statistics": [c.as_dict() for c in report.stats],
+        "bootstrap": {"seed": report.seed, "resamples": report.n_resamples},
+        "skipped": [{"architecture": a, "reason": r} for a, r in report.skipped], "notes": report.notes,
+        "architectures": {r.name: {"recipe": r.recipe, "trainer_folder": r.trainer_folder,
+                                   "checkpoint": r.checkpoint, "inference_seconds": r.inference_seconds}
+                          for r in report.results},
+        "files": dict(files),
+    }
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -317,63 +589,23 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
-           f"{html.escape(alt)}</figcaption></figure>"
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
-th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{display:inline-block;margin:1em}
-img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"""
-
-
-def _html_page(title: str, settings: Mapping[str, Any], table: Sequence[dict], stats: Sequence[PairedComparison],
-               baseline: str | None, skipped: Sequence[tuple[str, str]], notes: Sequence[str],
-               plot_files: Mapping[str, Path]) -> str:
-    esc = html.escape
+def _write_plots(out: Path, report: Report, overlay: OverlayInput | None) -> dict[str, Path]:
+    plot_files: dict[str, Path] = {}
+    plot_dir = out / "plots"
     regions = list(REGIONS)
-    cols = _columns(table, regions)
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"]
-    parts.append("<h2>Setting</h2><ul>" + "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>"
-                                                   for k, v in settings.items()) + "</ul>")
-    parts.append("<h2>Results</h2><p>Mean ± sample standard deviation over the held-out cases. Dice in %, HD95 in "
-                 "mm. <i>inference peak</i> is measured while predicting (CUDA allocator peak, or growth of the "
-                 "process's resident memory on CPU); <i>training GiB</i> is the planner's estimate of one training "
-                 "step on the GPU, not a measurement.</p>")
-    parts.append(_html_table([h for h, _ in cols], [[f(row) for _, f in cols] for row in table]))
-    parts.append("<h2>Statistics against the baseline</h2>")
-    if stats:
-        parts.append(f"<p>Baseline: <b>{esc(str(baseline))}</b>. Paired by case: mean of (architecture − baseline), "
-                     "percentile bootstrap 95% confidence interval of that mean, two-sided Wilcoxon signed-rank "
-                     "p-value. Dice differences in points (1 point = 0.01 Dice); for HD95 lower is better.</p>")
-        parts.append(_html_table(_STATS_HEADER, _stats_rows(stats)))
-    else:
-        parts.append("<p>No statistics (see the notes).</p>")
-    if notes:
-        warn = ' class="warn"'
-        parts.append("<h2>Notes</h2><ul>" + "".join(
-            f"<li{warn if n.startswith('warning') else ''}>{esc(n)}</li>" for n in notes) + "</ul>")
-    if skipped:
-        parts.append("<h2>Skipped architectures</h2>"
-                     + _html_table(["architecture", "reason"], [[a, r] for a, r in skipped]))
-    if plot_files:
-        parts.append("<h2>Plots</h2>")
-        captions = {"box_dice": "Dice per case and region", "box_hd95": "HD95 per case and region",
-                    "dice_vs_params": "mean Dice against parameters"}
-        for key, path in plot_files.items():
-            parts.append(_img(path, captions.get(key, f"overlay: {key.removeprefix('overlay_')}")))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    for metric in ("dice", "hd95"):
+        if all((regions[0], metric) in values for values in report.per_case.values()):
+            plot_files[f"box_{metric}"] = plots.box_plots(report.per_case, metric, regions,
+                                                          plot_dir / f"box_{metric}.png")
+    mean_dice = {row["architecture"]: row.get(f"dice_{MEAN_REGION}_mean") for row in report.table}
+    plot_files["dice_vs_params"] = plots.dice_vs_parameters(
+        [(r.name, r.params, mean_dice[r.name]) for r in report.results], plot_dir / "dice_vs_params.png",
+        report.baseline)
+    if overlay is not None:
+        key = f"overlay_{_safe_name(overlay.case_id)}"
+        plot_files[key] = plots.overlay_case(overlay.background, overlay.ground_truth, overlay.predictions,
+                                             plot_dir / f"{key}.png", case_id=overlay.case_id)
+    return plot_files
 
 
 def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, baseline: str | None = None,
@@ -381,7 +613,7 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
                  overlay: OverlayInput | None = None, settings: Mapping[str, Any] | None = None,
                  seed: int = 0, n_resamples: int = 10_000, title: str = "medmamba comparison") -> ReportFiles:
     """Write the report files (module docstring) into the folder ``out`` (created if needed; files
-    already there with the same names are replaced).
+    already there with the same names are replaced): :func:`assemble_report`, then the writers.
 
     Args:
         results: the architectures that were evaluated (at least one), all on the same cases.
@@ -390,109 +622,31 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
         skipped: (architecture, reason) of the architectures left out, listed in the Markdown and HTML.
         notes: extra lines for the report (warnings of the gathering step, say).
         overlay: the case for the overlay figure, or None for no overlay.
-        settings: what was compared, as label → value (shown at the top of the HTML, kept in the JSON).
+        settings: what was compared, as label → value (shown in the HTML, kept in the JSON).
         seed, n_resamples: the bootstrap's.
     Returns:
         :class:`ReportFiles`.
     Raises:
         ValueError: no results, duplicate names, or a baseline that is not among the results.
     """
-    if not results:
-        raise ValueError("nothing to report: no architecture was evaluated")
-    names = [r.name for r in results]
-    if len(set(names)) != len(names):
-        raise ValueError(f"architecture names must be unique, got {names}")
-    if baseline is not None and baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not among the evaluated architectures {names}")
+    report = assemble_report(results, baseline=baseline, skipped=skipped, notes=notes, settings=settings, seed=seed,
+                             n_resamples=n_resamples, title=title)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    notes = list(notes)
-    regions = list(REGIONS)
-    per_case = {r.name: per_case_values(r.evaluation) for r in results}
-    case_sets = {r.name: sorted(r.cases) for r in results}
-    if len({tuple(c) for c in case_sets.values()}) > 1:
-        notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
-                     "cases they share")
-
-    stats: list[PairedComparison] = []
-    if len(results) == 1:
-        notes.append("one architecture only: no statistics")
-    elif baseline is None:
-        notes.append("no baseline among the architectures (unet, resenc_m or resenc_l, or --baseline): no statistics")
-    else:
-        stats = compare_to_baseline(per_case, baseline, seed=seed, n_resamples=n_resamples)
-        stats.sort(key=lambda c: (names.index(c.architecture), c.metric,
-                                  [*regions, MEAN_REGION].index(c.region) if c.region in [*regions, MEAN_REGION]
-                                  else 99))
-        few = [c for c in stats if c.warning]
-        if few:
-            n = min(c.n_nonzero for c in few)
-            notes.append(f"warning: too few cases to conclude for {len(few)} of {len(stats)} comparisons "
-                         f"(as few as {n} cases with a non-zero difference)")
-    if stats or len(results) > 1:
-        notes += [SMALL_SAMPLE_RULE, MULTIPLE_TESTING_NOTE]
-    notes.append(NOISE_NOTE)
-
-    table = table_rows(results)
-    md_table = markdown_table(table)
-    md = [f"# {title}", ""]
-    for key, value in (settings or {}).items():
-        md.append(f"- {key}: {value}")
-    md += ["", "Mean ± sample standard deviation over the held-out cases; Dice in %, HD95 in mm. "
-           "*inference peak* is measured while predicting; *training GiB* is the planner's estimate of one "
-           "training step, not a measurement.", "", md_table, ""]
-    if stats:
-        md += [f"## Against the baseline ({baseline})", "",
-               "Mean of (architecture − baseline) per case; Dice in points, HD95 in mm (lower is better).", "",
-               stats_markdown(stats), ""]
-    if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    if skipped:
-        md += ["## Skipped architectures", ""] + [f"- {a}: {r}" for a, r in skipped] + [""]
-    markdown = "\n".join(md)
-
     table_md, table_csv, stats_csv = out / "table.md", out / "table.csv", out / "stats.csv"
-    _write_text(table_md, markdown)
-    _write_text(table_csv, _csv_text(table))
-    _write_text(stats_csv, _csv_text([c.as_dict() for c in stats]) if stats else
-                ",".join(PairedComparison.__dataclass_fields__) + "\n")
+    write_text_atomically(table_md, report_markdown(report))
+    write_text_atomically(table_csv, _csv_text(report.table))
+    write_text_atomically(stats_csv, _csv_text([c.as_dict() for c in report.stats]) if report.stats else
+                          ",".join(PairedComparison.__dataclass_fields__) + "\n")
     metrics_csv = {}
-    for res in results:
-        path = out / "metrics" / f"{_safe_name(res.name)}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        res.evaluation.write_csv(path)
-        metrics_csv[res.name] = path
-
-    plot_files: dict[str, Path] = {}
-    plot_dir = out / "plots"
-    for metric in ("dice", "hd95"):
-        if all((regions[0], metric) in per_case[n] for n in names):
-            plot_files[f"box_{metric}"] = plots.box_plots(per_case, metric, regions, plot_dir / f"box_{metric}.png")
-    mean_dice = {row["architecture"]: row.get(f"dice_{MEAN_REGION}_mean") for row in table}
-    plot_files["dice_vs_params"] = plots.dice_vs_parameters(
-        [(r.name, r.params, mean_dice[r.name]) for r in results], plot_dir / "dice_vs_params.png", baseline)
-    if overlay is not None:
-        key = f"overlay_{_safe_name(overlay.case_id)}"
-        plot_files[key] = plots.overlay_case(overlay.background, overlay.ground_truth, overlay.predictions,
-                                             plot_dir / f"{key}.png", case_id=overlay.case_id)
-
-    page = _html_page(title, settings or {}, table, stats, baseline, skipped, notes, plot_files)
-    html_path = out / "report.html"
-    _write_text(html_path, page)
-    summary = {
-        "format": "medmamba-compare/1", "settings": dict(settings or {}), "baseline": baseline,
-        "regions": regions, "cases": case_sets[names[0]], "table": table,
-        "statistics": [c.as_dict() for c in stats], "bootstrap": {"seed": seed, "resamples": n_resamples},
-        "skipped": [{"architecture": a, "reason": r} for a, r in skipped], "notes": notes,
-        "architectures": {r.name: {"recipe": r.recipe, "trainer_folder": r.trainer_folder,
-                                   "checkpoint": r.checkpoint, "inference_seconds": r.inference_seconds}
-                          for r in results},
-        "files": {"table_md": "table.md", "table_csv": "table.csv", "stats_csv": "stats.csv",
-                  "report_html": "report.html",
-                  "metrics": {n: str(p.relative_to(out)) for n, p in metrics_csv.items()},
-                  "plots": {k: str(p.relative_to(out)) for k, p in plot_files.items()}},
-    }
-    summary_json = out / "summary.json"
-    _write_text(summary_json, json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    for res in report.results:
+        metrics_csv[res.name] = res.evaluation.write_csv(out / "metrics" / f"{_safe_name(res.name)}.csv")
+    plot_files = _write_plots(out, report, overlay)
+    html_path = write_text_atomically(out / "report.html", report_html(report, plot_files))
+    files = {"table_md": "table.md", "table_csv": "table.csv", "stats_csv": "stats.csv", "report_html": "report.html",
+             "metrics": {n: str(p.relative_to(out)) for n, p in metrics_csv.items()},
+             "plots": {k: str(p.relative_to(out)) for k, p in plot_files.items()}}
+    summary_json = write_text_atomically(
+        out / "summary.json", json.dumps(_json_safe(report_json(report, files)), indent=2, allow_nan=False) + "\n")
     return ReportFiles(out, table_md, table_csv, stats_csv, html_path, summary_json, metrics_csv, plot_files,
-                       table, stats, md_table, notes)
+                       report.table, report.stats, markdown_table(report.table), report.notes, report.headline)
