@@ -14,13 +14,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-__all__ = ["DEMO_ARCHS", "DemoSettings", "run_demo"]
+from medmamba.models import registry
 
-#: The U-Net baseline and every Mamba architecture (the ResEnc baselines are left to the user:
-#: they take as long as the Mamba networks on a CPU and add nothing to a first look).
-DEMO_ARCHS = ("unet", "umamba_bot", "umamba_enc", "segmamba", "lightm_unet", "mhs_vm")
+__all__ = ["DEMO_ARCHS", "DemoSettings", "demo_architectures", "run_demo"]
+
+
+def demo_architectures(chosen: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The first baseline of the registry (unet) and ``chosen``, or by default every architecture
+    that is neither a baseline nor another's ablation twin: the Mamba networks. The comparison needs
+    its baseline, so it always runs; the other baselines (ResEnc) are left to the user: they take as
+    long as the Mamba networks on a CPU and add nothing to a first look.
+
+    Raises:
+        ValueError: an unknown name in ``chosen``.
+    """
+    if chosen is None:
+        twins = {registry.get(a).ablation_twin for a in registry.available()}
+        chosen = [a for a in registry.available() if registry.get(a).baseline_rank is None and a not in twins]
+    for name in chosen:
+        registry.get(name)
+    return tuple(dict.fromkeys([registry.baselines()[0], *chosen]))
+
+
+#: The U-Net baseline and every Mamba architecture.
+DEMO_ARCHS = demo_architectures()
 
 _SETTINGS_FILE = "demo_settings.json"
 
@@ -40,6 +59,15 @@ class DemoSettings:
     archs: tuple[str, ...] = field(default=DEMO_ARCHS)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from medmamba.data.synth import check_shape
+
+        for name in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        self.shape = check_shape(self.shape)
+        self.archs = demo_architectures(self.archs)
+
     def as_json(self) -> dict:
         return {**asdict(self), "shape": list(self.shape), "archs": list(self.archs)}
 
@@ -50,6 +78,8 @@ def _check_settings(out: Path, settings: DemoSettings) -> bool:
     Raises:
         ValueError: ``out`` holds something else, or a demo with other settings.
     """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; give a new folder for the demo (or an earlier demo's)")
     record = out / _SETTINGS_FILE
     if record.is_file():
         earlier = json.loads(record.read_text())

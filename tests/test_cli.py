@@ -27,10 +27,11 @@ def test_benchmark_scan_quick_writes_rows(tmp_path, capsys):
 
 
 def test_bad_arguments_stop_with_one_message(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--repeats must be at least 1"):
+    with pytest.raises(SystemExit, match="medmamba benchmark scan: argument --repeats: must be at least 1, got 0"):
         main(["benchmark", "scan", "--quick", "--repeats", "0"])
-    with pytest.raises(SystemExit, match="is a folder"):
+    with pytest.raises(SystemExit, match="--json: .* is a folder"):
         main(["benchmark", "scan", "--quick", "--json", str(tmp_path)])
+    assert capsys.readouterr().err == ""  # the message is the exit's one line, no usage dump
 
 
 def test_console_script_help():
@@ -110,5 +111,40 @@ def test_benchmark_predict_reports_ratios_to_unet(tmp_path, capsys):
     assert [r["name"] for r in rows] == ["unet", "mhs_vm"]
     assert rows[0]["time_ratio"] == 1.0 and rows[1]["time_ratio"] == rows[1]["seconds"] / rows[0]["seconds"]
     assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in rows)
-    with pytest.raises(SystemExit, match="0 < --step-size <= 1"):
+    with pytest.raises(SystemExit, match=r"--step-size: must be positive, got 0"):
         main(["benchmark", "predict", "--step-size", "0"])
+    with pytest.raises(SystemExit, match=r"--step-size: must be in \(0, 1\], got 1.5"):
+        main(["benchmark", "predict", "--step-size", "1.5"])
+
+
+def test_options_mean_the_same_in_every_command(tmp_path):
+    from medmamba.cli import build_parser
+
+    parser = build_parser()
+    # --label-convention everywhere (predict's --labels is its old spelling); years are short names.
+    for argv in (["predict", "-m", "m", "-i", "i", "-o", "o", "--label-convention", "2021"],
+                 ["predict", "-m", "m", "-i", "i", "-o", "o", "--labels", "2021"],
+                 ["evaluate", "--pred", "p", "--gt", "g", "--label-convention", "2021"],
+                 ["plan", "data", "--arch", "unet", "--label-convention", "2021"]):
+        assert parser.parse_args(argv).label_convention == "2021", argv
+    from medmamba.data import get_convention
+
+    assert get_convention("2021").name == "brats2021"
+    # --json [PATH] everywhere: a file, or the standard output without one.
+    for command in (["models"], ["benchmark", "scan"], ["benchmark", "models"], ["benchmark", "predict"]):
+        assert parser.parse_args([*command, "--json"]).json == "-", command
+        assert parser.parse_args([*command, "--json", str(tmp_path / "rows.json")]).json == tmp_path / "rows.json"
+        assert parser.parse_args(command).json is None
+    # Counts are positive integers in every command, checked by one type.
+    for argv in (["synth", "out", "--cases", "0"], ["evaluate", "--pred", "p", "--gt", "g", "--num-workers", "0"],
+                 ["demo", "--epochs", "0"], ["models", "--batch-size", "0"], ["compare", "r", "--out", "o",
+                                                                             "--bootstrap-resamples", "0"]):
+        with pytest.raises(SystemExit, match="must be at least 1, got 0"):
+            parser.parse_args(argv)
+
+
+def test_models_json_goes_to_a_file_when_given_one(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    main(["models", "--arch", "segmamba", "--patch", "64", "64", "--json", str(out)])  # 3D only: skipped, fast
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert json.loads(out.read_text()) == [{"name": "segmamba", "skipped": "2D patches not supported"}]

@@ -131,11 +131,11 @@ def test_plan_and_train_every_architecture(tmp_path, naming, capsys):
 
 
 def test_plan_and_train_rejects_bad_options(tmp_path):
-    with pytest.raises(SystemExit, match="--fold must be a number or 'all'"):
+    with pytest.raises(SystemExit, match="--fold: must be a number or 'all'"):
         main(["plan-and-train", str(tmp_path), "--arch", "unet", "--fold", "first"])
-    with pytest.raises(SystemExit, match="--epochs must be at least 1"):
+    with pytest.raises(SystemExit, match="--epochs: must be at least 1"):
         main(["plan-and-train", str(tmp_path), "--arch", "unet", "--epochs", "0"])
-    with pytest.raises(SystemExit, match="--val-iters must be at least 1"):
+    with pytest.raises(SystemExit, match="--val-iters: must be at least 1"):
         main(["plan-and-train", str(tmp_path), "--arch", "unet", "--val-iters", "0"])
 
 

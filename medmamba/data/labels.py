@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "CONVENTIONS", "LabelConvention", "get_convention", "to_nnunet_labels", "from_nnunet_labels",
+    "CONVENTIONS", "CONVENTION_ALIASES", "LabelConvention", "get_convention", "to_nnunet_labels", "from_nnunet_labels",
     "present_values", "detect_convention", "BRATS_REGIONS", "short_region_name",
 ]
 
@@ -133,12 +133,17 @@ CONVENTIONS: dict[str, LabelConvention] = {
 }
 
 
+#: Short names accepted for the BraTS conventions (the year alone).
+CONVENTION_ALIASES = {"2015": "brats2015", "2021": "brats2021", "2023": "brats2023"}
+
+
 def get_convention(convention: str | LabelConvention) -> LabelConvention:
-    """Look a convention up by name (``CONVENTIONS`` keys); a ``LabelConvention`` is returned as is."""
+    """Look a convention up by name (``CONVENTIONS`` keys, or a year of :data:`CONVENTION_ALIASES`); a
+    ``LabelConvention`` is returned as is."""
     if isinstance(convention, LabelConvention):
         return convention
     try:
-        return CONVENTIONS[convention]
+        return CONVENTIONS[CONVENTION_ALIASES.get(convention, convention)]
     except KeyError:
         raise ValueError(f"unknown label convention {convention!r}; known: {', '.join(CONVENTIONS)}") from None
 

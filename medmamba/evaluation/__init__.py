@@ -14,7 +14,7 @@ Details: :mod:`medmamba.evaluation.metrics` (regions, MONAI metrics, the empty-m
 :mod:`medmamba.evaluation.folders` (folder pairing, checks, CSV and JSON outputs).
 """
 
-from medmamba.evaluation.folders import CSV_COLUMNS, Evaluation, evaluate_folder
+from medmamba.evaluation.folders import CSV_COLUMNS, Evaluation, evaluate_folder, evaluate_to_files
 from medmamba.evaluation.metrics import (
     BRATS_EMPTY_HD95_MM,
     EMPTY_CONVENTIONS,
@@ -30,4 +30,5 @@ from medmamba.evaluation.metrics import (
 __all__ = [
     "REGIONS", "METRICS", "EMPTY_CONVENTIONS", "BRATS_EMPTY_HD95_MM", "SEGMAMBA_EMPTY_HD95_MM", "CSV_COLUMNS",
     "region_masks", "mask_metrics", "case_metrics", "spacing_from_affine", "Evaluation", "evaluate_folder",
+    "evaluate_to_files",
 ]

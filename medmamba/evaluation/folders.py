@@ -29,6 +29,7 @@ Outputs
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ import numpy as np
 from medmamba.data.brats import DatasetError, _ordered_map, discover
 from medmamba.data.labels import detect_convention, get_convention, present_values
 from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
-from medmamba.files import atomic_output_file
+from medmamba.files import atomic_output_file, check_writable, lies_within, write_text_atomically
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,
@@ -52,7 +53,8 @@ from medmamba.evaluation.metrics import (
     spacing_from_affine,
 )
 
-__all__ = ["Evaluation", "evaluate_folder", "CSV_COLUMNS", "SUMMARY_FORMAT"]
+__all__ = ["Evaluation", "evaluate_folder", "evaluate_to_files", "default_summary_path", "CSV_COLUMNS",
+           "SUMMARY_FORMAT"]
 
 SUMMARY_FORMAT = "medmamba-evaluation/1"
 CSV_COLUMNS: tuple[str, ...] = (
@@ -86,14 +88,6 @@ def _json_ready(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_ready(v) for v in obj]
     return obj
-
-
-def _write_atomically(path: str | Path, write: Callable[[object], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_file(path) as tmp, tmp.open("w", newline="") as f:
-        write(f)
-    return path
 
 
 @dataclass
@@ -201,19 +195,18 @@ class Evaluation:
         constant = {"empty_convention": self.empty_convention, "nsd_tolerance_mm": repr(float(self.nsd_tolerance_mm)),
                     "label_convention": self.label_convention or ""}
 
-        def write(f) -> None:
-            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            for row in self.rows:
-                cells = {k: (repr(float(v)) if k in METRICS else v) for k, v in row.items()}
-                writer.writerow({**cells, **constant})
-
-        return _write_atomically(path, write)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            cells = {k: (repr(float(v)) if k in METRICS else v) for k, v in row.items()}
+            writer.writerow({**cells, **constant})
+        return write_text_atomically(path, text.getvalue())
 
     def write_summary_json(self, path: str | Path) -> Path:
         """Write ``summary()`` as JSON (NaN as null) to a temporary file, then rename it."""
         text = json.dumps(_json_ready(self.summary()), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-        return _write_atomically(path, lambda f: f.write(text))
+        return write_text_atomically(path, text)
 
     def write(self, csv_path: str | Path, summary_path: str | Path) -> None:
         """Write the CSV and the summary JSON as a pair: both are complete under temporary names before
@@ -433,3 +426,55 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
     return Evaluation(rows=rows, empty_convention=empty, nsd_tolerance_mm=tolerance, label_convention=convention,
                       label_convention_source=source, gt_without_prediction=without, pred_dir=str(pred_dir),
                       gt=str(gt))
+
+
+def default_summary_path(csv_path: str | Path) -> Path:
+    """Where the summary JSON goes when none is named: beside the CSV, ``<stem>_summary.json``."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(f"{csv_path.stem}_summary.json")
+
+
+def evaluate_to_files(pred_dir: str | Path, gt: str | Path, csv_path: str | Path, summary_path: str | Path | None = None,
+                      *, force: bool = False, **options) -> tuple[Evaluation, Path, Path]:
+    """``medmamba evaluate``: :func:`evaluate_folder` written to a per-case CSV and a summary JSON.
+
+    The inputs must exist and the outputs are checked before any volume is read: two different
+    files, neither a NIfTI name nor a folder, not inside an input folder (inputs are never written
+    to), in a writable folder, and not existing already unless ``force``. Both are written as a pair
+    (:meth:`Evaluation.write`).
+
+    Args:
+        pred_dir, gt: as :func:`evaluate_folder`'s.
+        csv_path: the per-case CSV; ``summary_path``: the summary JSON (default
+            :func:`default_summary_path`).
+        force: replace existing output files.
+        options: :func:`evaluate_folder`'s keywords.
+    Returns:
+        (the evaluation, the CSV, the summary JSON).
+    Raises:
+        DatasetError: a missing input, a refused output, and whatever :func:`evaluate_folder` raises.
+    """
+    pred_dir, gt, csv_path = Path(pred_dir), Path(gt), Path(csv_path)
+    summary_path = Path(summary_path) if summary_path is not None else default_summary_path(csv_path)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"--pred {pred_dir} is not a folder (give the folder of predicted label maps "
+                           f"<case_id>.nii.gz)")
+    if not gt.exists():
+        raise DatasetError(f"--gt {gt} does not exist")
+    if csv_path.expanduser().absolute() == summary_path.expanduser().absolute():
+        raise DatasetError(f"--out and --summary are the same file {csv_path}")
+    for path, option in ((csv_path, "--out"), (summary_path, "--summary")):
+        if strip_ending(path.name) is not None:
+            raise DatasetError(f"{option} {path} names a NIfTI file; give a .csv/.json path")
+        if path.is_dir():
+            raise DatasetError(f"{option} {path} is a folder; give a file path")
+        if path.exists() and not force:
+            raise DatasetError(f"{option} {path} already exists; pass --force to overwrite it")
+        for folder, input_option in ((pred_dir, "--pred"), (gt, "--gt")):
+            if lies_within(path.parent, folder):
+                raise DatasetError(f"{option} {path} lies inside the {input_option} folder {folder}; inputs are "
+                                   f"never written to, choose a place outside it")
+        check_writable(path.parent)
+    evaluation = evaluate_folder(pred_dir, gt, **options)
+    evaluation.write(csv_path, summary_path)
+    return evaluation, csv_path, summary_path

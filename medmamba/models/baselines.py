@@ -78,7 +78,11 @@ class _CheckedInput:
         size = list(x.shape[2:])
         if len(size) != len(self.total_stride) or any(s % t for s, t in zip(size, self.total_stride)):
             raise InputSizeError(f"input size {size} is not divisible by the network's total stride "
-                             f"{self.total_stride} (the product of its strides per axis)")
+                                 f"{self.total_stride} (the product of its strides per axis)")
+        if self.training and math.prod(s // t for s, t in zip(size, self.total_stride)) == 1:
+            # InstanceNorm cannot normalise a single voxel in training mode (torch raises deep inside).
+            raise InputSizeError(f"input size {size} leaves a single voxel at the deepest stage (total stride "
+                                 f"{self.total_stride}); in training that needs more: use a larger input")
         return super().forward(x)
 
     def stage_layout(self) -> StageLayout:

@@ -300,8 +300,8 @@ class LightMUNet(nn.Module):
         spatial = tuple(x.shape[2:])
         if any(s % self.total_stride for s in spatial):
             raise InputSizeError(f"LightM-UNet input spatial size {spatial} is invalid: every side must be "
-                             f"divisible by {self.total_stride} (2^{len(self.blocks_down) - 1} for "
-                             f"{len(self.blocks_down) - 1} poolings)")
+                                 f"divisible by {self.total_stride} (2^{len(self.blocks_down) - 1} for "
+                                 f"{len(self.blocks_down) - 1} poolings)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, input_channels, *S) -> logits (B, num_classes, *S)."""

@@ -718,8 +718,8 @@ class MHSVM(nn.Module):
         spatial = tuple(x.shape[2:])
         if any(s % m for s, m in zip(spatial, self.size_multiple)):
             raise InputSizeError(f"MHS-VM input spatial size {spatial} is invalid: each side must be divisible by "
-                             f"{self.size_multiple} (patch_size × 2^{self.n_stages - 1} for "
-                             f"{self.n_stages - 1} patch mergings)")
+                                 f"{self.size_multiple} (patch_size × 2^{self.n_stages - 1} for "
+                                 f"{self.n_stages - 1} patch mergings)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, input_channels, *S) → logits (B, num_classes, *S)."""

@@ -494,14 +494,18 @@ class _UMambaBase(nn.Module):
         name = type(self).__name__
         if len(spatial) != self.spatial_dims:
             raise InputSizeError(f"{name} is {self.spatial_dims}D: expected input (B, C, {self.spatial_dims} spatial "
-                             f"dims), got spatial size {spatial}")
+                                 f"dims), got spatial size {spatial}")
         if self.required_input_size is not None and spatial != self.required_input_size:
             raise InputSizeError(f"{name} ({self.variant}) uses channels as tokens in a stage and only accepts its "
-                             f"training patch input_size={self.required_input_size}; got input size {spatial}")
+                                 f"training patch input_size={self.required_input_size}; got input size {spatial}")
         bad = [(i, t) for i, t in zip(spatial, self.total_stride) if i % t]
         if bad:
             raise InputSizeError(f"{name}: input size {spatial} is not divisible by the total stride "
-                             f"{self.total_stride} (product of the strides per axis)")
+                                 f"{self.total_stride} (product of the strides per axis)")
+        if self.training and math.prod(i // t for i, t in zip(spatial, self.total_stride)) == 1:
+            # InstanceNorm cannot normalise a single voxel in training mode (torch raises deep inside).
+            raise InputSizeError(f"{name}: input size {spatial} leaves a single voxel at the deepest stage "
+                                 f"(total stride {self.total_stride}); in training that needs more")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """x (B, input_channels, *spatial) → logits (B, num_classes, *spatial), or with
