@@ -202,3 +202,14 @@ def test_bad_inputs_give_one_message_and_write_nothing(work, tmp_path):
         predict(load_model(model_dir), [renamed], tmp_path / "y.nii.gz", device="cpu")
     # inputs untouched
     assert sorted(p.name for p in case.iterdir()) == sorted([p.name for p in images] + [f"{case.name}_seg.nii.gz"])
+
+
+def test_case_ids_from_file_names_keep_the_separators_inside_the_id():
+    from pathlib import Path
+
+    from medmamba.inference.predictor import _case_id_of
+
+    for name, case in [("patient_01-t1.nii.gz", "patient_01"), ("BraTS2021_00000_t1ce.nii.gz", "BraTS2021_00000"),
+                       ("BraTS-GLI-00000-000-t1n.nii.gz", "BraTS-GLI-00000-000"), ("case-1_flair.nii", "case-1"),
+                       ("scan.nii.gz", "scan")]:
+        assert _case_id_of(Path("/data") / name) == case, name

@@ -200,6 +200,7 @@ def test_checkpoint_write_is_atomic(tiny_dataset, tmp_path, monkeypatch):
     path = os.path.join(t.output_folder, "checkpoint_latest.pth")
     t.save_checkpoint(path)
     before = open(path, "rb").read()
+    before_listing = os.listdir(t.output_folder)
 
     def broken_save(obj, f, *a, **k):
         with open(f, "wb") as fh:
@@ -210,7 +211,20 @@ def test_checkpoint_write_is_atomic(tiny_dataset, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         t.save_checkpoint(path)
     assert open(path, "rb").read() == before
-    assert not glob.glob(path + ".tmp*")
+    assert sorted(os.listdir(t.output_folder)) == sorted(before_listing)  # no temporary left beside it
+
+
+def test_a_resumed_run_removes_the_temporaries_of_a_killed_save(tmp_path):
+    from medmamba.files import atomic_output_file
+    from medmamba.training.run import _remove_stale_temporaries
+
+    with atomic_output_file(tmp_path / "checkpoint_latest.pth") as tmp:  # the name a save in progress has
+        temporary = tmp.name
+        tmp.write_bytes(b"complete")
+    (tmp_path / temporary).write_bytes(b"left by a process killed while saving")
+    (tmp_path / "checkpoint_best.pth").write_bytes(b"kept")
+    _remove_stale_temporaries(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_best.pth", "checkpoint_latest.pth"]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -225,7 +239,7 @@ def test_short_training_writes_outputs(tiny_dataset, tmp_path, net, capsys):
     assert "Epoch 0" in log and "train_loss" in log and "medmamba recipe" in log
     ckpt = torch.load(res.checkpoint, map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in ckpt["network_weights"].values() if v.is_floating_point())
-    assert not glob.glob(os.path.join(res.output_folder, "*.tmp*"))
+    assert not [n for n in os.listdir(res.output_folder) if ".tmp" in n]  # hidden temporaries included
     expected = {"unet": "nnunet_default", "lightm_unet": "lightm_unet_adam", "umamba_bot": "nnunet_default"}[net]
     assert res.recipe == expected
     err = capsys.readouterr().err

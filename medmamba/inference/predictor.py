@@ -225,12 +225,12 @@ def _probability_header(header: nib.Nifti1Header, regions: Sequence[str]) -> nib
 
 
 def _case_id_of(first_image: Path) -> str:
-    """A case id from a modality file name: the name without its ending and modality suffix."""
+    """A case id from a modality file name: the name without its ending and its modality suffix,
+    which follows the last "_" or "-" (BraTS 2021 ``…_t1``, BraTS 2023 ``…-t1n``), so that the
+    separators inside the id stay (``patient_01-t1.nii.gz`` → ``patient_01``)."""
     stem = strip_ending(first_image.name)[0] if strip_ending(first_image.name) else first_image.stem
-    for sep in ("_", "-"):
-        if sep in stem:
-            return stem.rsplit(sep, 1)[0]
-    return stem
+    cut = max(stem.rfind("_"), stem.rfind("-"))
+    return stem[:cut] if cut > 0 else stem
 
 
 # ------------------------------------------------------------------------------ input resolution

@@ -39,6 +39,7 @@ from torch import distributed as dist
 from medmamba.devices import resolve_device
 from medmamba.environ import temporary_environ
 from medmamba.errors import CommandError
+from medmamba.files import TEMPORARY_FILE_PREFIX
 from medmamba.nnunet_folders import fold_folder
 from medmamba.processes import children_die_with_parent, die_with_parent
 
@@ -339,9 +340,10 @@ def _validate(trainer) -> str:
 
 
 def _remove_stale_temporaries(folder: str) -> None:
-    """Checkpoint temporaries (``checkpoint_*.pth.tmp-<pid>``) left by a run killed while saving.
-    Only the real names are ever read, so they are garbage; a resumed run removes them."""
-    for path in glob.glob(os.path.join(folder, "checkpoint_*.pth.tmp-*")):
+    """Checkpoint temporaries (``.tmp-<pid>-checkpoint_*.pth``, :func:`medmamba.files.atomic_output_file`)
+    left by a run killed while saving. Only the real names are ever read, so they are garbage; a
+    resumed run removes them."""
+    for path in glob.glob(os.path.join(folder, f"{TEMPORARY_FILE_PREFIX}*-checkpoint_*.pth")):
         os.remove(path)
 
 

@@ -15,7 +15,7 @@ What the base class is changed for, and why:
   them (they have no ``decoder.deep_supervision``);
 - DDP off CUDA: nnU-Net's ``__init__`` moves every DDP rank to ``cuda:rank`` and wraps the network
   in ``DDP(device_ids=[rank])``; here a CPU (gloo) run stays on the CPU and DDP gets no device ids;
-- checkpoints are written to a temporary name and renamed (``os.replace``), every epoch, and hold
+- checkpoints are written to a temporary name and renamed (:mod:`medmamba.files`), every epoch, and hold
   the random generators' state, restored on resume (single process) so that an interrupted seeded
   CPU run continues bit for bit as if it had not been interrupted;
 - torch.compile only when ``nnUNet_compile`` is explicitly true (medmamba's scan kernels are not
@@ -57,6 +57,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from medmamba.data.labels import short_region_name
+from medmamba.files import atomic_output_file
 from medmamba.models import registry
 
 from .recipes import RECIPES, Recipe, get_recipe
@@ -395,13 +396,8 @@ class MedMambaTrainer(nnUNetTrainer):
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
             'rng_state': rng_state(world_size=dist.get_world_size() if self.is_ddp else 1),
         }
-        tmp = f"{filename}.tmp-{os.getpid()}"
-        try:
+        with atomic_output_file(filename) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnU-Net 2.8.1's ``load_checkpoint`` (which fails for a dict argument), plus the RNG state.
