@@ -139,7 +139,7 @@ def _scan_fwd_flops(u_shape, *args, out_shape=None, **kwargs) -> int:
 
 @register_flop_formula(torch.ops.medmamba.selective_scan_bwd)
 def _scan_bwd_flops(dout_shape, u_shape, delta_shape, A_shape, *args, out_shape=None, **kwargs) -> int:
-    """Three forwards' worth (reference doc §12): the states are recomputed, then the adjoint scan
+    """Three forwards' worth (docs/selective_scan.md §9): the states are recomputed, then the adjoint scan
     and its products with B, C, Δ and u."""
     batch, dim, length = u_shape
     return 3 * 9 * batch * length * dim * A_shape[1]

@@ -1,6 +1,6 @@
 """Triton selective scan (Mamba-1 S6): forward and backward kernels for CUDA tensors.
 
-Design (see ``shared/reference/selective_scan.md`` §2-4 for the maths):
+Design (see docs/selective_scan.md §2-4 for the maths):
 
 * Grid ``(dim, batch)``: one program per (batch, channel). Each program holds a tile of
   ``[BLOCK_N, BLOCK_L]`` (all N states, padded to a power of two, by a block of time steps) and

@@ -1,4 +1,4 @@
-"""Shared inputs and tolerances for the selective-scan tests (mamba_ssm's test recipe, reference doc §11)."""
+"""Shared inputs and tolerances for the selective-scan tests (mamba_ssm's test recipe, docs/selective_scan.md §8)."""
 
 from __future__ import annotations
 

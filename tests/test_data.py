@@ -153,7 +153,7 @@ def test_generic_without_enhancing_label_warns_and_assumes_2021(tmp_path):
 
 # -------------------------------------------------------------------------------- label conventions
 
-NATIVE_REGIONS = {  # monai_brats.md §3
+NATIVE_REGIONS = {  # the regions of each convention (medmamba/data/labels.py, docs/evaluation.md)
     "brats2021": {"WT": {1, 2, 4}, "TC": {1, 4}, "ET": {4}},
     "brats2023": {"WT": {1, 2, 3}, "TC": {1, 3}, "ET": {3}},
     "brats2015": {"WT": {1, 2, 3, 4}, "TC": {1, 3, 4}, "ET": {4}},

@@ -1,4 +1,4 @@
-"""LightM-UNet: parameter targets of the released code (reference networks.md §3, §8), its structural
+"""LightM-UNet: parameter targets of the released code (docs/networks.md §5, §7), its structural
 traps (shared LayerNorm, Mamba before pooling, additive skips), shapes, input checks and the nnU-Net
 plans round trip. Forward passes use init_filters 8 and inputs of at most 16³ voxels."""
 
@@ -29,7 +29,7 @@ TINY = dict(init_filters=8)
 
 
 def _p_mamba(d: int) -> int:
-    # networks.md §0: expand 2, N 16, d_conv 4.
+    # docs/networks.md §1: expand 2, N 16, d_conv 4.
     return 6 * d * d + 110 * d + 4 * d * math.ceil(d / 16)
 
 
@@ -80,7 +80,7 @@ def test_rvm_layer_uses_one_layernorm_twice():
     assert [type(m) for m in layer.children()].count(nn.LayerNorm) == 1
     assert layer.skip_scale.shape == (1,) and layer.skip_scale.item() == 1.0
     assert layer.proj.bias is not None
-    # networks.md §3: 2C + P_mamba(C) + C·C_out + C_out + 1.
+    # docs/networks.md §5: 2C + P_mamba(C) + C·C_out + C_out + 1.
     assert _n_params(layer) == 2 * 16 + _p_mamba(16) + 16 * 32 + 32 + 1
     calls = []
     layer.norm.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape))

@@ -27,7 +27,7 @@ def test_parameter_names_and_shapes_match_mamba_ssm():
 
 @pytest.mark.parametrize("d_model", [32, 48, 320])
 def test_parameter_count_formula(d_model):
-    # Reference doc §6: 6D² + 110D + 4D·ceil(D/16) for expand 2, N 16, d_conv 4.
+    # docs/selective_scan.md §7: 6D² + 110D + 4D·ceil(D/16) for expand 2, N 16, d_conv 4.
     count = sum(p.numel() for p in Mamba(d_model).parameters())
     assert count == 6 * d_model**2 + 110 * d_model + 4 * d_model * math.ceil(d_model / 16)
 

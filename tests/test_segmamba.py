@@ -27,7 +27,7 @@ def _tiny(in_channels=2, num_classes=3, seed=0, **overrides) -> SegMamba:
     return create("segmamba", in_channels, num_classes, **{**TINY, **overrides})
 
 
-# --- parameter counts (reference networks.md §8) -------------------------------------------------
+# --- parameter counts (docs/networks.md §7) -------------------------------------------------
 
 
 def test_released_configuration_parameter_count_and_breakdown():

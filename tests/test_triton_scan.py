@@ -6,7 +6,7 @@ is imported), on small shapes. On a machine with CUDA the variable is left alone
 modules in the session still compile for the GPU) and the same tests run the compiled kernels on
 CUDA tensors; TRITON_INTERPRET=1 forces the interpreter there too.
 
-Tolerances are those of the upstream mamba tests (reference doc §11): output fp32 (6e-4, 2e-3),
+Tolerances are those of the upstream mamba tests (docs/selective_scan.md §8): output fp32 (6e-4, 2e-3),
 fp16 (3e-3, 5e-3), bf16 (3e-2, 5e-2); du 2×; dΔ 5× rtol / 10× atol; dA (rtolw, 5·atolw); variable
 dB/dC as the output; dD, dz, d_bias (rtolw, atolw) with (rtolw, atolw) = (1e-3, 1e-3) raised to
 the output tolerance when z is present; constant dB/dC (weights summed over batch and time, like dA)

@@ -1,6 +1,6 @@
 """U-Mamba Bot and Enc (paper_v1 and repo_2024_03, 2D and 3D): exact parameter counts of the reference
 doc's targets, output shapes with and without deep supervision, the nnU-Net plans round trip, input-size
-errors and the structural traps of networks.md §2 (no residual around Mamba, channel tokens, block-count
+errors and the structural traps of docs/networks.md §3 (no residual around Mamba, channel tokens, block-count
 reduction, 2D skip drop and Mamba alternation, initialisation)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def mamba_layers(model: nn.Module) -> list[MambaLayer]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Parameter counts (networks.md §8)
+# Parameter counts (docs/networks.md §7)
 # ------------------------------------------------------------------------------------------------
 
 TARGETS_3D = {
@@ -114,7 +114,7 @@ def test_parameter_count_3d_anisotropic_plan():
     enc = build_meta("umamba_enc", 1, 14, input_size=ANISO_PATCH, **kwargs)
     assert n_params(bot) == 41_945_158 and round(n_params(bot) / 1e6, 2) == 41.95
     assert n_params(enc) == 42_842_798 and round(n_params(enc) / 1e6, 2) == 42.84
-    # Last stage 5·7·6 = 210 voxels ≤ 320 channels: channel tokens, d_model 210 (networks.md §2.4).
+    # Last stage 5·7·6 = 210 voxels ≤ 320 channels: channel tokens, d_model 210 (docs/networks.md §3.3).
     last = enc.encoder.mamba_layers[-1]
     assert last.channel_token and last.dim == 210
 
@@ -135,7 +135,7 @@ def test_plain_conv_unet_baseline_count():
 
 
 # ------------------------------------------------------------------------------------------------
-# Structure (networks.md §2, §10)
+# Structure (docs/networks.md §3, §8)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -146,7 +146,7 @@ def test_bot_has_one_mamba_on_the_bottleneck(variant):
     assert layers == [model.mamba_layer]
     assert model.mamba_layer.dim == 320 and not model.mamba_layer.channel_token
     assert sum(isinstance(m, Mamba) for m in model.modules()) == 1
-    # Mamba 675,200 + LayerNorm 640 (networks.md §8).
+    # Mamba 675,200 + LayerNorm 640 (docs/networks.md §7).
     assert n_params(model.mamba_layer) == 675_200 + 640
 
 

@@ -32,7 +32,7 @@ class ScanCase:
     dstate: int = 16
 
 
-# Shapes from the networks (reference doc §11 and the issue): U-Mamba Bot's bottleneck (d_model 320
+# Shapes from the networks (docs/selective_scan.md §8): U-Mamba Bot's bottleneck (d_model 320
 # -> d_inner 640, L = 8³), SegMamba stage 0 (d_inner 96 at 64³ = 262,144 tokens), U-Mamba Enc
 # stage 0 (d_model 32 -> d_inner 64 at up to 128³).
 GPU_CASES = (
@@ -117,13 +117,13 @@ def _measure(scan, case: ScanCase, length: int, device, dtype, repeats: int) -> 
             "fwd_bwd_melem_per_s": elements / fwd_bwd / 1e6, "peak_mib": peak.bytes / 2**20}
 
 
-# (HBM bytes/s, exponentials/s): reference doc §12 (exp rate = SMs × 16 × clock).
+# (HBM bytes/s, exponentials/s): docs/selective_scan.md §9 (exp rate = SMs × 16 × clock).
 GPU_LIMITS = {"H200": (4.8e12, 3.9e12), "H100": (3.35e12, 3.9e12), "A100": (1.8e12, 2.4e12)}
 
 
 def gpu_lower_bound_ms(case: ScanCase, bytes_per_element: int, gpu_name: str) -> float | None:
-    """Forward+backward lower bound from the reference doc's roofline: the larger of the memory
-    time (forward s·B·L·(4D + 2GN), backward 8·s·B·D·L + (2s + 8)·B·G·N·L) and the exp time
+    """Forward+backward lower bound from the scan's roofline (docs/selective_scan.md §9): the larger
+    of the memory time (forward s·B·L·(4D + 2GN), backward 8·s·B·D·L + (2s + 8)·B·G·N·L) and the exp time
     (N exponentials per (b, d, t) forward, and again for the backward's recomputation)."""
     limits = next((v for k, v in GPU_LIMITS.items() if k in gpu_name), None)
     if limits is None:

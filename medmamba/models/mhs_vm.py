@@ -26,7 +26,7 @@ Structure (channels-last tokens between blocks; 2D defaults):
   fuses the four outputs with the gated fusion unit (:func:`gated_fusion`); the heads are
   concatenated → LN → ``y_proj`` (h·s → d).
 
-Routes per head (2D, over the (H, W) grid; 3D versions in :func:`head_routes` and the doc):
+Routes per head (2D, over the (H, W) grid; 3D versions in :func:`head_routes` and docs/mhs_vm_3d.md):
 C = horizontal snake / vertical snake; X = JPEG zigzag / the same with columns mirrored;
 S = clockwise spiral from the top-left / vertically mirrored (counter-clockwise from the bottom-left);
 Z = row-major / column-major (the SS2D pair). Routes are built from the tensor's grid shape at run

@@ -608,11 +608,13 @@ class UMambaEnc(_UMambaBase):
 
 
 def _default_2d_input_size(n_stages: int) -> list[int]:
-    """Default 2D patch of Enc: the one behind the doc's 2D targets, else a 4×4 bottleneck.
+    """Default 2D patch of Enc: the one behind the 2D parameter targets (docs/networks.md §7), else a
+    4×4 bottleneck.
 
-    The 2D counts of Enc repo_2024_03 depend on the patch through its channel-token stages and the
-    doc did not record it. Among the patches nnU-Net plans for S stages (each side in
-    [4, 8)·2^(S−1), so that S−1 poolings end at a 4…7 bottleneck) exactly one reproduces each
+    The 2D counts of Enc repo_2024_03 depend on the patch through its channel-token stages, and the
+    patch they were computed for was not recorded with them. Among the patches nnU-Net plans for S
+    stages (each side in [4, 8)·2^(S−1), so that S−1 poolings end at a 4…7 bottleneck) exactly one
+    reproduces each
     target: 320² for 7 stages (47.02M) and 512² for 8 stages (64.01M). Other stage counts get
     nnU-Net's smallest bottleneck, 4×4 (side 4·2^(S−1)).
     """
@@ -663,7 +665,7 @@ def build_umamba_enc(in_channels: int, num_classes: int, spatial_dims: int = 3, 
     """U-Mamba Enc; with no keyword the 3D target configuration (in 1, 14 classes, 128³: paper_v1
     59,690,022 parameters, repo_2024_03 42,760,582). ``input_size`` (alias ``patch_size``) is the
     training patch: default 128³ in 3D; in 2D 320² for 7 stages and 512² for 8 (the patches behind
-    the doc's 2D targets), else 4·2^(S−1) squared. Other keywords as :func:`build_umamba_bot`.
+    the 2D targets of docs/networks.md §7), else 4·2^(S−1) squared. Other keywords as :func:`build_umamba_bot`.
     """
     if input_size is not None and patch_size is not None and list(input_size) != list(patch_size):
         raise ValueError(f"input_size {list(input_size)} and patch_size {list(patch_size)} disagree")

@@ -86,7 +86,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "nnU-Net defaults shared by every architecture: Dice+BCE (regions) / Dice+CE (labels), SGD 1e-2 "
         "momentum 0.99 Nesterov, wd 3e-5, PolyLR 0.9, deep supervision where the network has it, AMP on "
         "CUDA, clip 12",
-        source="nnunetv2 2.8.1 nnUNetTrainer; U-Mamba trains with exactly these (networks.md §7)"),
+        source="nnunetv2 2.8.1 nnUNetTrainer; U-Mamba trains with exactly these (docs/recipes.md)"),
     # Mamba layers start as near-zero maps whose parameters get relative gradients 20-10,000x smaller
     # than convolutions' (docs/training-dynamics.md); SGD moves them in proportion to the gradient,
     # AdamW per parameter. For runs of a few hundred iterations (CPU budgets, the demo) every
@@ -102,7 +102,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "LightM-UNet: Adam 1e-4, wd 1e-5, eps 1e-5, PolyLR 0.9, nnU-Net loss, no deep supervision, no AMP, "
         "clip 12",
         optimizer="adam", lr=1e-4, weight_decay=1e-5, eps=1e-5, deep_supervision=False, amp=False,
-        source="LightM-UNet nnUNetTrainerLightMUNet (networks.md §7)"),
+        source="LightM-UNet nnUNetTrainerLightMUNet (docs/recipes.md)"),
     # SegMamba trains 4-class softmax with CE only. BraTS regions in nnU-Net are sigmoid outputs with
     # BCE + Dice, for which "CE only" has no exact counterpart; the faithful port is label-based
     # training on the same preprocessed data (the stored segmentations hold the integer labels, the
@@ -114,18 +114,18 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "SegMamba: cross-entropy only over label classes (label-based training, argmax), SGD 1e-2 momentum "
         "0.99 Nesterov, wd 3e-5, poly 0.9, no deep supervision, fp16 AMP on CUDA, clip 12",
         loss="ce", deep_supervision=False,
-        source="SegMamba 3_train.py (networks.md §7)"),
+        source="SegMamba 3_train.py (docs/recipes.md)"),
     Recipe(
         "umamba_noamp",
         "U-Mamba nnUNetTrainerUMambaEncNoAMP: nnU-Net defaults without autocast/GradScaler, clip 12",
         amp=False,
-        source="U-Mamba nnUNetTrainerUMambaEncNoAMP (networks.md §7)"),
+        source="U-Mamba nnUNetTrainerUMambaEncNoAMP (docs/recipes.md)"),
     Recipe(
         "mhs_vm_adamw",
         "MHS-VM / VM-UNet host: AdamW 1e-3, wd 1e-2, CosineAnnealingLR(T_max 50, eta_min 1e-5) per epoch, "
         "BCE+Dice (nnU-Net's region loss), no deep supervision, no AMP, clip 12",
         optimizer="adamw", lr=1e-3, weight_decay=1e-2, lr_schedule="cosine", deep_supervision=False,
-        amp=False, source="VM-UNet / MHS-VM train configs (networks.md §7); clip 12 kept from nnU-Net"),
+        amp=False, source="VM-UNet / MHS-VM train configs (docs/recipes.md); clip 12 kept from nnU-Net"),
 )}
 
 #: The recipe every architecture trains with unless asked otherwise (fair comparison).
