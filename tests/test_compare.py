@@ -4,6 +4,7 @@ on a tiny trained work folder."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -276,6 +277,55 @@ def test_the_statistics_table_is_grouped_by_architecture_and_metric(tmp_path):
     stats_md = files.table_md.read_text().split("## Against the baseline")[1]
     assert len([line for line in stats_md.splitlines() if line.startswith("| segmamba |")]) == 1
     assert len([line for line in stats_md.splitlines() if "| HD95 (mm) |" in line]) == 2
+
+
+def test_plot_titles_and_labels_fit_their_figures(tmp_path, monkeypatch):
+    """Every title fits inside its figure, every point's name inside its axes, and the text sizes go
+    figure title > panel title > tick labels — with one slice in the overlay and with two or six
+    architectures in the box plots, where the figures are narrowest and widest."""
+    from pathlib import Path
+
+    from medmamba.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    affine = np.eye(4)
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[8:14, 8:14, 12] = 2  # a tumour on one axial slice: a one-panel overlay
+    image = np.random.default_rng(0).normal(100, 10, label.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "flair.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "seg.nii.gz")
+    predictions = {}
+    for name in ("unet", "mhs_vm"):
+        nib.save(nib.Nifti1Image(np.roll(label, 1, axis=0), affine), tmp_path / f"{name}.nii.gz")
+        predictions[name] = tmp_path / f"{name}.nii.gz"
+    plots.overlay_case(tmp_path / "flair.nii.gz", tmp_path / "seg.nii.gz", predictions, tmp_path / "o.png",
+                       case_id="BraTS2021_00005")
+    for results in (_fabricated(n_cases=4)[:2], _fabricated(n_cases=4) + [
+            dataclasses.replace(r, name=f"{r.name}_2") for r in _fabricated(n_cases=4)]):
+        per_case = {r.name: per_case_values(r.evaluation) for r in results}
+        plots.box_plots(per_case, "dice", list(REGIONS), tmp_path / "b.png")
+    plots.dice_vs_parameters([("unet", 31e6, 0.836), ("umamba_bot", 58e6, 0.868), ("mhs_vm", 9e6, 0.75)],
+                             tmp_path / "d.png", "unet")
+    assert len(figures) == 4
+    import matplotlib.pyplot as plt
+
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        titles = [t for t in [fig._suptitle, *(ax.title for ax in fig.axes)] if t is not None and t.get_text()]
+        for text in titles:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (text.get_text(), box, fig.bbox.width)
+        for ax in fig.axes:
+            for annotation in ax.texts:
+                box = annotation.get_window_extent(renderer)
+                assert ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and box.y1 <= ax.bbox.y1, annotation.get_text()
+            ticks = [t.get_fontsize() for t in ax.get_xticklabels() if t.get_text()] if ax.axison else []
+            assert all(size < ax.title.get_fontsize() for size in ticks)
+        if fig._suptitle is not None:
+            assert all(fig._suptitle.get_fontsize() > ax.title.get_fontsize() for ax in fig.axes)
+        plt.close(fig)
 
 
 def test_report_folder_is_atomic_refuses_inputs_and_replaces_only_with_force(tmp_path):

@@ -15,6 +15,9 @@ __all__ = ["box_plots", "dice_vs_parameters", "overlay_case", "axial_slices"]
 
 _GT_COLOUR = "yellow"
 _METRIC_LABEL = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": "NSD"}
+# Text sizes (points) for figures shown at about their own width on a report page: the figure title a
+# step above the panel titles, the panel titles above the axis labels, so no title outgrows its panel.
+_FIGURE_TITLE, _PANEL_TITLE, _AXIS_LABEL, _TICK = 11, 10, 9, 8
 
 
 def _pyplot():
@@ -51,27 +54,38 @@ def box_plots(per_case: Mapping[str, Mapping[tuple[str, str], Mapping[str, float
     """
     plt = _pyplot()
     archs = list(per_case)
-    fig, axes = plt.subplots(1, len(regions), figsize=(max(4.0, 1.1 * len(archs) + 1.5) * len(regions) / 1.6, 4.2),
-                             squeeze=False)
+    data = {(region, arch): _finite(per_case[arch].get((region, metric), {}).values())
+            for region in regions for arch in archs}
+    counts = {v.size for v in data.values()}
+    # Each panel wide enough for its boxes and their names (slanted when they crowd), the whole at most
+    # about a report page wide (12 in at the saved 110 dpi), so that the page does not shrink its text.
+    panel_width = min(4.0, max(2.8, 0.5 * len(archs) + 1.2))
+    fig, axes = plt.subplots(1, len(regions), figsize=(panel_width * len(regions), 4.0), squeeze=False)
+    slanted = len(archs) > 3
     for ax, region in zip(axes[0], regions):
-        data, labels = [], []
-        for arch in archs:
-            values = np.array(list(per_case[arch].get((region, metric), {}).values()), dtype=float)
-            values = values[np.isfinite(values)]
-            data.append(values)
-            labels.append(f"{arch}\n(n={values.size})")
-        ax.boxplot(data, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "white",
-                                                    "markeredgecolor": "black"})
-        for i, values in enumerate(data, start=1):  # the cases themselves: few cases make a box misleading
-            jitter = np.linspace(-0.08, 0.08, values.size) if values.size > 1 else np.zeros(values.size)
-            ax.scatter(np.full(values.size, i) + jitter, values, s=10, alpha=0.6, color="tab:blue", zorder=3)
-        ax.set_xticks(range(1, len(archs) + 1), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_title(region)
-        ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+        values = [data[(region, arch)] for arch in archs]
+        ax.boxplot(values, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "white",
+                                                      "markeredgecolor": "black"})
+        for i, v in enumerate(values, start=1):  # the cases themselves: few cases make a box misleading
+            jitter = np.linspace(-0.08, 0.08, v.size) if v.size > 1 else np.zeros(v.size)
+            ax.scatter(np.full(v.size, i) + jitter, v, s=10, alpha=0.6, color="tab:blue", zorder=3)
+        labels = archs if len(counts) == 1 else [f"{a} (n={v.size})" for a, v in zip(archs, values)]
+        ax.set_xticks(range(1, len(archs) + 1), labels, rotation=30 if slanted else 0,
+                      ha="right" if slanted else "center", fontsize=_TICK)
+        ax.tick_params(axis="y", labelsize=_TICK)
+        ax.set_title(region, fontsize=_PANEL_TITLE)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{_METRIC_LABEL.get(metric, metric)} per case (triangle: mean)")
+    axes[0][0].set_ylabel(_METRIC_LABEL.get(metric, metric), fontsize=_AXIS_LABEL)
+    cases = f", {counts.pop()} cases" if len(counts) == 1 else ""
+    fig.suptitle(f"{_METRIC_LABEL.get(metric, metric)} per case{cases} (triangle: mean, line: median)",
+                 fontsize=_FIGURE_TITLE)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def _finite(values) -> np.ndarray:
+    values = np.array(list(values), dtype=float)
+    return values[np.isfinite(values)]
 
 
 def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | Path,
@@ -90,19 +104,23 @@ def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | P
             if p is not None and d is not None and np.isfinite(p) and np.isfinite(d) and p > 0]
     for name, params, dice in kept:
         ax.scatter(params, dice, s=40, zorder=3, color="tab:red" if name == baseline else "tab:blue")
-        ax.annotate(name, (params, dice), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(name, (params, dice), textcoords="offset points", xytext=(5, 4), fontsize=_TICK)
         if name == baseline:
             ax.axhline(dice, color="tab:red", linestyle=":", linewidth=1, label=f"baseline ({name})")
     ax.set_xscale("log")
     if kept:
         lo, hi = min(p for _, p, _ in kept), max(p for _, p, _ in kept)
-        ax.set_xlim(lo / 2, hi * 2)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("mean Dice (WT, TC, ET)")
+        ax.set_xlim(lo / 2, hi * 3)  # room on the right for the last point's name
+        dice = [d for _, _, d in kept]
+        pad = max(0.01, 0.15 * (max(dice) - min(dice)))  # room above the top point's name
+        ax.set_ylim(min(dice) - pad, max(dice) + pad)
+    ax.set_xlabel("parameters", fontsize=_AXIS_LABEL)
+    ax.set_ylabel("mean Dice (WT, TC, ET)", fontsize=_AXIS_LABEL)
+    ax.tick_params(which="both", labelsize=_TICK)
     ax.grid(alpha=0.3, which="both")
     if baseline in {n for n, _, _ in kept}:
-        ax.legend(fontsize=8)
-    ax.set_title("Dice against model size")
+        ax.legend(fontsize=_TICK, loc="lower right")
+    ax.set_title("Dice against model size", fontsize=_FIGURE_TITLE)
     fig.tight_layout()
     return _save(fig, Path(path))
 
@@ -162,7 +180,8 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
     vmin, vmax = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
     # tab10 without its olive (too close to the ground truth's yellow) and grey (the background's)
     colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (7, 8)]
-    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
+    # At least as wide as its title and legend, however few slices the tumour spans.
+    fig, axes = plt.subplots(1, len(slices), figsize=(max(3.6 * len(slices), 7.2), 4.4), squeeze=False)
     for ax, k in zip(axes[0], slices):
         ax.imshow(data[:, :, k].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest")
         if gt[:, :, k].any():
@@ -171,13 +190,16 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
             if mask[:, :, k].any():
                 ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors=[colours[i % len(colours)]],
                            linewidths=1.3)
-        ax.set_title(f"axial slice {k}")
+        ax.set_title(f"axial slice {k}", fontsize=_PANEL_TITLE)
         ax.set_axis_off()
     handles = [Line2D([], [], color=_GT_COLOUR, linewidth=2.2, label="ground truth")]
     handles += [Line2D([], [], color=colours[i % len(colours)], linewidth=1.3, label=name)
                 for i, name in enumerate(masks)]
-    legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=9, frameon=True)
+    legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=_AXIS_LABEL,
+                        frameon=True)
     legend.get_frame().set_facecolor("0.6")
-    fig.suptitle(f"whole-tumour contours{f' — {case_id}' if case_id else ''} (RAS, neurological view)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    rows = -(-len(handles) // 4)  # legend rows at the bottom
+    fig.suptitle(f"Whole-tumour contours{f', {case_id}' if case_id else ''} (axial, RAS, neurological view)",
+                 fontsize=_FIGURE_TITLE)
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 0.95))
     return _save(fig, Path(path))

@@ -446,10 +446,11 @@ def report_markdown(report: Report) -> str:
     return "\n".join(md)
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    css = f' class="{css_class}"' if css_class else ""
+    return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _VERDICT_CLASS = {"better": "better", "worse": "worse", TOO_FEW_WARNING: "few"}
@@ -475,7 +476,7 @@ def _html_stats(stats: Sequence[PairedComparison]) -> str:
                 cells.append(f'<td class="metric" rowspan="{len(same_metric)}">{esc(_metric_label(c.metric))}</td>')
             diff, ci = _diff_text(c)
             verdict = _VERDICT_CLASS.get(c.verdict, "ns") + (" noise" if _below_noise(c) else "")
-            cells += [f"<td>{esc(c.region)}</td>", f"<td>{c.n}</td>", f"<td>{esc(diff)}</td>", f"<td>{esc(ci)}</td>",
+            cells += [f'<td class="region">{esc(c.region)}</td>', f"<td>{c.n}</td>", f"<td>{esc(diff)}</td>", f"<td>{esc(ci)}</td>",
                       f"<td>{esc(_num(c.p_value, '.3g'))}</td>", f'<td class="{verdict}">{esc(_verdict_text(c))}</td>']
             rows.append(f'<tr{" class=mean" if c.region == MEAN_REGION else ""}>{"".join(cells)}</tr>')
         blocks.append(f"<tbody>{''.join(rows)}</tbody>")
@@ -498,7 +499,8 @@ img{max-width:100%}code{background:#f3f3f3;padding:0 3px}
 table.stats tbody{border-top:3px solid #888}table.stats th[scope=rowgroup]{text-align:left;vertical-align:top;background:#f6f6f6}
 table.stats td.metric{text-align:left;vertical-align:top;color:#444}table.stats tr.mean td{font-weight:600}
 td.better{background:#dff3df}td.worse{background:#f8dcdc}td.few{color:#777;background:#fbf3dc}td.ns{color:#555}
-td.noise{background:#eee}td:last-child{text-align:left}"""
+td.noise{background:#eee}table.stats td:last-child,table.stats th:last-child,td.region{text-align:left}
+table.numbers td{white-space:nowrap}table.text td,table.text th{text-align:left}"""
 
 _PLOT_CAPTIONS = {"box_dice": "Dice per case and region", "box_hd95": "HD95 per case and region",
                   "dice_vs_params": "mean Dice against parameters"}
@@ -516,7 +518,12 @@ def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
         parts.append(f'<p class="context">{esc(context)}</p>')
     parts.append('<div class="headline">' + "".join(f"<p>{esc(line)}</p>" for line in report.headline) + "</div>")
     parts.append(f"<h2>Results</h2><p>{esc(_TABLE_INTRO).replace('*', '')}</p>")
-    parts.append(_html_table([h for h, _ in cols], [[f(row) for _, f in cols] for row in report.table]))
+    # Two tables, so that each fits the page without wrapping a number: the scores, then the costs.
+    first_cost = next((i for i, (h, _) in enumerate(cols) if h == "params"), len(cols))
+    for part in (cols[:first_cost], cols[:1] + cols[first_cost:]):
+        if len(part) > 1:
+            parts.append(_html_table([h for h, _ in part], [[f(row) for _, f in part] for row in report.table],
+                                     "numbers"))
     parts.append("<h2>Statistics against the baseline</h2>")
     if report.stats:
         parts.append(f"<p>Baseline: <b>{esc(str(report.baseline))}</b>. {esc(_STATS_INTRO)}</p>")
@@ -533,7 +540,7 @@ def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
             f"<li{warn if n.startswith('warning') else ''}>{esc(n)}</li>" for n in report.notes) + "</ul>")
     if report.skipped:
         parts.append("<h2>Skipped architectures</h2>"
-                     + _html_table(["architecture", "reason"], [[a, r] for a, r in report.skipped]))
+                     + _html_table(["architecture", "reason"], [[a, r] for a, r in report.skipped], "text"))
     if report.settings:
         parts.append("<h2>Setting</h2><ul>" + "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>"
                                                       for k, v in report.settings.items()) + "</ul>")
