@@ -316,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--epochs", type=positive_int, help="epochs (default nnU-Net's 1000)")
     pat.add_argument("--iters-per-epoch", type=positive_int,
                      help="training iterations per epoch (default nnU-Net's 250)")
-    pat.add_argument("--val-iters", type=positive_int, help="validation batches per epoch (default: one per five training "
-                     "iterations, nnU-Net's 50 per 250)")
+    pat.add_argument("--val-iters", type=positive_int,
+                     help="validation batches per epoch (default: one per five training "
+                          "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
                      help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")

@@ -342,4 +342,3 @@ def preprocessing_complete(preprocessed: str | Path, data_identifier: str, cases
     folder = Path(preprocessed) / data_identifier
     return (done.get("data_identifier") == data_identifier and done.get("cases") == sorted(cases)
             and all((folder / f"{case}.pkl").is_file() for case in cases))
-

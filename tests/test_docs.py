@@ -20,7 +20,8 @@ SUFFIXES = {".py", ".md", ".toml", ".ipynb", ".sh", ".txt", ".cfg", ""}
 #: File names ending in .md that name an output, not a document (the comparison report's table).
 OUTPUT_NAMES = {"table.md"}
 
-CITATION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b(?:\)|`|\])*(?P<sections>(?:,?\s*§\s*[\d.]+(?:\s*-\s*\d+)?)*)")
+CITATION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b(?:\)|`|\])*"
+                      r"(?P<sections>(?:,?\s*§\s*[\d.]+(?:\s*-\s*\d+)?)*)")
 SECTION = re.compile(r"§\s*([\d.]*\d)(?:\s*-\s*(\d+))?")
 DECISION = re.compile(r"design\.md\)?,\s*decision\s+(\d+)")
 FORBIDDEN = [(re.compile(r"(?<![\w-])shared/[\w./-]+"), "a path under shared/, outside the repository"),

@@ -434,8 +434,9 @@ def default_summary_path(csv_path: str | Path) -> Path:
     return csv_path.with_name(f"{csv_path.stem}_summary.json")
 
 
-def evaluate_to_files(pred_dir: str | Path, gt: str | Path, csv_path: str | Path, summary_path: str | Path | None = None,
-                      *, force: bool = False, **options) -> tuple[Evaluation, Path, Path]:
+def evaluate_to_files(pred_dir: str | Path, gt: str | Path, csv_path: str | Path,
+                      summary_path: str | Path | None = None, *, force: bool = False,
+                      **options) -> tuple[Evaluation, Path, Path]:
     """``medmamba evaluate``: :func:`evaluate_folder` written to a per-case CSV and a summary JSON.
 
     The inputs must exist and the outputs are checked before any volume is read: two different

@@ -476,7 +476,8 @@ def _html_stats(stats: Sequence[PairedComparison]) -> str:
                 cells.append(f'<td class="metric" rowspan="{len(same_metric)}">{esc(_metric_label(c.metric))}</td>')
             diff, ci = _diff_text(c)
             verdict = _VERDICT_CLASS.get(c.verdict, "ns") + (" noise" if _below_noise(c) else "")
-            cells += [f'<td class="region">{esc(c.region)}</td>', f"<td>{c.n}</td>", f"<td>{esc(diff)}</td>", f"<td>{esc(ci)}</td>",
+            cells += [f'<td class="region">{esc(c.region)}</td>', f"<td>{c.n}</td>", f"<td>{esc(diff)}</td>",
+                      f"<td>{esc(ci)}</td>",
                       f"<td>{esc(_num(c.p_value, '.3g'))}</td>", f'<td class="{verdict}">{esc(_verdict_text(c))}</td>']
             rows.append(f'<tr{" class=mean" if c.region == MEAN_REGION else ""}>{"".join(cells)}</tr>')
         blocks.append(f"<tbody>{''.join(rows)}</tbody>")
@@ -492,11 +493,13 @@ def _img(path: Path, alt: str) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{display:inline-block;margin:1em;vertical-align:top}
+td:first-child,th:first-child{text-align:left}.warn{color:#a40}
+figure{display:inline-block;margin:1em;vertical-align:top}
 img{max-width:100%}code{background:#f3f3f3;padding:0 3px}
 .headline{border-left:6px solid #36c;background:#f2f6fc;padding:0.6em 1em;margin:1em 0;font-size:1.1em;max-width:70em}
 .headline p{margin:0.3em 0}.context{color:#555}
-table.stats tbody{border-top:3px solid #888}table.stats th[scope=rowgroup]{text-align:left;vertical-align:top;background:#f6f6f6}
+table.stats tbody{border-top:3px solid #888}
+table.stats th[scope=rowgroup]{text-align:left;vertical-align:top;background:#f6f6f6}
 table.stats td.metric{text-align:left;vertical-align:top;color:#444}table.stats tr.mean td{font-weight:600}
 td.better{background:#dff3df}td.worse{background:#f8dcdc}td.few{color:#777;background:#fbf3dc}td.ns{color:#555}
 td.noise{background:#eee}table.stats td:last-child,table.stats th:last-child,td.region{text-align:left}

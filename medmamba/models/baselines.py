@@ -135,4 +135,3 @@ def build_resenc(in_channels: int, num_classes: int, spatial_dims: int = 3, deep
     kwargs["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6, 6][: kwargs["n_stages"]] + [6] * max(0, kwargs["n_stages"] - 8)
     kwargs["n_conv_per_stage_decoder"] = [1] * (kwargs["n_stages"] - 1)
     return _instantiate(ResidualEncoderUNet, in_channels, num_classes, deep_supervision, kwargs)
-

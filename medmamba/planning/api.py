@@ -95,7 +95,7 @@ def load_presets(archs: str | Preset | Sequence[str | Preset], plans_dir=None) -
     return list({p.name: p for p in presets}.values())
 
 
-def plan(dataset: str | os.PathLike | int, archs: Sequence[str], gpu_memory_gb: float | None = None,
+def plan(dataset: str | os.PathLike | int, archs: Sequence[str | Preset], gpu_memory_gb: float | None = None,
          preprocessed_root: str | os.PathLike | None = None, *, plans_dir=None,
          configurations: Sequence[str] = CONFIGURATIONS, num_processes: int = 2,
          overwrite_fingerprint: bool = False, fingerprint_samples: int | None = None,

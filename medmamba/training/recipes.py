@@ -131,6 +131,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 #: The recipe every architecture trains with unless asked otherwise (fair comparison).
 DEFAULT_RECIPE = "nnunet_default"
 
+
 def available_recipes() -> list[str]:
     """Names of every recipe."""
     return list(RECIPES)
