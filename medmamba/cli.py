@@ -249,6 +249,13 @@ def _demo(args: argparse.Namespace) -> None:
         _check_architectures("medmamba demo", args.arch)
         settings.archs = tuple(dict.fromkeys(["unet", *args.arch]))  # the baseline always runs
     settings.seed = args.seed
+    if args.recipe is not None:
+        from medmamba.training import get_recipe
+
+        try:
+            settings.recipe = get_recipe(args.recipe).name
+        except ValueError as err:
+            raise SystemExit(f"medmamba demo: --recipe: {err}") from None
     try:
         with output_lock(args.out):  # beside the folder: the demo refuses a non-empty folder it did not make
             run_demo(args.out, settings, device=args.device)
@@ -351,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--val-iters", type=int, help="validation batches per epoch (default: one per five training "
                      "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
-                     help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
+                     help="'default' (nnU-Net's SGD for every architecture: the fair comparison at full length), "
+                          "'nnunet_adamw' (shared, for runs of a few hundred iterations), 'paper' (each paper's), "
+                          "or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
@@ -469,8 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-cases", type=int, help="synthetic training cases (default 10)")
     demo.add_argument("--test-cases", type=int, help="synthetic test cases (default 4)")
     demo.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="case size (default 32 32 32)")
-    demo.add_argument("--epochs", type=int, help="epochs per architecture (default 4)")
-    demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 20)")
+    demo.add_argument("--epochs", type=int, help="epochs per architecture (default 6)")
+    demo.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 40)")
+    demo.add_argument("--recipe", help="the recipe every architecture trains with (default nnunet_adamw, the shared "
+                                       "recipe for short runs; nnunet_default is nnU-Net's SGD)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
     demo.set_defaults(handler=_demo, on_interrupt="stopped; run the same command again to continue")
 
