@@ -206,12 +206,14 @@ def selective_scan(
 
 
 def _as_grouped(BC: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
-    """(D, N) stays a weight in the weight dtype; (batch, N, L) becomes (batch, 1, N, L)."""
+    """(D, N) stays a weight in the weight dtype; (batch, N, L) becomes (batch, 1, N, L). Strides
+    are left alone: each backend lays B and C out as it needs them (the CPU path transposes them to
+    (batch, G, L, N) anyway), so slices of a projection's output are not copied twice."""
     if BC.dim() == 2:
         return BC.to(weight_dtype)
     if BC.dim() == 3:
         BC = BC.unsqueeze(1)
-    return BC.contiguous()
+    return BC
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, routes) -> None:

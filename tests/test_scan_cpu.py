@@ -214,3 +214,22 @@ def test_kernels_vectorise_without_overlap_checks(kernel):
                if line.startswith("define") and "parfor_gufunc" in line and "@__gufunc__" not in line]
     assert body.count("noalias") > 10  # every array argument, not only the return pointers
     assert re.search(r"fmul [a-z ]*<(8|16) x float>", llvm)  # 8 or 16 lanes: AVX2 or AVX-512
+
+
+def test_B_C_may_be_strided_slices():
+    """The networks pass B and C as slices of one projection's output; the op no longer copies them
+    to contiguous memory first, so the CPU path must read their strides right (values and the
+    gradients that flow back into the sliced tensor)."""
+    inputs = make_inputs(length=70, bc="variable")
+    stacked = torch.cat([inputs["B"], torch.randn(2, 3, 70), inputs["C"]], dim=1).requires_grad_()
+    B, C = stacked[:, :8], stacked[:, 11:]
+    assert not B.is_contiguous() and not C.is_contiguous()
+    others = {k: v for k, v in inputs.items() if k not in "BC"}
+    out = selective_scan(B=B, C=C, **others, delta_softplus=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(out, stacked, dout)
+    expected, _, expected_grads = oracle(inputs, delta_softplus=True)
+    torch.testing.assert_close(out.double(), expected, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(grad[:, :8].double(), expected_grads["B"], rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(grad[:, 11:].double(), expected_grads["C"], rtol=6e-4, atol=2e-3)
+    assert torch.all(grad[:, 8:11] == 0)
