@@ -1,5 +1,5 @@
-"""The scan benchmark's mambapy peer: the same computation as the reference, and the benchmark
-says when mambapy is absent."""
+"""The benchmarks' options: the scan benchmark's mambapy peer (the same computation as the
+reference; the benchmark says when mambapy is absent) and the models benchmark under autocast."""
 
 from __future__ import annotations
 
@@ -54,3 +54,29 @@ def test_benchmark_says_when_mambapy_is_absent(monkeypatch):
     rows = run_scan_benchmark(torch.device("cpu"), quick=True, repeats=1, log=lines.append)
     assert [r["backend"] for r in rows] == ["reference", "cpu"]
     assert any("mambapy is not installed" in line for line in lines)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_models_benchmark_runs_under_autocast_when_asked(monkeypatch, amp):
+    from medmamba.benchmarks import models as models_benchmark
+
+    seen = []
+    real_builder = models_benchmark.builder_for_patch
+
+    def spying_builder(*args):
+        build = real_builder(*args)
+
+        def build_and_spy():
+            model = build()
+            model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+            return model
+
+        return build_and_spy
+
+    monkeypatch.setattr(models_benchmark, "builder_for_patch", spying_builder)
+    lines = []
+    # MHS-VM: cheap at 32³ (unet cannot train on one 32³ patch: its bottleneck is a single voxel).
+    rows = models_benchmark.run_models_benchmark(torch.device("cpu"), (32, 32, 32), 1, 2, repeats=1,
+                                                 names=["mhs_vm"], log=lines.append, amp=amp)
+    assert seen and set(seen) == {amp}
+    assert [r["name"] for r in rows] == ["mhs_vm"] and rows[0]["amp"] is amp and ("autocast" in lines[0]) is amp
