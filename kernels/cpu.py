@@ -24,7 +24,6 @@ import os
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
@@ -86,13 +85,66 @@ def _exp_overload(x):
     return fast_exp
 
 
+def _softplus(x):
+    """softplus(x) = log(1 + e^x) with PyTorch's threshold: x itself above 20."""
+    return x if x > 20.0 else math.log1p(math.exp(x))
+
+
+def _softplus_slope(x):
+    """softplus' derivative, the logistic σ(x) = 1 / (1 + e^-x); 1 above the threshold 20."""
+    return 1.0 if x > 20.0 else 1.0 / (1.0 + math.exp(-x))
+
+
+# Δ = softplus(delta + bias) and its derivative are computed in the kernels, in their vectorised
+# loops over a chunk's positions: as PyTorch passes they cost ~10% of the scan at U-Mamba Bot's shape
+# and a (B, D, L) tensor each. No reassociation, as for _exp.
+@overload(_softplus, jit_options={"fastmath": {"contract", "arcp", "nsz"}})
+def _softplus_overload(x):
+    if x != types.float32:
+        return _softplus
+
+    def fast_softplus(x):
+        # max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], and log1p(e) = 2·atanh(s), s = e / (2 + e) in
+        # (0, 1/3]: a series in s² (error below 2e-9 with the terms up to s^15) without cancellation
+        # however small e is. Above 20 it rounds to x, PyTorch's threshold value.
+        e = _exp(-abs(x))
+        s = e / (np.float32(2.0) + e)
+        s2 = s * s
+        p = np.float32(1.0 / 15.0)
+        p = p * s2 + np.float32(1.0 / 13.0)
+        p = p * s2 + np.float32(1.0 / 11.0)
+        p = p * s2 + np.float32(1.0 / 9.0)
+        p = p * s2 + np.float32(1.0 / 7.0)
+        p = p * s2 + np.float32(1.0 / 5.0)
+        p = p * s2 + np.float32(1.0 / 3.0)
+        p = p * s2 + np.float32(1.0)
+        return max(x, np.float32(0.0)) + np.float32(2.0) * s * p
+
+    return fast_softplus
+
+
+@overload(_softplus_slope, jit_options={"fastmath": {"contract", "arcp", "nsz"}})
+def _softplus_slope_overload(x):
+    if x != types.float32:
+        return _softplus_slope
+
+    def fast_slope(x):
+        # σ(x) from e = exp(-|x|), which never overflows; above 20 it rounds to 1.
+        e = _exp(-abs(x))
+        inverse = np.float32(1.0) / (np.float32(1.0) + e)
+        return inverse if x >= np.float32(0.0) else e * inverse
+
+    return fast_slope
+
+
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
-def _forward(u, dt_all, A, B_src, C_src, Dv, z, route, out, states, h_w, gate_w,
-             b_var, c_var, has_z, has_route, chunk_len):
+def _forward(u, delta, bias, A, B_src, C_src, Dv, z, route, out, states, h_w, dt_w, gate_w,
+             softplus, b_var, c_var, has_z, has_route, chunk_len):
     """One sequential pass per (batch, channel), the N states in the worker's row of ``h_w``.
-    ``states`` receives the state after every ``chunk_len`` steps or, when it has a single slot,
-    only the last one. ``gate_w`` is per-worker scratch for a chunk's silu(z). As in ``_backward``:
-    separate arrays and no views in the loop, so the loops vectorise."""
+    Δ = delta + bias, through softplus if asked. ``states`` receives the state after every
+    ``chunk_len`` steps or, when it has a single slot, only the last one. ``dt_w`` and ``gate_w``
+    are per-worker scratch for a chunk's Δ and silu(z). As in ``_backward``: separate arrays and no
+    views in the loop, so the loops vectorise."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     groups_b = B_src.shape[1] if b_var else 1
@@ -118,13 +170,17 @@ def _forward(u, dt_all, A, B_src, C_src, Dv, z, route, out, states, h_w, gate_w,
             for c in range(n_chunks):
                 t0 = c * chunk_len
                 t1 = min(length, t0 + chunk_len)
-                if has_z:  # the gate of the whole chunk in one vectorised loop
+                # The chunk's Δ and gate, each in one vectorised loop.
+                for t in range(t0, t1):
+                    x_in = delta[b, d, route[k, t] if has_route else t] + bias[d]
+                    dt_w[w, t - t0] = _softplus(x_in) if softplus else x_in
+                if has_z:
                     for t in range(t0, t1):
                         zz = z[b, d, route[k, t] if has_route else t]
                         gate_w[w, t - t0] = zz / (np.float32(1.0) + _exp(-zz))  # fp32 constant: see below
                 for t in range(t0, t1):
                     p = route[k, t] if has_route else t
-                    dt = dt_all[b, d, p]
+                    dt = dt_w[w, t - t0]
                     x = u[b, d, p]
                     dtx = dt * x
                     bp = p if b_var else 0
@@ -144,11 +200,11 @@ def _forward(u, dt_all, A, B_src, C_src, Dv, z, route, out, states, h_w, gate_w,
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"}, error_model="numpy")
-def _backward(dout, u, dt_all, A, B_src, C_src, Dv, z, route, states,
-              du, ddt_all, dz, dA_part, dD_part, dBc_part, dCc_part, dB_dst, dC_dst,
-              hs, decays, h_cur, mu, dA_chunk, dt_w, x_w, gy_w, gz_w,
-              b_var, c_var, has_z, has_route, chunk_len, n_blocks):
-    """Adjoint sweep; writes dL/dΔ (the wrapper applies softplus' derivative).
+def _backward(dout, u, delta, bias, A, B_src, C_src, Dv, z, route, states,
+              du, ddelta, dz, dA_part, dD_part, dBc_part, dCc_part, dB_dst, dC_dst,
+              hs, decays, h_cur, mu, dA_chunk, dt_w, slope_w, x_w, gy_w, gz_w,
+              softplus, b_var, c_var, has_z, has_route, chunk_len, n_blocks):
+    """Adjoint sweep; writes dL/d(delta + bias) (through softplus' derivative when it is on).
 
     Sums over the sequence (float64):
     dA/dBc/dCc (batch, dim, N), dD (batch, dim). Variable dB/dC go to ``dB_dst``/``dC_dst``
@@ -217,7 +273,9 @@ def _backward(dout, u, dt_all, A, B_src, C_src, Dv, z, route, states,
                     # dout·silu'(z), which times the pre-gate output is dz), in vectorised loops.
                     for t in range(t0, t1):
                         p = route[k, t] if has_route else t
-                        dt_w[w, t - t0] = dt_all[b, d, p]
+                        x_in = delta[b, d, p] + bias[d]
+                        dt_w[w, t - t0] = _softplus(x_in) if softplus else x_in
+                        slope_w[w, t - t0] = _softplus_slope(x_in) if softplus else 1.0
                         x_w[w, t - t0] = u[b, d, p]
                     if has_z:
                         for t in range(t0, t1):
@@ -279,7 +337,7 @@ def _backward(dout, u, dt_all, A, B_src, C_src, Dv, z, route, states,
                             ddt += lam * (A[d, n] * ah + Bn * x)
                             dA_chunk[w, n] += lam * dt * ah
                         du[b, d, p] = Dv[d] * gy + dt * du_acc
-                        ddt_all[b, d, p] = ddt
+                        ddelta[b, d, p] = ddt * slope_w[w, i]
                         if has_z:
                             dz[b, d, p] = gz_w[w, i] * (y + Dv[d] * x)
                         dD_acc += gy * x
@@ -305,14 +363,10 @@ _TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 class _Args:
-    """Numba wants every argument present and typed: absent D, z and routes become tiny dummies,
-    flagged off. B and C are 4D for both layouts, so one loop body serves both: variable
-    (batch, G, L, N) (the loop over N reads contiguous memory), constant (1, D, 1, N).
-
-    Δ = softplus(delta + bias) is computed here with PyTorch's vectorised softplus (threshold 20, as
-    the CUDA kernel): inside the sequential kernel a scalar log1p and exp per step cost as much as
-    the whole scan over 16 states. It is computed in place where the tensor is our own: every fresh
-    (B, D, L) tensor costs page faults and, at long L, a large share of the peak memory."""
+    """Numba wants every argument present and typed: absent D, delta_bias, z and routes become
+    zeros or tiny dummies, flagged off. B and C are 4D for both layouts, so one loop body serves
+    both: variable (batch, G, L, N) (the loop over N reads contiguous memory), constant (1, D, 1, N).
+    Everything else is handed over as it is (no (B, D, L) copies for fp32 inputs)."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, softplus, route_index):
         self.dtype = dtype = np.float64 if u.dtype == torch.float64 else np.float32
@@ -321,15 +375,9 @@ class _Args:
         self.b_var, self.c_var = B.dim() == 4, C.dim() == 4
         self.B = _np(B.transpose(2, 3), dtype) if self.b_var else _np(B, dtype).reshape(1, dim, 1, -1)
         self.C = _np(C.transpose(2, 3), dtype) if self.c_var else _np(C, dtype).reshape(1, dim, 1, -1)
-        dt = delta.detach().to(_TORCH[dtype])
-        if delta_bias is not None:
-            dt = dt + delta_bias.detach().to(_TORCH[dtype])[:, None]
         self.softplus = bool(softplus)
-        if self.softplus:
-            own = delta_bias is not None or dt.data_ptr() != delta.data_ptr()
-            dt = torch.ops.aten.softplus.out(dt, 1, 20, out=dt) if own else F.softplus(dt)
-        self.dt_tensor = dt
-        self.u, self.dt, self.A = _np(u, dtype), _np(dt, dtype), _np(A, dtype)
+        self.u, self.delta, self.A = _np(u, dtype), _np(delta, dtype), _np(A, dtype)
+        self.bias = _np(delta_bias, dtype) if delta_bias is not None else np.zeros(dim, dtype)
         self.D = _np(D, dtype) if D is not None else np.zeros(dim, dtype)
         self.has_z = z is not None
         self.z = _np(z, dtype) if self.has_z else np.zeros((1, 1, 1), dtype)
@@ -338,19 +386,10 @@ class _Args:
                       else np.zeros((1, 1), dtype=np.int64))
 
     def inputs(self):
-        return (self.u, self.dt, self.A, self.B, self.C, self.D, self.z, self.route)
+        return (self.u, self.delta, self.bias, self.A, self.B, self.C, self.D, self.z, self.route)
 
     def workers(self, jobs: int) -> int:
         return max(1, min(numba.get_num_threads(), jobs))
-
-    def delta_grad(self, ddt: np.ndarray) -> torch.Tensor:
-        """dL/d(delta + bias) from dL/dΔ, in place. Softplus' derivative is the logistic σ(x) below
-        the threshold 20 and 1 above; σ(x) = 1 - exp(-softplus(x)) = -expm1(-Δ), which is also 1 to
-        working precision above 20, so it comes from Δ (ours, no longer needed) without keeping x."""
-        ddt = torch.from_numpy(ddt)
-        if self.softplus:
-            ddt.mul_(self.dt_tensor.neg_().expm1_().neg_())
-        return ddt
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc, keep_chunk_states=True):
@@ -363,7 +402,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_d
     states = np.empty((batch, dim, n_saved, args.nstate), dtype=args.dtype)
     workers = args.workers(batch * dim)
     _forward(*args.inputs(), out, states, np.empty((workers, args.nstate), args.dtype),
-             np.empty((workers, CHUNK_LEN), args.dtype), args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN)
+             np.empty((workers, CHUNK_LEN), args.dtype), np.empty((workers, CHUNK_LEN), args.dtype),
+             args.softplus, args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(states)
 
 
@@ -383,7 +423,7 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     per_block = -(-(dim // groups) // n_blocks)
     workers = args.workers(batch * groups * n_blocks)
     du = np.empty((batch, dim, length), dtype=dtype)
-    ddt = np.empty_like(du)
+    ddelta = np.empty_like(du)
     dz = np.empty_like(du) if args.has_z else np.zeros((1, 1, 1), dtype)
     sums = lambda is_present: np.zeros((batch, dim, nstate) if is_present else (1, 1, 1))  # noqa: E731
     dA_part, dBc_part, dCc_part = sums(True), sums(not args.b_var), sums(not args.c_var)
@@ -398,10 +438,10 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     dC_dst = destination(args.c_var, groups_c)
     scratch = lambda *shape: np.empty((workers, *shape), dtype)  # noqa: E731
     _backward(_np(dout, dtype), *args.inputs(), _np(chunk_states, dtype),
-              du, ddt, dz, dA_part, dD_part, dBc_part, dCc_part, dB_dst, dC_dst,
+              du, ddelta, dz, dA_part, dD_part, dBc_part, dCc_part, dB_dst, dC_dst,
               scratch(CHUNK_LEN + 1, nstate), scratch(CHUNK_LEN, nstate), scratch(nstate),
-              scratch(per_block, nstate), scratch(nstate), *(scratch(CHUNK_LEN) for _ in range(4)),
-              args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN, n_blocks)
+              scratch(per_block, nstate), scratch(nstate), *(scratch(CHUNK_LEN) for _ in range(5)),
+              args.softplus, args.b_var, args.c_var, args.has_z, args.has_route, CHUNK_LEN, n_blocks)
 
     def variable_grad(part, like):  # (batch, G, slots, L, N) -> (batch, G, N, L)
         return torch.from_numpy(part.sum(axis=2)).transpose(2, 3).contiguous().to(like.dtype)
@@ -409,7 +449,7 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, r
     def summed(part, like):
         return torch.from_numpy(part.sum(axis=0)).to(like.dtype)
 
-    ddelta = args.delta_grad(ddt)
+    ddelta = torch.from_numpy(ddelta)
     return (
         torch.from_numpy(du).to(u.dtype),
         ddelta.to(delta.dtype),

@@ -181,6 +181,34 @@ def test_fast_exp_is_accurate_under_the_kernels_fastmath_flags():
     assert relative.max() < 4e-7, relative.max()
 
 
+def test_fast_softplus_and_its_slope_are_accurate():
+    """Δ = softplus(delta + bias) and its derivative, computed inside the kernels in fp32, against
+    float64 with PyTorch's threshold (x and 1 above 20), over the range delta takes and beyond."""
+    import numba
+    import numpy as np
+    from medmamba_kernels import cpu
+
+    flags = cpu._forward.targetoptions["fastmath"]
+
+    @numba.njit(fastmath=flags, error_model="numpy")
+    def evaluate(x, softplus, slope):
+        for i in range(x.shape[0]):
+            softplus[i] = cpu._softplus(x[i])
+            slope[i] = cpu._softplus_slope(x[i])
+
+    x = np.concatenate([np.linspace(-100.0, 40.0, 700_001), [-1e-30, 0.0, 1e-30, 20.0, 20.5]]).astype(np.float32)
+    softplus, slope = np.empty_like(x), np.empty_like(x)
+    evaluate(x, softplus, slope)
+    x64 = torch.from_numpy(x.astype(np.float64))
+    expected = torch.nn.functional.softplus(x64).numpy()
+    expected_slope = torch.where(x64 > 20, 1.0, torch.sigmoid(x64)).numpy()
+    normal = x >= -87  # below, both are under fp32's smallest normal number (the exp saturates there)
+    assert np.abs(softplus / expected - 1.0)[normal].max() < 4e-7
+    assert np.abs(slope / expected_slope - 1.0)[normal].max() < 4e-7
+    assert np.abs(softplus - expected)[~normal].max() < 2e-38 and np.abs(slope - expected_slope)[~normal].max() < 2e-38
+    assert np.all(softplus[x > 20] == x[x > 20]) and np.all(slope[x > 20] == 1.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["_forward", "_backward"])
 def test_kernels_vectorise_without_overlap_checks(kernel):
