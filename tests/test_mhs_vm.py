@@ -374,3 +374,16 @@ def test_gated_fusion_std_is_torch_std():
     weights = torch.randn_like(theirs)
     torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), y)[0],
                                torch.autograd.grad((theirs * weights).sum(), y)[0])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_final_conv_applied_as_a_matrix_equals_the_conv(spatial_dims):
+    """The 1×1 final_conv runs as a matrix product on the channels-last tokens (no copy of the
+    full-resolution volume); it must equal the conv it is."""
+    torch.manual_seed(0)
+    model = MHSVM(1, 3, spatial_dims=spatial_dims, **TINY)
+    seen = {}
+    model.final_up.register_forward_hook(lambda mod, inp, out: seen.update(tokens=out))
+    x = torch.randn(1, 1, *([32] * spatial_dims))
+    out = model(x)
+    torch.testing.assert_close(out, model.final_conv(seen["tokens"].movedim(-1, 1)))
