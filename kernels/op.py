@@ -8,7 +8,8 @@ Backends share one contract (``cpu.py`` and ``triton_scan.py`` implement it):
 -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)``
 
 with u, delta, z (batch, D, L) contiguous; A (D, N), D and delta_bias (D,) in the weight dtype
-(fp32, fp64 for fp64 inputs); B, C constant (D, N) or variable (batch, G, N, L); optional ones None;
+(fp32, fp64 for fp64 inputs); B, C constant (D, N) or variable (batch, G, N, L), any strides (each
+backend lays them out as it needs them); optional ones None;
 chunk_states (batch, D, ceil(L / CHUNK_LEN), N), the state after each chunk's last step, the only
 thing saved between forward and backward; without ``keep_chunk_states`` (no backward will follow)
 only the last state, (batch, D, 1, N). Absent gradients are None.
