@@ -53,7 +53,7 @@ def _benchmark_models(args: argparse.Namespace) -> None:
     if args.repeats < 1 or args.batch_size < 1:
         raise SystemExit("medmamba: --repeats and --batch-size must be at least 1")
     rows = run_models_benchmark(device, patch, args.in_channels, args.num_classes, args.batch_size,
-                                args.repeats, args.arch)
+                                args.repeats, args.arch, amp=args.amp)
     if args.json is not None:
         _write_json_atomically(args.json, rows)
         print(f"wrote {args.json}")
@@ -536,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     nets.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median; default 3)")
     nets.add_argument("--arch", action="append", help="only this architecture (repeatable; unet always runs)")
+    nets.add_argument("--amp", action="store_true",
+                      help="under autocast, as nnU-Net trains on a GPU (float16 on CUDA, bfloat16 on the CPU)")
     nets.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     nets.set_defaults(handler=_benchmark_models)
     bpred = targets.add_parser(
