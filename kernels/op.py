@@ -2,14 +2,17 @@
 
 Backends share one contract (``cpu.py`` and ``triton_scan.py`` implement it):
 
-``scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc) -> (out, chunk_states)``
+``scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc, keep_chunk_states)
+-> (out, chunk_states)``
 ``scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, route_index, route_desc, chunk_states)
 -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)``
 
 with u, delta, z (batch, D, L) contiguous; A (D, N), D and delta_bias (D,) in the weight dtype
-(fp32, fp64 for fp64 inputs); B, C constant (D, N) or variable (batch, G, N, L); optional ones None;
+(fp32, fp64 for fp64 inputs); B, C constant (D, N) or variable (batch, G, N, L), any strides (each
+backend lays them out as it needs them); optional ones None;
 chunk_states (batch, D, ceil(L / CHUNK_LEN), N), the state after each chunk's last step, the only
-thing saved between forward and backward. Absent gradients are None.
+thing saved between forward and backward; without ``keep_chunk_states`` (no backward will follow)
+only the last state, (batch, D, 1, N). Absent gradients are None.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .routes import Route, cached_route_tables
 __all__ = ["selective_scan", "scan_backend", "CHUNK_LEN", "MAX_DSTATE"]
 
 CHUNK_LEN = 256
+"""Steps between the saved states: the backward recomputes one chunk at a time from the state
+before it. Every backend reads it from here."""
 MAX_DSTATE = 256
 BACKENDS = ("reference", "cpu", "triton")
 
@@ -67,17 +72,19 @@ def _scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
     route_index: torch.Tensor | None, route_desc: torch.Tensor | None,
-    delta_softplus: bool, backend: str,
+    delta_softplus: bool, backend: str, keep_chunk_states: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out, states = _backend_module(backend).scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, route_index, route_desc)
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, route_index, route_desc, keep_chunk_states)
     return out, states.to(_state_dtype(u))
 
 
 @_scan_fwd.register_fake
-def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, route_index, route_desc, delta_softplus, backend):
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, route_index, route_desc, delta_softplus, backend,
+                   keep_chunk_states=True):
     batch, dim, length = u.shape
-    states = u.new_empty((batch, dim, -(-length // CHUNK_LEN), A.shape[1]), dtype=_state_dtype(u))
+    n_saved = -(-length // CHUNK_LEN) if keep_chunk_states else 1
+    states = u.new_empty((batch, dim, n_saved, A.shape[1]), dtype=_state_dtype(u))
     return torch.empty_like(u), states
 
 
@@ -106,7 +113,7 @@ def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, route_index, route
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, route_index, route_desc, delta_softplus, backend = inputs
+    u, delta, A, B, C, D, z, delta_bias, route_index, route_desc, delta_softplus, backend, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, route_index, route_desc, output[1])
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
@@ -120,7 +127,7 @@ def _backward(ctx, dout, dstates):
         ctx.delta_softplus, ctx.backend)
     return (du, ddelta, dA, dB, dC,
             None if D is None else dD, None if z is None else dz, None if delta_bias is None else dbias,
-            None, None, None, None)
+            None, None, None, None, None)
 
 
 torch.library.register_autograd("medmamba::selective_scan_fwd", _backward, setup_context=_setup_context)
@@ -189,20 +196,25 @@ def selective_scan(
     route_index = route_desc = None
     if routes is not None:
         route_index, route_desc = cached_route_tables(tuple(routes), u.shape[2], str(u.device))
+    # Inference (no_grad, inference_mode, or nothing that requires grad) needs no chunk states.
+    keep_chunk_states = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     out, states = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, route_index, route_desc,
-                            bool(delta_softplus), backend)
+                            bool(delta_softplus), backend, keep_chunk_states)
     if return_last_state:
         return out, states[:, :, -1].detach()
     return out
 
 
 def _as_grouped(BC: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
-    """(D, N) stays a weight in the weight dtype; (batch, N, L) becomes (batch, 1, N, L)."""
+    """(D, N) stays a weight in the weight dtype; (batch, N, L) becomes (batch, 1, N, L). Strides
+    are left alone: each backend lays B and C out as it needs them (the CPU path transposes them to
+    (batch, G, L, N) anyway), so slices of a projection's output are not copied twice."""
     if BC.dim() == 2:
         return BC.to(weight_dtype)
     if BC.dim() == 3:
         BC = BC.unsqueeze(1)
-    return BC.contiguous()
+    return BC
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, routes) -> None:

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK_LEN = 256  # must equal medmamba_kernels.op.CHUNK_LEN: states are saved every CHUNK_LEN steps
+from .op import CHUNK_LEN
 
 _LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
 # Tile sizes (elements of the [BLOCK_N, BLOCK_L] tile) and elements per thread. Not tuned on a GPU:
@@ -169,7 +169,7 @@ def _scan_fwd_kernel(
     dim, L, N, n_chunks, ch_per_bgroup, ch_per_cgroup, ch_per_route, groups_b, groups_c,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ROUTE_MODE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, KEEP_CHUNKS: tl.constexpr,
 ):
     d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)  # int64 offsets: batch·dim·L may exceed 2^31
@@ -224,9 +224,12 @@ def _scan_fwd_kernel(
 
         h = _last_column(hs, BLOCK_L)
         tile_end = t0 + BLOCK_L
-        if (tile_end % CHUNK == 0) | (tile_end >= L):
-            c = t0 // CHUNK
-            tl.store(states_ptr + ((b * dim + d) * n_chunks + c) * N + n, h, mask=n_mask)
+        if KEEP_CHUNKS:
+            if (tile_end % CHUNK == 0) | (tile_end >= L):
+                c = t0 // CHUNK
+                tl.store(states_ptr + ((b * dim + d) * n_chunks + c) * N + n, h, mask=n_mask)
+        elif tile_end >= L:  # without a backward to come, only the last state (n_chunks is 1)
+            tl.store(states_ptr + (b * dim + d) * N + n, h, mask=n_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,16 +456,17 @@ def _common_args(u, B, C, route_index, route_desc):
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, route_index, route_desc,
-             *, block_l: int | None = None):
+             keep_chunk_states: bool = True, *, block_l: int | None = None):
     """Forward scan. Returns out (batch, dim, L) in u's dtype and the chunk states
-    (batch, dim, ceil(L / CHUNK_LEN), N) fp32. ``block_l`` overrides the tile length (tests)."""
+    (batch, dim, ceil(L / CHUNK_LEN), N) fp32, or only the last state (batch, dim, 1, N) without
+    ``keep_chunk_states``. ``block_l`` overrides the tile length (tests)."""
     (batch, dim, length, b_var, c_var, groups_b, groups_c, mode, index, desc,
      n_routes) = _common_args(u, B, C, route_index, route_desc)
     nstate = A.shape[1]
     u, delta = u.contiguous(), delta.contiguous()
     z = z.contiguous() if z is not None else None
     B, C, A = B.contiguous(), C.contiguous(), A.contiguous()
-    n_chunks = triton.cdiv(length, CHUNK_LEN)
+    n_chunks = triton.cdiv(length, CHUNK_LEN) if keep_chunk_states else 1
     block_n, block_l = _block_sizes(nstate, length, block_l, _FWD_TILE_ELEMS)
 
     out = torch.empty_like(u)
@@ -478,7 +482,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, route_index, r
             groups_b, groups_c,
             B_VAR=b_var, C_VAR=c_var, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), ROUTE_MODE=mode,
-            BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=CHUNK_LEN,
+            BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=CHUNK_LEN, KEEP_CHUNKS=bool(keep_chunk_states),
             num_warps=_num_warps(block_n, block_l, _FWD_ELEMS_PER_THREAD),
         )
     return out, states

@@ -49,6 +49,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _recipe_name(text: str) -> str:
+    """argparse type: a recipe's name or alias ('default' → the shared recipe), checked against the list."""
+    from medmamba.training.recipes import get_recipe, resolve_recipe
+
+    try:
+        return resolve_recipe(text).name if text in ("default", "shared") else get_recipe(text).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _fold(text: str) -> int | str:
     if text == "all" or text.isdigit():
         return text if text == "all" else int(text)
@@ -118,7 +128,7 @@ def _benchmark_models(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     patch = args.patch or ((128, 128, 128) if device.type == "cuda" else (64, 64, 64))
     _emit_json(run_models_benchmark(device, patch, args.in_channels, args.num_classes, args.batch_size, args.repeats,
-                                    args.arch), args.json)
+                                    args.arch, amp=args.amp), args.json)
 
 
 def _benchmark_predict(args: argparse.Namespace) -> None:
@@ -197,7 +207,8 @@ def _demo(args: argparse.Namespace) -> None:
     from medmamba.demo import DemoSettings, run_demo
     from medmamba.locks import output_lock
 
-    given = {k: getattr(args, k) for k in ("train_cases", "test_cases", "shape", "epochs", "iters_per_epoch", "arch")
+    given = {k: getattr(args, k)
+             for k in ("train_cases", "test_cases", "shape", "epochs", "iters_per_epoch", "arch", "recipe")
              if getattr(args, k) is not None}
     settings = DemoSettings(**{"archs" if k == "arch" else k: v for k, v in given.items()}, seed=args.seed)
     with output_lock(args.out):  # beside the folder: the demo refuses a non-empty folder it did not make
@@ -320,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validation batches per epoch (default: one per five training "
                           "iterations, nnU-Net's 50 per 250)")
     pat.add_argument("--recipe", default="default",
-                     help="'default' (shared, fair comparison), 'paper' (each paper's), or a recipe name")
+                     help="'default' (nnU-Net's SGD for every architecture: the fair comparison at full length), "
+                          "'nnunet_adamw' (shared, for runs of a few hundred iterations), 'paper' (each paper's), "
+                          "or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
@@ -441,8 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-cases", type=positive_int, help="synthetic test cases (default 4)")
     demo.add_argument("--shape", type=positive_int, nargs=3, metavar=("X", "Y", "Z"),
                       help="case size (default 32 32 32)")
-    demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 4)")
-    demo.add_argument("--iters-per-epoch", type=positive_int, help="iterations per epoch (default 20)")
+    demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 6)")
+    demo.add_argument("--iters-per-epoch", type=positive_int, help="iterations per epoch (default 40)")
+    demo.add_argument("--recipe", type=_recipe_name,
+                      help="the recipe every architecture trains with (default nnunet_adamw, the shared recipe for "
+                           "short runs; nnunet_default is nnU-Net's SGD)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
     demo.set_defaults(handler=_demo, on_interrupt="stopped; run the same command again to continue")
 
@@ -500,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--repeats", type=positive_int, default=3,
                       help="timed repeats per measurement (median; default 3)")
     _add_arch_choice(nets, "only this architecture (unet always runs)")
+    nets.add_argument("--amp", action="store_true",
+                      help="under autocast, as nnU-Net trains on a GPU (float16 on CUDA, bfloat16 on the CPU)")
     _add_json_option(nets)
     nets.set_defaults(handler=_benchmark_models)
     bpred = targets.add_parser(

@@ -25,4 +25,5 @@ fi
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraints"
-pip install -q -c "$constraints" -e ".[test]"
+# bench: mambapy, the scan benchmark's peer, so that its tests run here too.
+pip install -q -c "$constraints" -e ".[test,bench]"

@@ -111,3 +111,38 @@ def test_training_step_under_autocast_is_finite(dtype):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_channels_first_linear_is_the_linear_layer(bias):
+    from medmamba.models.mamba import channels_first_linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 10, bias=bias)
+    tokens = torch.randn(2, 7, 6)
+    expected = linear(tokens).transpose(1, 2)
+    torch.testing.assert_close(channels_first_linear(linear, tokens.transpose(1, 2)), expected)
+    torch.testing.assert_close(channels_first_linear(linear, tokens.transpose(1, 2), 3, 8), expected[:, 3:8])
+
+
+@pytest.mark.parametrize("routes", [None, ("raster", "raster_reverse", "inter_slice")])
+def test_output_is_a_view_of_a_channels_first_tensor(routes):
+    """The mixer computes on the scan's (batch, D, L) layout and hands back (batch, L, d_model) as a
+    transposed view, so a caller holding channels-first volumes gets them back without a copy; and
+    it still equals mamba_ssm's token-major arithmetic with biased projections."""
+    torch.manual_seed(0)
+    m = Mamba(16, bias=True, routes=routes)
+    x = torch.randn(2, 60, 16)
+    out = m(x, (3, 4, 5) if routes else None)
+    assert out.shape == (2, 60, 16) and out.transpose(1, 2).is_contiguous()
+    if routes is None:
+        xz = x @ m.in_proj.weight.t() + m.in_proj.bias
+        z = xz[..., m.d_inner:].transpose(1, 2)
+        xs = xz[..., :m.d_inner].transpose(1, 2)
+        xs = F.silu(F.conv1d(xs, m.conv1d.weight, m.conv1d.bias, padding=3, groups=m.d_inner)[..., :60])
+        dt, B, C = (xs.transpose(1, 2) @ m.x_proj.weight.t()).split([m.dt_rank, 16, 16], dim=-1)
+        y = selective_scan_ref(xs, (dt @ m.dt_proj.weight.t()).transpose(1, 2), -torch.exp(m.A_log),
+                               B.transpose(1, 2), C.transpose(1, 2), m.D, z=z, delta_bias=m.dt_proj.bias,
+                               delta_softplus=True)
+        expected = y.transpose(1, 2) @ m.out_proj.weight.t() + m.out_proj.bias
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

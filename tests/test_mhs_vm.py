@@ -361,3 +361,29 @@ def test_nnunet_plans_round_trip(spatial_dims):
     assert type(rebuilt) is MHSVM and rebuilt.init_kwargs == model.init_kwargs
     assert n_params(rebuilt) == n_params(model)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_gated_fusion_std_is_torch_std():
+    """The fusion's std, written with elementwise operations for speed, equals torch's unbiased
+    std over the route axis, values and gradients."""
+    torch.manual_seed(0)
+    y = torch.randn(2, 4, 3, 50, dtype=torch.float64, requires_grad=True)
+    ours = mhs_vm._std_over_routes(y, 1)
+    theirs = y.std(dim=1, correction=1)
+    torch.testing.assert_close(ours, theirs)
+    weights = torch.randn_like(theirs)
+    torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), y)[0],
+                               torch.autograd.grad((theirs * weights).sum(), y)[0])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_final_conv_applied_as_a_matrix_equals_the_conv(spatial_dims):
+    """The 1×1 final_conv runs as a matrix product on the channels-last tokens (no copy of the
+    full-resolution volume); it must equal the conv it is."""
+    torch.manual_seed(0)
+    model = MHSVM(1, 3, spatial_dims=spatial_dims, **TINY)
+    seen = {}
+    model.final_up.register_forward_hook(lambda mod, inp, out: seen.update(tokens=out))
+    x = torch.randn(1, 1, *([32] * spatial_dims))
+    out = model(x)
+    torch.testing.assert_close(out, model.final_conv(seen["tokens"].movedim(-1, 1)))

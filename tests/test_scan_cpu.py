@@ -131,3 +131,133 @@ def test_memory_stays_far_below_one_state_sized_tensor():
     # What the block adds: out, dout, du, ddelta, dz (five (B, D, L) tensors, 320 MiB here), the
     # chunk states (1/256 of B·D·L·N) and per-thread dB/dC partial sums (a few B-sized buffers).
     assert peak.bytes < state_sized / 2, f"peak {peak.bytes / 2**20:.0f} MiB vs B·D·L·N {state_sized / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_leaf_requires_grad"])
+def test_inference_forward_saves_only_the_last_state(monkeypatch, mode):
+    """Without a backward to come the forward keeps one state slot, not one per chunk, and gives
+    the same output and last state."""
+    from medmamba_kernels import cpu
+
+    seen = []
+    original = cpu.scan_fwd
+
+    def spy(*args):
+        out, states = original(*args)
+        seen.append((args[-1], states.shape[2]))
+        return out, states
+
+    monkeypatch.setattr(cpu, "scan_fwd", spy)
+    inputs = make_inputs(length=600)
+    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    out, last = selective_scan(**leaves, delta_softplus=True, return_last_state=True)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode)
+    with context() if context else torch.enable_grad():
+        out_inf, last_inf = selective_scan(**(inputs if mode == "no_leaf_requires_grad" else leaves),
+                                           delta_softplus=True, return_last_state=True)
+    assert seen == [(True, 3), (False, 1)]
+    torch.testing.assert_close(out_inf, out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(last_inf, last, rtol=0, atol=0)
+
+
+def test_fast_exp_is_accurate_under_the_kernels_fastmath_flags():
+    """The kernels' exp, compiled inside a function with the kernels' fastmath flags (which allow
+    reassociation): reassociated, its range reduction lost precision (relative error 5e-6)."""
+    import numba
+    import numpy as np
+    from medmamba_kernels import cpu
+
+    flags = cpu._forward.targetoptions["fastmath"]
+
+    @numba.njit(fastmath=flags, error_model="numpy")
+    def exps(x, out):
+        for i in range(x.shape[0]):
+            out[i] = cpu._exp(x[i])
+
+    x = np.linspace(-87.0, 0.0, 400_001).astype(np.float32)
+    got = np.empty_like(x)
+    exps(x, got)
+    relative = np.abs(got.astype(np.float64) / np.exp(x.astype(np.float64)) - 1.0)
+    assert relative.max() < 4e-7, relative.max()
+
+
+def test_fast_softplus_and_its_slope_are_accurate():
+    """Δ = softplus(delta + bias) and its derivative, computed inside the kernels in fp32, against
+    float64 with PyTorch's threshold (x and 1 above 20), over the range delta takes and beyond."""
+    import numba
+    import numpy as np
+    from medmamba_kernels import cpu
+
+    flags = cpu._forward.targetoptions["fastmath"]
+
+    @numba.njit(fastmath=flags, error_model="numpy")
+    def evaluate(x, softplus, slope):
+        for i in range(x.shape[0]):
+            softplus[i] = cpu._softplus(x[i])
+            slope[i] = cpu._softplus_slope(x[i])
+
+    x = np.concatenate([np.linspace(-100.0, 40.0, 700_001), [-1e-30, 0.0, 1e-30, 20.0, 20.5]]).astype(np.float32)
+    softplus, slope = np.empty_like(x), np.empty_like(x)
+    evaluate(x, softplus, slope)
+    x64 = torch.from_numpy(x.astype(np.float64))
+    expected = torch.nn.functional.softplus(x64).numpy()
+    expected_slope = torch.where(x64 > 20, 1.0, torch.sigmoid(x64)).numpy()
+    normal = x >= -87  # below, both are under fp32's smallest normal number (the exp saturates there)
+    assert np.abs(softplus / expected - 1.0)[normal].max() < 4e-7
+    assert np.abs(slope / expected_slope - 1.0)[normal].max() < 4e-7
+    assert np.abs(softplus - expected)[~normal].max() < 2e-38 and np.abs(slope - expected_slope)[~normal].max() < 2e-38
+    assert np.all(softplus[x > 20] == x[x > 20]) and np.all(slope[x > 20] == 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["_forward", "_backward"])
+def test_kernels_vectorise_without_overlap_checks(kernel):
+    """The loops over the N states vectorise only while LLVM can prove that the kernels' arrays do
+    not overlap (docs/benchmarks.md). A view or a tuple in the parallel loop body makes Numba drop
+    ``noalias`` and LLVM fall back to runtime overlap checks or scalar code: compile a fresh copy,
+    fp32 with variable B/C and z, and read its LLVM IR."""
+    import re
+
+    import numba
+    from medmamba_kernels import cpu
+
+    original = getattr(cpu, kernel)
+    fresh = numba.njit(**{k: v for k, v in original.targetoptions.items() if k != "nopython"})(original.py_func)
+    inputs = make_inputs(batch=1, dim=4, dstate=16, length=300, bc="variable")
+    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    calls = []
+
+    def capture(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, kernel, capture)
+        out = selective_scan(**leaves, delta_softplus=True)
+        torch.autograd.grad(out, list(v for v in leaves.values() if v is not None), torch.ones_like(out))
+    fresh(*calls[0])
+    (llvm,) = [ir for sig, ir in fresh.inspect_llvm().items() if "float32" in str(sig)]
+    assert "vector.memcheck" not in llvm
+    (body,) = [line for line in llvm.splitlines()  # the parallel loop's body, not its __gufunc__ wrapper
+               if line.startswith("define") and "parfor_gufunc" in line and "@__gufunc__" not in line]
+    assert body.count("noalias") > 10  # every array argument, not only the return pointers
+    assert re.search(r"fmul [a-z ]*<(8|16) x float>", llvm)  # 8 or 16 lanes: AVX2 or AVX-512
+
+
+def test_B_C_may_be_strided_slices():
+    """The networks pass B and C as slices of one projection's output; the op no longer copies them
+    to contiguous memory first, so the CPU path must read their strides right (values and the
+    gradients that flow back into the sliced tensor)."""
+    inputs = make_inputs(length=70, bc="variable")
+    stacked = torch.cat([inputs["B"], torch.randn(2, 3, 70), inputs["C"]], dim=1).requires_grad_()
+    B, C = stacked[:, :8], stacked[:, 11:]
+    assert not B.is_contiguous() and not C.is_contiguous()
+    others = {k: v for k, v in inputs.items() if k not in "BC"}
+    out = selective_scan(B=B, C=C, **others, delta_softplus=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(out, stacked, dout)
+    expected, _, expected_grads = oracle(inputs, delta_softplus=True)
+    torch.testing.assert_close(out.double(), expected, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(grad[:, :8].double(), expected_grads["B"], rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(grad[:, 11:].double(), expected_grads["C"], rtol=6e-4, atol=2e-3)
+    assert torch.all(grad[:, 8:11] == 0)

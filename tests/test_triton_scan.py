@@ -191,10 +191,16 @@ def check(inputs, softplus=True, routes=None, route_index=None, route_desc=None,
 # ---------------------------------------------------------------------------------------------
 
 
-def test_chunk_len_matches_op():
-    from medmamba_kernels.op import CHUNK_LEN
-
-    assert triton_scan.CHUNK_LEN == CHUNK_LEN
+@pytest.mark.parametrize("length", [100, 300])
+def test_forward_without_chunk_states_keeps_only_the_last(length):
+    """Inference: the same output, and a single state slot holding the last state."""
+    inputs = make_inputs(batch=2, dim=2, length=length, nstate=4)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out, states = triton_scan.scan_fwd(*args, True, None, None)
+    out_inf, last = triton_scan.scan_fwd(*args, True, None, None, False)
+    assert states.shape[2] == -(-length // triton_scan.CHUNK_LEN) and last.shape == (2, 2, 1, 4)
+    torch.testing.assert_close(out_inf, out, rtol=0, atol=0)
+    torch.testing.assert_close(last[:, :, 0], states[:, :, -1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 63, 64, 65, 255, 256, 257, 1000, 2048, 2049])

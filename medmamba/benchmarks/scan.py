@@ -4,6 +4,10 @@ Every figure is measured in the same run as its baseline (the pure-PyTorch refer
 loops over L in Python and materialises B·D·L·N tensors, so at long L it is measured on a prefix of
 the sequence (``ref_length``) and compared by throughput (elements B·D·L per second), which is
 length-independent for it; the table says where that was done.
+
+When mambapy is installed (``pip install 'medmamba[bench]'``), its parallel scan (``pscan``, the
+pure-PyTorch Mamba most often used without the CUDA extension) is a peer row, run as mambapy's
+``Mamba.selective_scan`` runs it; the benchmark says when it is absent.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from medmamba_kernels import selective_scan, selective_scan_ref
 from medmamba_kernels.op import scan_backend
 
 from .memory import PeakMemory
 
-__all__ = ["ScanCase", "cases_for", "run_scan_benchmark", "gpu_lower_bound_ms"]
+__all__ = ["ScanCase", "cases_for", "run_scan_benchmark", "gpu_lower_bound_ms", "mambapy_scan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,10 @@ CPU_CASES = (
 QUICK_CASES = (ScanCase("tiny", 1, 8, 300, 4),)
 
 REFERENCE_MAX_LENGTH = {"cpu": 4096, "cuda": 8192}
+# mambapy keeps about eight B·D·L·N tensors (two of them padded to a power of two): 2 GiB at the
+# CPU cases, far more than a GPU holds at U-Mamba Enc's 128³. Longer cases use a prefix, as for the
+# reference (its pscan's cost per element grows only with log L).
+MAMBAPY_MAX_LENGTH = {"cpu": 32768, "cuda": 65536}
 
 
 def cases_for(device: torch.device, quick: bool = False) -> tuple[ScanCase, ...]:
@@ -76,6 +85,42 @@ def _inputs(case: ScanCase, length: int, device, dtype, seed: int = 0) -> list[t
         rnd(b, d, length).to(dtype),  # z
         rnd(d, scale=0.5, positive=True),  # delta_bias
     ]
+
+
+def mambapy_scan() -> Callable | None:
+    """mambapy's selective scan (``Mamba.selective_scan`` with ``pscan``, mambapy 1.2) behind
+    ``selective_scan``'s signature, or None when mambapy is not installed.
+
+    mambapy works in (batch, L, D): the inputs are transposed to it, Δ gets the bias and softplus
+    that mambapy's ``dt_proj`` and layer apply, ā = exp(Δ·A) and Δ·B·u are materialised as
+    (batch, L, D, N) tensors and scanned by ``pscan``, and the output is C·h + D·u, gated by
+    silu(z) as in mambapy's block. Variable B/C with one group only (the benchmark's inputs)."""
+    try:
+        from mambapy.pscan import pscan
+    except ImportError:
+        return None
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        if B.dim() != 4 or C.dim() != 4 or B.shape[1] != 1 or C.shape[1] != 1:
+            raise ValueError("the mambapy peer takes variable B/C with one group, (batch, 1, N, L)")
+        x = u.transpose(1, 2)  # (batch, L, D)
+        dt = delta.transpose(1, 2)
+        if delta_bias is not None:
+            dt = dt + delta_bias
+        if delta_softplus:
+            dt = F.softplus(dt)
+        B_t, C_t = B[:, 0].transpose(1, 2), C[:, 0].transpose(1, 2)  # (batch, L, N)
+        decay = torch.exp(dt.unsqueeze(-1) * A)  # (batch, L, D, N)
+        drive = (dt * x).unsqueeze(-1) * B_t.unsqueeze(2)
+        states = pscan(decay, drive)
+        y = (states @ C_t.unsqueeze(-1)).squeeze(-1)
+        if D is not None:
+            y = y + D * x
+        if z is not None:
+            y = y * F.silu(z.transpose(1, 2))
+        return y.transpose(1, 2)
+
+    return scan
 
 
 def _sync(device: torch.device) -> None:
@@ -135,33 +180,58 @@ def gpu_lower_bound_ms(case: ScanCase, bytes_per_element: int, gpu_name: str) ->
     return 1e3 * max(memory / bandwidth, exps / exp_rate)
 
 
+def _per_element_ms(row: dict, key: str) -> float:
+    return row[key] / row["length"]
+
+
 def run_scan_benchmark(device: torch.device, quick: bool = False, repeats: int = 3,
-                       dtype: torch.dtype = torch.float32, log: Callable[[str], None] = print) -> list[dict]:
-    """Measure the reference and the fast path (Triton on CUDA, the CPU path otherwise) on every
-    case; return one row per (case, backend) with the fast path's speed-up over the reference."""
+                       dtype: torch.dtype = torch.float32, log: Callable[[str], None] = print,
+                       peers: bool = True) -> list[dict]:
+    """Measure the reference, mambapy's pscan (when installed and ``peers``) and the fast path
+    (Triton on CUDA, the CPU path otherwise) on every case; return one row per (case, backend), the
+    others with their speed-up over the reference, the fast path also with its ratios to mambapy."""
     fast_backend = scan_backend(torch.empty(0, device=device))
+    peer = mambapy_scan() if peers else None
     rows = []
     header = (f"{'case':<26}{'backend':<10}{'L':>9}{'fwd ms':>10}{'fwd+bwd ms':>12}"
               f"{'Melem/s':>10}{'peak MiB':>10}{'speed-up':>10}")
     log(f"selective scan, {device.type}, {str(dtype).removeprefix('torch.')}, "
         f"threads={torch.get_num_threads()}; speed-up = fwd+bwd throughput over the reference")
+    if peers and peer is None:
+        log("mambapy is not installed: no mambapy row (pip install 'medmamba[bench]' adds its pscan as a peer)")
     log(header)
     for case in cases_for(device, quick):
         ref_length = min(case.length, REFERENCE_MAX_LENGTH[device.type])
         ref = _measure(selective_scan_ref, case, ref_length, device, dtype, repeats=1)
+        measured = [("reference", ref)]
+        if peer is not None:
+            peer_row = _measure(peer, case, min(case.length, MAMBAPY_MAX_LENGTH[device.type]), device, dtype,
+                                repeats=1)
+            peer_row["speedup_vs_reference"] = peer_row["fwd_bwd_melem_per_s"] / ref["fwd_bwd_melem_per_s"]
+            measured.append(("mambapy", peer_row))
         fast = _measure(selective_scan, case, case.length, device, dtype, repeats)
         fast["speedup_vs_reference"] = fast["fwd_bwd_melem_per_s"] / ref["fwd_bwd_melem_per_s"]
-        fast["fwd_speedup_vs_reference"] = (ref["fwd_ms"] / ref_length) / (fast["fwd_ms"] / case.length)
+        fast["fwd_speedup_vs_reference"] = _per_element_ms(ref, "fwd_ms") / _per_element_ms(fast, "fwd_ms")
+        fast["bwd_over_fwd"] = (fast["fwd_bwd_ms"] - fast["fwd_ms"]) / fast["fwd_ms"]
+        if peer is not None:
+            fast["speedup_vs_mambapy"] = fast["fwd_bwd_melem_per_s"] / peer_row["fwd_bwd_melem_per_s"]
+            fast["fwd_speedup_vs_mambapy"] = _per_element_ms(peer_row, "fwd_ms") / _per_element_ms(fast, "fwd_ms")
+        measured.append((fast_backend, fast))
         if device.type == "cuda":
             bound = gpu_lower_bound_ms(case, torch.finfo(dtype).bits // 8, torch.cuda.get_device_name(device))
             fast["fwd_bwd_lower_bound_ms"] = bound
             fast["fwd_bwd_over_bound"] = None if bound is None else fast["fwd_bwd_ms"] / bound
-        for backend, row in (("reference", ref), (fast_backend, fast)):
+        for backend, row in measured:
             row.update(case=case.name, backend=backend, batch=case.batch, dim=case.dim, dstate=case.dstate)
             rows.append(row)
             speedup = f"{row['speedup_vs_reference']:>9.1f}x" if "speedup_vs_reference" in row else f"{'1.0x':>10}"
             log(f"{case.name:<26}{backend:<10}{row['length']:>9}{row['fwd_ms']:>10.1f}{row['fwd_bwd_ms']:>12.1f}"
                 f"{row['fwd_bwd_melem_per_s']:>10.2f}{row['peak_mib']:>10.0f}{speedup}")
+        summary = f"backward {fast['bwd_over_fwd']:.2f}x the forward"
+        if peer is not None:
+            summary += (f"; vs mambapy: forward {fast['fwd_speedup_vs_mambapy']:.1f}x, "
+                        f"fwd+bwd {fast['speedup_vs_mambapy']:.1f}x")
+        log(f"{'':<26}{fast_backend}: {summary}")
         if "fwd_bwd_over_bound" in fast and fast["fwd_bwd_over_bound"] is not None:
             log(f"{'':<26}roofline: fwd+bwd lower bound {fast['fwd_bwd_lower_bound_ms']:.3f} ms, "
                 f"measured {fast['fwd_bwd_over_bound']:.2f}x of it")
@@ -169,4 +239,8 @@ def run_scan_benchmark(device: torch.device, quick: bool = False, repeats: int =
     if truncated:
         log(f"reference measured on the first {REFERENCE_MAX_LENGTH[device.type]} steps for: "
             f"{', '.join(truncated)} (its cost per element does not depend on L)")
+    truncated = [c.name for c in cases_for(device, quick) if c.length > MAMBAPY_MAX_LENGTH[device.type]]
+    if peer is not None and truncated:
+        log(f"mambapy measured on the first {MAMBAPY_MAX_LENGTH[device.type]} steps for: {', '.join(truncated)} "
+            "(compared by throughput; its memory would not fit at full length)")
     return rows

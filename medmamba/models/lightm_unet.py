@@ -45,7 +45,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 
-from .mamba import Mamba
+from .mamba import Mamba, channels_first_linear
 from .layout import InputSizeError, StageLayout
 
 __all__ = [
@@ -93,11 +93,12 @@ class RVMLayer(nn.Module):
         if channels != self.input_dim:
             raise ValueError(f"RVMLayer expects {self.input_dim} channels, got {channels}")
         spatial = x.shape[2:]
-        tokens = x.reshape(batch, channels, -1).transpose(1, 2)  # (B, L, C)
+        tokens = x.reshape(batch, channels, -1).transpose(1, 2)  # (B, L, C), a view
         y = self.mamba(self.norm(tokens)) + self.skip_scale * tokens
-        # The same LayerNorm again: upstream shares its affine parameters between both uses.
-        y = self.proj(self.norm(y))
-        return y.transpose(1, 2).reshape(batch, self.output_dim, *spatial)
+        # The same LayerNorm again: upstream shares its affine parameters between both uses. The
+        # projection works channels-first, so the result reshapes to the volume without a copy.
+        y = channels_first_linear(self.proj, self.norm(y).transpose(1, 2))
+        return y.reshape(batch, self.output_dim, *spatial)
 
 
 class DownsampleRVM(nn.Sequential):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from medmamba_kernels import selective_scan
 from medmamba_kernels.routes import cached_route_tables, route_for
 
-__all__ = ["Mamba"]
+__all__ = ["Mamba", "channels_first_linear"]
 
 _EXTRA_ROUTE_SUFFIXES = ("b", "s")
 
@@ -99,49 +99,74 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, grid_shape: Sequence[int] | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model); ``grid_shape`` is the spatial shape whose C-order
-        flattening gave L (needed when ``routes`` is set)."""
+        flattening gave L (needed when ``routes`` is set).
+
+        Returns (batch, L, d_model) as a transposed view of a channels-first (batch, d_model, L)
+        tensor: the scan works on (batch, D, L), so every projection is computed as ``W @ x`` on
+        that layout (the same arithmetic as the Linear layers, whose parameters these are) and
+        nothing is transposed by copying. Callers holding channels-first volumes get their layout
+        back without a copy as well (``out.transpose(1, 2)``)."""
         batch, length, _ = hidden_states.shape
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2·d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        tokens = hidden_states.transpose(1, 2)  # (batch, d_model, L), a view
+        x = channels_first_linear(self.in_proj, tokens, 0, self.d_inner)  # (batch, d_inner, L)
+        z = channels_first_linear(self.in_proj, tokens, self.d_inner, 2 * self.d_inner)
         if self.routes is None:
-            return self._scan_directions(x, z, [None], length)
+            return self._scan_directions(x, z, [None], length).transpose(1, 2)
         if grid_shape is None or math.prod(grid_shape) != length:
             raise ValueError(f"routes need the grid shape whose flattening has L={length}, got {grid_shape}")
         routes = tuple(route_for(name, grid_shape) for name in self.routes)
         index, _ = cached_route_tables(routes, length, str(x.device))
-        return self._scan_directions(x, z, list(index), length)
+        return self._scan_directions(x, z, list(index), length).transpose(1, 2)
 
     def _scan_directions(self, x, z, perms, length) -> torch.Tensor:
+        """(batch, d_inner, L) x and z → (batch, d_model, L)."""
         us, deltas, Bs, Cs = [], [], [], []
         for sfx, perm in zip(self._suffixes, perms):
             # The causal conv runs along the direction, so the direction's copy of x is needed.
             x_dir = x if perm is None else x[..., perm]
             conv = getattr(self, f"conv1d{sfx}")
             u = F.silu(conv(x_dir)[..., :length])
-            x_dbl = getattr(self, f"x_proj{sfx}")(u.transpose(1, 2))  # (batch, L, R + 2N)
-            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            x_dbl = channels_first_linear(getattr(self, f"x_proj{sfx}"), u)  # (batch, R + 2N, L)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
             # dt_proj's bias is added inside the scan, in fp32, as delta_bias.
-            deltas.append((dt @ getattr(self, f"dt_proj{sfx}").weight.t()).transpose(1, 2))
+            deltas.append(channels_first_linear(getattr(self, f"dt_proj{sfx}"), dt, bias=False))
             us.append(u)
-            Bs.append(B.transpose(1, 2))
-            Cs.append(C.transpose(1, 2))
+            Bs.append(B)
+            Cs.append(C)
         A = torch.cat([-torch.exp(getattr(self, f"A{sfx}_log").float()) for sfx in self._suffixes])
         D = torch.cat([getattr(self, f"D{sfx}").float() for sfx in self._suffixes])
         delta_bias = torch.cat([getattr(self, f"dt_proj{sfx}").bias.float() for sfx in self._suffixes])
         if perms[0] is None:
-            y = selective_scan(us[0], deltas[0], A, Bs[0].contiguous(), Cs[0].contiguous(), D, z=z,
-                               delta_bias=delta_bias, delta_softplus=True)
+            y = selective_scan(us[0], deltas[0], A, Bs[0], Cs[0], D, z=z, delta_bias=delta_bias, delta_softplus=True)
         else:
             # All directions in one call: channel block k with B/C group k.
             y_dirs = selective_scan(torch.cat(us, 1), torch.cat(deltas, 1), A, torch.stack(Bs, 1),
                                     torch.stack(Cs, 1), D, delta_bias=delta_bias, delta_softplus=True)
-            y = torch.zeros_like(x)
-            for perm, y_dir in zip(perms, y_dirs.chunk(len(perms), dim=1)):
-                y = y.index_add(2, perm, y_dir)
+            # Back to natural order: one gather with every direction's inverse permutation, then
+            # the sum over directions (no zeros + scatter-add per direction).
+            index = torch.stack(perms)  # (K, L)
+            positions = torch.arange(length, device=index.device).expand_as(index)
+            inverse = torch.empty_like(index).scatter_(1, index, positions)
+            y_dirs = y_dirs.view(x.shape[0], len(perms), self.d_inner, length)
+            y = torch.gather(y_dirs, 3, inverse[None, :, None, :].expand_as(y_dirs)).sum(1)
             # The gate commutes with the permutations, so one gate after the sum equals a gate
             # per direction.
             y = y * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+        return channels_first_linear(self.out_proj, y)
+
+
+def channels_first_linear(linear: nn.Linear, x: torch.Tensor, start: int = 0, stop: int | None = None,
+                          bias: bool = True) -> torch.Tensor:
+    """``linear`` applied along the channel axis of a channels-first (batch, C, L) ``x`` (any
+    strides, e.g. a transposed (batch, L, C) tensor), output rows ``start:stop`` only:
+    (batch, stop - start, L), contiguous; ``bias=False`` leaves the Linear's bias out. ``W @ x`` is
+    the Linear's arithmetic on the scan's layout, with no transposing copy of x or of the result."""
+    weight = linear.weight[start:stop]
+    # bmm, not matmul: matmul(2D, 3D) computes the transposed product and copies it back.
+    out = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    if bias and linear.bias is not None:
+        out = out + linear.bias[start:stop, None]
+    return out
 
 
 def _direction_suffixes(count: int) -> list[str]:
