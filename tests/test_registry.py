@@ -124,7 +124,9 @@ def brats_data(tmp_path_factory):
     return synth(tmp_path_factory.mktemp("registry") / "brats", cases=2, shape=(32, 32, 32), seed=0)
 
 
-def test_a_preset_file_names_its_plans_and_keeps_its_architecture(brats_data, tmp_path):
+def test_a_user_preset_names_its_plans_and_keeps_its_architecture(brats_data, tmp_path, monkeypatch):
+    """A preset of another name than its architecture, found in MEDMAMBA_PLANS_DIR (a preset file
+    passed as --arch: the toy test below)."""
     from medmamba.pipeline import plan_work_folder
     from medmamba.planning import PlanningError, load_presets
 
@@ -132,15 +134,18 @@ def test_a_preset_file_names_its_plans_and_keeps_its_architecture(brats_data, tm
     lab.mkdir()
     preset = lab / "my_unet.toml"
     preset.write_text((registry_plans_dir() / "unet.toml").read_text())
+    monkeypatch.setenv("MEDMAMBA_PLANS_DIR", str(lab))
     work = tmp_path / "work"
-    raw, plans = plan_work_folder(brats_data, [str(preset)], work)
+    raw, plans = plan_work_folder(brats_data, ["my_unet"], work)
     assert list(plans) == ["my_unet"]
     written = work / "nnUNet_preprocessed" / raw.name / "medmambaPlans_my_unet.json"
     assert json.loads(written.read_text())["medmamba"]["architecture"] == "unet"
     assert sorted(p.name for p in written.parent.glob("medmambaPlans_*.json")) == ["medmambaPlans_my_unet.json"]
-    (lab / "unet.toml").write_text(preset.read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "unet.toml").write_text(preset.read_text())
     with pytest.raises(PlanningError, match="two presets are called unet"):
-        load_presets(["unet", str(lab / "unet.toml")])
+        load_presets(["unet", str(other / "unet.toml")])  # the built-in unet and another file of that name
 
 
 def registry_plans_dir():
@@ -199,17 +204,17 @@ divisible_by = 8
 @pytest.fixture
 def toy_architecture(tmp_path, monkeypatch):
     """The toy module importable by name (nnU-Net rebuilds the network from the dotted class name in
-    the plans) and registered; its preset in a user preset folder. Both removed afterwards."""
+    the plans) and registered; yields its preset file, named otherwise than the architecture. Both
+    removed afterwards."""
     plugin, presets = tmp_path / "plugin", tmp_path / "presets"
     plugin.mkdir()
     presets.mkdir()
     (plugin / "toy_network.py").write_text(textwrap.dedent(TOY_MODULE))
-    (presets / "toy.toml").write_text(TOY_PRESET)
+    (presets / "my_toy.toml").write_text(TOY_PRESET)
     monkeypatch.syspath_prepend(str(plugin))
-    monkeypatch.setenv("MEDMAMBA_PLANS_DIR", str(presets))
     try:
         __import__("toy_network")
-        yield
+        yield presets / "my_toy.toml"
     finally:
         registry._REGISTRY.pop("toy", None)
         sys.modules.pop("toy_network", None)
@@ -224,21 +229,24 @@ def test_a_toy_architecture_added_in_one_place_plans_trains_and_predicts(toy_arc
 
     assert "toy" in registry.available()
     work = tmp_path / "work"
-    # --arch toy finds the preset in MEDMAMBA_PLANS_DIR; --recipe paper is the toy record's recipe.
-    result = plan_and_train(brats_data, ["toy"], work, fold="all", device="cpu", epochs=1, iters_per_epoch=2,
-                            val_iters=1, seed=0, recipe="paper", num_processes=1, log=lambda _: None)
-    trained = result.trained["toy"]
+    # --arch is the preset file my_toy.toml (architecture toy): its plans are medmambaPlans_my_toy, and
+    # --recipe paper is the toy record's recipe (not the paper recipe of an architecture "my_toy").
+    result = plan_and_train(brats_data, [str(toy_architecture)], work, fold="all", device="cpu", epochs=1,
+                            iters_per_epoch=2, val_iters=1, seed=0, recipe="paper", num_processes=1,
+                            log=lambda _: None)
+    trained = result.trained["my_toy"]
     assert trained.epochs_completed == 1 and trained.recipe == "nnunet_adamw"
-    assert trained.output_folder.endswith("nnUNetTrainerMedMambaAdamW__medmambaPlans_toy__3d_fullres/fold_all")
-    plans = json.loads((result.preprocessed_dataset / "medmambaPlans_toy.json").read_text())
+    assert trained.output_folder.endswith("nnUNetTrainerMedMambaAdamW__medmambaPlans_my_toy__3d_fullres/fold_all")
+    plans = json.loads((result.preprocessed_dataset / "medmambaPlans_my_toy.json").read_text())
+    assert plans["medmamba"]["architecture"] == "toy"
     cfg = plans["configurations"]["3d_fullres"]
     assert cfg["architecture"]["network_class_name"] == "toy_network.ToyNet"
     assert cfg["medmamba"]["deep_supervision"] is False and all(p % 8 == 0 for p in cfg["patch_size"])
 
     case = sorted(p for p in brats_data.iterdir() if p.is_dir())[0]
     out = tmp_path / "toy_prediction.nii.gz"
-    model = load_model(work / "toy")
-    assert (model.name, model.arch) == ("toy", "toy")
+    model = load_model(work / "my_toy")
+    assert (model.name, model.arch) == ("my_toy", "toy")
     predict(model, [case], out, device="cpu", show_progress=False, log=lambda _: None)
     image = nib.load(next(case.glob("*_flair.nii.gz")))
     label = nib.load(out)

@@ -301,11 +301,12 @@ class Selection:
     inputs: list[Path]
 
 
-def select_models(models: Sequence, skipped: Sequence[tuple[str, str]], archs: Sequence[str] | None
-                  ) -> tuple[list, list[str], list[tuple[str, str]]]:
+def select_models(models: Sequence, skipped: Sequence[tuple[str, str]], archs: Sequence[str] | None,
+                  where: str = "here") -> tuple[list, list[str], list[tuple[str, str]]]:
     """(models, their report names, skipped) restricted to ``archs``: a name selects every model
     trained under it (``umamba_bot`` selects ``umamba_bot@nnunet_default`` and
-    ``umamba_bot@segmamba_ce``), ``name@recipe`` one of them.
+    ``umamba_bot@segmamba_ce``), ``name@recipe`` one of them. ``where`` names the work folder in
+    the error.
 
     Raises:
         CompareError: a name in ``archs`` that names no trained (or skipped) model.
@@ -317,7 +318,7 @@ def select_models(models: Sequence, skipped: Sequence[tuple[str, str]], archs: S
     trained = set(names) | {m.name for m in models}
     unknown = [a for a in archs if a not in trained and a not in {n for n, _ in skipped}]
     if unknown:
-        raise CompareError(f"--arch {', '.join(unknown)}: not trained here (trained: {', '.join(names) or 'none'})")
+        raise CompareError(f"--arch {', '.join(unknown)}: not trained {where} (trained: {', '.join(names) or 'none'})")
     keep = [i for i, (n, m) in enumerate(zip(names, models)) if n in archs or m.name in archs]
     return [models[i] for i in keep], [names[i] for i in keep], [(a, r) for a, r in skipped if a in archs]
 
@@ -341,7 +342,8 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     if test is not None and not test.is_dir():
         raise CompareError(f"--test {test} is not a folder")
     models, skipped_folders = list_trained_models(results, fold=None if fold is None else str(fold))
-    models, names, skipped = select_models(models, [(_name_of_folder(f), r) for f, r in skipped_folders], archs)
+    models, names, skipped = select_models(models, [(_name_of_folder(f), r) for f, r in skipped_folders], archs,
+                                           where=f"in {results}")
     for name, reason in skipped:
         log(f"skipped {name}: {reason}")
     if not models:
