@@ -212,7 +212,7 @@ def _demo(args: argparse.Namespace) -> None:
              if getattr(args, k) is not None}
     settings = DemoSettings(**{"archs" if k == "arch" else k: v for k, v in given.items()}, seed=args.seed)
     with output_lock(args.out):  # beside the folder: the demo refuses a non-empty folder it did not make
-        run_demo(args.out, settings, device=args.device)
+        run_demo(args.out, settings, device=args.device, verbose=args.verbose)
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -244,6 +244,12 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
 def _add_arch_choice(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--arch", action="append", choices=available(), metavar="ARCH",
                         help=f"{help} (repeatable): {', '.join(available())}")
+
+
+def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="nnU-Net's own output on the console too (it always goes to its log files: "
+                             "preprocessing_log.txt in the preprocessed dataset, training_log_*.txt in each fold)")
 
 
 def _add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -335,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "'nnunet_adamw' (shared, for runs of a few hundred iterations), 'paper' (each paper's), "
                           "or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
+    _add_verbose_option(pat)
     pat.add_argument("--continue", dest="continue_training", action="store_true",
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
                           "data the interrupted run made")
@@ -460,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the recipe every architecture trains with (default nnunet_adamw, the shared recipe for "
                            "short runs; nnunet_default is nnU-Net's SGD)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
+    _add_verbose_option(demo)
     demo.set_defaults(handler=_demo, on_interrupt="stopped; run the same command again to continue")
 
     models = commands.add_parser(

@@ -95,9 +95,10 @@ def _check_settings(out: Path, settings: DemoSettings) -> bool:
     return False
 
 
-def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: str = "auto",
+def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: str = "auto", verbose: bool = False,
              log: Callable[[str], None] = print) -> Path:
-    """Run the demo into ``out`` (``data/``, ``work/``, ``report/``); returns the report folder."""
+    """Run the demo into ``out`` (``data/``, ``work/``, ``report/``); returns the report folder.
+    ``verbose``: nnU-Net's own output on the console too (:func:`medmamba.pipeline.plan_and_train`)."""
     from medmamba.data.synth import synth
     from medmamba.evaluation.compare import compare
     from medmamba.pipeline import plan_and_train
@@ -117,7 +118,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: s
         f"each, recipe {settings.recipe}{' (continuing)' if resuming else ''}")
     plan_and_train(train, settings.archs, out / "work", fold="all", device=device, epochs=settings.epochs,
                    iters_per_epoch=settings.iters_per_epoch, recipe=settings.recipe, seed=settings.seed,
-                   continue_training=resuming, name="demo", log=log)
+                   continue_training=resuming, name="demo", verbose=verbose, log=log)
     report = out / "report"
     result = compare(out / "work", report, test=test, device=device, force=True, seed=settings.seed, log=log)
     log(result.describe())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from medmamba.console import nnunet_prints
 from medmamba.errors import CommandError
 from medmamba.files import atomic_output_file, write_json_atomically
 from medmamba.nnunet_folders import fold_folder, plans_identifier
@@ -125,7 +126,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                    fold: int | str = 0, device: str = "auto", epochs: int | None = None,
                    iters_per_epoch: int | None = None, val_iters: int | None = None, recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
-                   dataset_id: int = 500, name: str | None = None, num_processes: int = 2,
+                   dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
     """Ingest ``data`` (once), plan every architecture, preprocess once (all plans share nnU-Net's
     preprocessed data identifier, so every network sees the same arrays and split), then train each
@@ -152,6 +153,11 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     convention, dataset id and name, the fold against the discovered cases), the work folder is
     locked for the run (:mod:`medmamba.locks`), and every checkpoint ``--continue`` would resume
     from is read before the first training starts.
+
+    ``verbose``: nnU-Net's own output on the console too; without it, it goes to its log files
+    (preprocessing: ``preprocessing_log.txt`` in the preprocessed dataset; training: the fold's
+    ``training_log_*.txt``) and the console shows a header per stage, a progress bar per epoch and
+    the results (:mod:`medmamba.console`).
 
     ``ingest_kwargs`` go to :func:`medmamba.data.prepare` (modalities, label_suffix,
     label_convention, skip_invalid). Errors of the data and planning layers propagate
@@ -186,13 +192,13 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                                       fold=fold, device=device, epochs=epochs, iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
                                       continue_training=continue_training, dataset_id=dataset_id, name=name,
-                                      num_processes=num_processes, log=log, **ingest_kwargs)
+                                      num_processes=num_processes, verbose=verbose, log=log, **ingest_kwargs)
 
 
 def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
                            gpu_memory_gb: float | None, fold: int | str, device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
-                           continue_training: bool, dataset_id: int, name: str, num_processes: int,
+                           continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
     ``presets``: preset name → preset; ``discard``: arch → fold folder of a model to throw away
@@ -227,8 +233,9 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
         else:
             log(f"preprocessing {raw.name} (3d_fullres) into {preprocessed}")
             (preprocessed / PREPROCESSING_RECORD).unlink(missing_ok=True)
-            preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), first, ("3d_fullres",),
-                               (num_processes,), verbose=False)
+            with nnunet_prints(preprocessed / PREPROCESSING_LOG, verbose=verbose):
+                preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), first, ("3d_fullres",),
+                                   (num_processes,), verbose=False)
             write_json_atomically(preprocessed / PREPROCESSING_RECORD,
                                    {"data_identifier": data_identifier, "plans": first, "cases": cases})
     if fold != "all":
@@ -245,7 +252,7 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
                               iters_per_epoch=iters_per_epoch, val_iters=val_iters, seed=seed,
                               continue_training=continue_training, recipe=recipe,
                               architecture=presets[arch].architecture,
-                              output_folder=out / "nnUNet_results")
+                              output_folder=out / "nnUNet_results", verbose=verbose)
         _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
         log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")
         validation = trained[arch].validation
@@ -283,6 +290,8 @@ def _record_validation(out: Path, arch: str, result, validation) -> Path:
 SPLITS_FILE = "splits_final.json"
 #: Written after nnU-Net's preprocessing finished: which data identifier and cases it holds.
 PREPROCESSING_RECORD = "medmamba_preprocessing.json"
+#: What nnU-Net's preprocessing printed (its plans and configuration), beside the preprocessed data.
+PREPROCESSING_LOG = "preprocessing_log.txt"
 #: nnU-Net's cross-validation: 5 folds, seed 12345 (``nnUNetTrainer.do_split``).
 NUM_FOLDS, SPLIT_SEED = 5, 12345
 

@@ -37,7 +37,15 @@ def test_reduced_demo_writes_a_report_and_resumes(tmp_path, capsys):
     for name in ("report.html", "table.md", "table.csv", "summary.json", "plots/box_dice.png"):
         assert (report / name).is_file(), name
     assert set(_table(report)) == {"unet", "mhs_vm"}
-    assert "report.html" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.html" in printed
+    # The console has medmamba's lines; nnU-Net's go to their log files, complete.
+    for noise in ("Please cite", "np.float32", "Yayy", "hiddenlayer", "'data_identifier'", "Using device"):
+        assert noise not in printed, noise
+    assert len(printed.splitlines()) < 40, printed
+    logs = sorted((tmp_path / "demo" / "work" / "nnUNet_results").rglob("training_log_*.txt"))
+    assert len(logs) == 2 and all("Please cite" in log.read_text() for log in logs)
+    assert "'data_identifier'" in next((tmp_path / "demo" / "work").rglob("preprocessing_log.txt")).read_text()
     # again with more epochs: the data are kept, training continues from the checkpoints
     data_files = sorted(p for p in (tmp_path / "demo" / "data").rglob("*.nii.gz"))
     stamps = [p.stat().st_mtime_ns for p in data_files]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from medmamba.console import nnunet_prints
 from medmamba.devices import resolve_device
 from medmamba.environ import temporary_environ
 from medmamba.errors import CommandError
@@ -158,7 +159,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
           iters_per_epoch: int | None = None, val_iters: int | None = None, seed: int | None = None,
           continue_training: bool = False, recipe: str | Recipe | None = None, architecture: str | None = None,
           output_folder: str | os.PathLike | None = None, num_processes: int = 1, num_workers: int | None = None,
-          validate: bool = True, show_progress: bool = True,
+          validate: bool = True, show_progress: bool = True, verbose: bool = False,
           epoch_end_callbacks: Sequence[Callable] = ()) -> TrainResult:
     """Train ``configuration`` of ``plans_identifier`` on a preprocessed nnU-Net dataset.
 
@@ -186,6 +187,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
             (:mod:`medmamba.training.validation`; fold "all": training cases). A finished run that
             is continued keeps its earlier result.
         show_progress: per-epoch tqdm bar with loss and pseudo-Dice.
+        verbose: nnU-Net's log on the console too (it always goes to the fold's log file).
         epoch_end_callbacks: callables ``(trainer, epoch)`` called after each epoch's checkpoint
             (must be picklable when ``num_processes > 1``).
 
@@ -217,7 +219,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
                fold=fold, device=str(dev), epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters,
                seed=seed, continue_training=continue_training, recipe=the_recipe, results_root=results_root,
                num_workers=num_workers, validate=validate, show_progress=show_progress,
-               epoch_end_callbacks=tuple(epoch_end_callbacks))
+               verbose=verbose, epoch_end_callbacks=tuple(epoch_end_callbacks))
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if num_processes > 1 and world > 1:
@@ -279,7 +281,9 @@ def _run(job: dict) -> TrainResult:
         env["nnUNet_n_proc_DA"] = str(int(job["num_workers"]))
     if job["seed"] is not None:
         seed_everything(int(job["seed"]), rank)
-    with temporary_environ(**env), children_die_with_parent():
+    trainer = None  # named for the log file of nnU-Net's prints (medmamba.console)
+    with temporary_environ(**env), children_die_with_parent(), \
+            nnunet_prints(lambda: trainer.log_file if trainer is not None else None, verbose=job["verbose"]):
         cls = trainer_class(job["recipe"])
         folder = _fold_folder(job, cls.__name__)
         resume = load_resume_checkpoint(folder) if job["continue_training"] else None
@@ -298,6 +302,7 @@ def _run(job: dict) -> TrainResult:
         if job["val_iters"] is not None:
             trainer.num_val_iterations_per_epoch = int(job["val_iters"])
         trainer.show_progress = job["show_progress"]
+        trainer.echo_log = job["verbose"]
         trainer.epoch_end_callbacks = list(job["epoch_end_callbacks"])
         if resume_from is not None:
             trainer.adopt_previous_log_file()

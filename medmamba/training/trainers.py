@@ -163,10 +163,14 @@ class MedMambaTrainer(nnUNetTrainer):
 
     Attributes set after construction (before ``initialize``/``run_training``): ``num_epochs``,
     ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``, ``show_progress``,
-    ``epoch_end_callbacks`` (callables ``(trainer, epoch)`` run after each epoch's checkpoint).
+    ``epoch_end_callbacks`` (callables ``(trainer, epoch)`` run after each epoch's checkpoint),
+    ``echo_log``.
     """
 
     recipe: Recipe = RECIPES["nnunet_default"]
+    #: Whether nnU-Net's log lines also reach the console (``--verbose``); they always go to the log
+    #: file. The console has the progress bar and medmamba's summary instead (medmamba.console).
+    echo_log: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -193,6 +197,10 @@ class MedMambaTrainer(nnUNetTrainer):
                                f"{'on' if self.enable_deep_supervision else 'off'}; device {self.device}"
                                f"{'; DDP world size %d' % dist.get_world_size() if self.is_ddp else ''}",
                                also_print_to_console=False)
+
+    def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.echo_log,
+                                  add_timestamp=add_timestamp)
 
     # ---------------------------------------------------------------- network and optimisation
     @staticmethod
