@@ -80,7 +80,7 @@ __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
     "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
     "ingest", "prepare", "raw_dataset_folder", "load_conversion_record",
-    "load_label_convention",
+    "load_label_convention", "background_summary",
     "RECORD_NAME",
 ]
 
@@ -775,6 +775,17 @@ def load_conversion_record(dataset_folder: str | Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"no {RECORD_NAME} here: not a dataset converted by medmamba", path=dataset_folder)
     return json.loads(path.read_text())
+
+
+def background_summary(dataset_folder: str | Path) -> str | None:
+    """The one line that tells the user which constant background the conversion of ``dataset_folder``
+    mapped to 0 (:meth:`medmamba.data.background.DatasetBackground.summary`), or None: no background
+    other than 0, or a dataset medmamba did not convert."""
+    path = Path(dataset_folder) / RECORD_NAME
+    if not path.is_file():
+        return None
+    background = DatasetBackground.from_record(json.loads(path.read_text()))
+    return None if background is None else background.summary()
 
 
 def load_label_convention(dataset_folder: str | Path) -> LabelConvention:
