@@ -714,12 +714,13 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
                    if treatment.changes(dataset.borders[case.case_id][k])}
         if treated:
             (tmp / "imagesTr").mkdir()
-        items = [(case_id, dataset_case[case_id].images[k], tmp / copy, background.channels[k],
-                  dataset.borders[case_id][k]) for (case_id, k), copy in treated.items()
-                 for dataset_case in [{c.case_id: c for c in dataset.cases}]]
+        by_id = {case.case_id: case for case in dataset.cases}
+        items = [(case_id, by_id[case_id].images[k], tmp / copy, background.channels[k], dataset.borders[case_id][k])
+                 for (case_id, k), copy in treated.items()]
         for _ in _ordered_map(_write_treated_image, items, num_workers):
             pass
-        entries = {case.case_id: {"images": [treated.get((case.case_id, k), str(p)) for k, p in enumerate(case.images)],
+        entries = {case.case_id: {"images": [treated.get((case.case_id, k), str(p))
+                                             for k, p in enumerate(case.images)],
                                   "label": f"labelsTr/{case.case_id}{_FILE_ENDING}"}
                    for case in dataset.cases}
         dataset_json = {
