@@ -57,7 +57,8 @@ Where: :func:`medmamba.data.brats.validate` detects the border of every image wh
 the raw dataset's ``imagesTr`` (the user's files are never written to) and records the treatment in
 ``medmamba_dataset.json`` (:meth:`DatasetBackground.as_json`), and the predictor applies the same
 treatment to each case after reading it (:meth:`DatasetBackground.from_record`,
-:meth:`DatasetBackground.transform`). :meth:`DatasetBackground.summary` is the line the user reads.
+:meth:`DatasetBackground.transform`). :meth:`DatasetBackground.summary` is the line the user reads;
+docs/cpu.md explains all this to the user.
 """
 
 from __future__ import annotations

@@ -34,10 +34,14 @@ Validation (``validate``)
 
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
-    image files in place (absolute paths; nothing is copied), ``labelsTr/<case>.nii.gz`` with labels
-    remapped to nnU-Net's region space (uint8, the source label's header), and ``medmamba_dataset.json``
-    recording the source, channel order and label mapping so that predictions can be written back in the
-    user's convention (:func:`load_label_convention`). The folder is assembled under a hidden temporary
+    image files in place (absolute paths), ``labelsTr/<case>.nii.gz`` with labels remapped to nnU-Net's
+    region space (uint8, the source label's header), and ``medmamba_dataset.json`` recording the source,
+    channel order and label mapping so that predictions can be written back in the user's convention
+    (:func:`load_label_convention`). Images with a constant background other than 0 (found by
+    ``validate``, one value on more than half of the six faces) are the exception: nnU-Net would take
+    that background for foreground, so a treated copy with it mapped to 0 goes to ``imagesTr`` and the
+    treatment is recorded in ``medmamba_dataset.json`` (``background``) for prediction to repeat
+    (:mod:`medmamba.data.background`, docs/cpu.md). The folder is assembled under a hidden temporary
     name beside it and renamed when complete; after any error nothing of it remains. Inputs are never
     written to.
 """
