@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser(
         "synth", help="write a synthetic BraTS-style dataset",
         description="Writes OUT/<case>/<case>_<modality>.nii.gz and the label in BraTS 2021 or 2023 naming and "
-                    "label convention (or as a z-scored export, --style zscore-export): a head-like volume with a tumour (edema, necrotic core, enhancing rim) "
-                    "whose contrast differs by modality as in real MRI, with noise and a bias field. The same "
+                    "label convention (or as a z-scored export, --style zscore-export): a head-like volume with a "
+                    "tumour (edema, necrotic core, enhancing rim) whose contrast differs by modality as in real MRI, "
+                    "with noise and a bias field. The same "
                     "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--cases", type=positive_int, default=4, help="number of cases (default 4)")

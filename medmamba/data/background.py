@@ -286,7 +286,8 @@ class DatasetBackground:
                 line += f"; {uncropped}/{n} cases have a channel without a constant background and stay uncropped"
         if untouched:
             names = ", ".join(self.channels[k].name for k in untouched)
-            line += f"{'; ' if treated else ': '}left as it is in {names} (its normalisation uses the values as they are)"
+            line += (f"{'; ' if treated else ': '}left as it is in {names} (its normalisation uses the values "
+                     f"as they are)")
         return line
 
 
