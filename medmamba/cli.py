@@ -145,6 +145,10 @@ def _synth(args: argparse.Namespace) -> None:
     out = synth(args.out, cases=args.cases, shape=args.shape, style=args.style, seed=args.seed,
                 random_affine=args.random_affine, spacing=args.spacing)
     print(f"wrote {args.cases} synthetic {args.style} cases to {out}")
+    if args.style == "zscore-export":
+        from medmamba.data.synth import EXPORT
+
+        print(f"a generic layout: plan or train it with --modalities {' '.join(EXPORT.modalities)}")
 
 
 def _dataset_options(args: argparse.Namespace) -> dict:
@@ -293,15 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser(
         "synth", help="write a synthetic BraTS-style dataset",
         description="Writes OUT/<case>/<case>_<modality>.nii.gz and the label in BraTS 2021 or 2023 naming and "
-                    "label convention: a head-like volume with a tumour (edema, necrotic core, enhancing rim) "
-                    "whose contrast differs by modality as in real MRI, with noise and a bias field. The same "
+                    "label convention (or as a z-scored export, --style zscore-export): a head-like volume with a "
+                    "tumour (edema, necrotic core, enhancing rim) whose contrast differs by modality as in real MRI, "
+                    "with noise and a bias field. The same "
                     "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--cases", type=positive_int, default=4, help="number of cases (default 4)")
     synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"),
                        help="voxels per case (default 64 64 64)")
-    synth.add_argument("--style", choices=["brats2021", "brats2023"], default="brats2021",
-                       help="naming and label convention (default brats2021)")
+    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export"], default="brats2021",
+                       help="naming and label convention (default brats2021); zscore-export: FLAIR and T1c "
+                            "z-scored inside the head with a constant negative background, float32 labels of "
+                            "BraTS 2013/2015, as many real exports come")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--random-affine", action="store_true", help="random flips, oblique rotations and shifts")
     synth.add_argument("--spacing", type=_spacing, default=None,

@@ -67,9 +67,11 @@ def _check_before_writing(data: Path, archs: Sequence[str], out: Path, dataset_i
 
 
 def plan_work_folder(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
-                     dataset_id: int = 500, name: str | None = None, **ingest_kwargs) -> tuple[Path, dict[str, dict]]:
+                     dataset_id: int = 500, name: str | None = None, log: Callable[[str], None] = print,
+                     **ingest_kwargs) -> tuple[Path, dict[str, dict]]:
     """``medmamba plan``: ingest ``data`` into ``out/nnUNet_raw`` (once) and write one plans file per
-    architecture into ``out/nnUNet_preprocessed``, holding the work folder's lock.
+    architecture into ``out/nnUNet_preprocessed``, holding the work folder's lock. A constant
+    background the conversion mapped to 0 is told in one line (:func:`_tell_background`).
 
     Returns:
         (the raw dataset folder, ``{arch: plans}``).
@@ -86,8 +88,19 @@ def plan_work_folder(data: str | Path, archs: Sequence[str], out: str | Path, *,
     _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
     with folder_lock(out):
         raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
+        _tell_background(raw, log)
         plans = plan(raw, archs, gpu_memory_gb=gpu_memory_gb, preprocessed_root=out / "nnUNet_preprocessed")
     return raw, plans
+
+
+def _tell_background(raw: Path, log: Callable[[str], None]) -> None:
+    """Once per run, after ingestion: the constant background other than 0 that the conversion found
+    and mapped to 0, so that nnU-Net crops and normalises as it does for 0 (docs/cpu.md), if any."""
+    from medmamba.data import background_summary
+
+    line = background_summary(raw)
+    if line:
+        log(line)
 
 
 def _discovered_cases(data: Path, raw: Path, ingest_kwargs: dict) -> list[str]:
@@ -211,6 +224,7 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
     preprocessed_root = out / "nnUNet_preprocessed"
     preprocessed = preprocessed_root / raw.name
     log(f"dataset: {raw}")
+    _tell_background(raw, log)
     cases = case_identifiers(raw)
     if fold != "all":
         check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)

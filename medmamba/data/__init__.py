@@ -22,6 +22,7 @@ from medmamba.data.brats import (
     DatasetError,
     DatasetWarning,
     Problem,
+    background_summary,
     convert_to_nnunet,
     discover,
     discover_case,
@@ -48,7 +49,7 @@ __all__ = [
     "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
     "ingest", "prepare", "raw_dataset_folder", "synth", "generate_case",
     "to_nnunet_labels", "from_nnunet_labels", "detect_convention", "get_convention",
-    "load_conversion_record", "load_label_convention",
+    "load_conversion_record", "load_label_convention", "background_summary",
     "Dataset", "Case", "Problem", "DatasetError", "DatasetWarning", "LabelConvention", "SynthCase",
     "CONVENTIONS", "NAMINGS", "INTENSITY_TABLE", "RECORD_NAME",
 ]

@@ -34,10 +34,14 @@ Validation (``validate``)
 
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
-    image files in place (absolute paths; nothing is copied), ``labelsTr/<case>.nii.gz`` with labels
-    remapped to nnU-Net's region space (uint8, the source label's header), and ``medmamba_dataset.json``
-    recording the source, channel order and label mapping so that predictions can be written back in the
-    user's convention (:func:`load_label_convention`). The folder is assembled under a hidden temporary
+    image files in place (absolute paths), ``labelsTr/<case>.nii.gz`` with labels remapped to nnU-Net's
+    region space (uint8, the source label's header), and ``medmamba_dataset.json`` recording the source,
+    channel order and label mapping so that predictions can be written back in the user's convention
+    (:func:`load_label_convention`). Images with a constant background other than 0 (found by
+    ``validate``, one value on more than half of the six faces) are the exception: nnU-Net would take
+    that background for foreground, so a treated copy with it mapped to 0 goes to ``imagesTr`` and the
+    treatment is recorded in ``medmamba_dataset.json`` (``background``) for prediction to repeat
+    (:mod:`medmamba.data.background`, docs/cpu.md). The folder is assembled under a hidden temporary
     name beside it and renamed when complete; after any error nothing of it remains. Inputs are never
     written to.
 """
@@ -49,11 +53,12 @@ import json
 import multiprocessing
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from medmamba.data.background import Border, ChannelTreatment, DatasetBackground, detect_border, treat_background
 from medmamba.data.labels import (
     CONVENTIONS,
     LabelConvention,
@@ -79,7 +84,7 @@ __all__ = [
     "DatasetError", "DatasetWarning", "Problem", "Case", "Dataset", "Naming", "NAMINGS",
     "discover", "discover_case", "naming_of", "validate", "validate_case", "convert_to_nnunet",
     "ingest", "prepare", "raw_dataset_folder", "load_conversion_record",
-    "load_label_convention",
+    "load_label_convention", "background_summary",
     "RECORD_NAME",
 ]
 
@@ -179,6 +184,9 @@ class Dataset:
         convention_source: why that convention (``"given"``, the naming, or the detection rule).
         validated: True once ``validate`` accepted every remaining case.
         skipped: (case id, reason) of cases dropped by ``validate(skip_invalid=True)``.
+        borders: case id → the border of each image in channel order
+            (:func:`medmamba.data.background.detect_border`), found by ``validate`` while it reads
+            them; the conversion decides from them how to treat a constant background.
     """
 
     roots: tuple[Path, ...]
@@ -191,6 +199,7 @@ class Dataset:
     convention_source: str = "to be detected from the label values"
     validated: bool = False
     skipped: tuple[tuple[str, str], ...] = field(default=())
+    borders: Mapping[str, tuple[Border, ...]] = field(default_factory=dict)
 
     @property
     def convention(self) -> LabelConvention:
@@ -429,6 +438,7 @@ class _Report:
     problem: Problem | None
     label_values: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()  # valid, but probably not what the user meant
+    borders: tuple[Border, ...] = ()  # of each image, in channel order
 
 
 def _dims_problem(shape: tuple[int, ...]) -> str | None:
@@ -466,6 +476,7 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
                                             f"_{label_suffix}.nii.gz)"))
     ref: tuple[Path, tuple[int, ...], object] | None = None
     notes: list[str] = []
+    borders: list[Border] = []
     for path in case.images:
         try:
             vol = read_volume(path)
@@ -484,9 +495,10 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
         if not vol.data.any():
             notes.append(f"case {case.case_id}: {path}: every voxel is 0; an empty image is almost always a "
                          f"broken export (check the file)")
+        borders.append(detect_border(vol.data))  # here, where every image is read anyway
         del vol
     if case.label is None:
-        return _Report(None, warnings=tuple(notes))
+        return _Report(None, warnings=tuple(notes), borders=tuple(borders))
     try:
         vol = read_volume(case.label)
     except VolumeReadError as exc:
@@ -503,7 +515,7 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
     if convention is not None and (why := _label_values_problem(values, get_convention(convention),
                                                                    source)) is not None:
         return _Report(Problem(case.label, why))
-    return _Report(None, tuple(int(v) for v in values), tuple(notes))
+    return _Report(None, tuple(int(v) for v in values), tuple(notes), tuple(borders))
 
 
 def _warn_about(report: _Report) -> None:
@@ -568,6 +580,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
     conv, source = dataset.label_convention, dataset.convention_source
     items = [(c, require_labels, conv, source, dataset.label_suffix) for c in dataset.cases]
     good: list[tuple[Case, tuple[int, ...]]] = []
+    borders: dict[str, tuple[Border, ...]] = {}
     for case, report in zip(dataset.cases, _ordered_map(_check_case, items, num_workers)):
         if report.problem is not None:
             _fail_or_skip(DatasetError(report.problem.message, case=case.case_id, path=report.problem.path),
@@ -575,6 +588,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
         else:
             _warn_about(report)
             good.append((case, report.label_values))
+            borders[case.case_id] = report.borders
 
     if conv is None:
         conv, why = detect_convention({v for _, values in good for v in values})
@@ -604,7 +618,8 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
                            f"{'; …' if len(skipped) > 3 else ''})",
                            path=dataset.roots[0] if len(dataset.roots) == 1 else None)
     return replace(dataset, cases=tuple(remaining), label_convention=conv, convention_source=source,
-                   validated=True, skipped=tuple(skipped))
+                   validated=True, skipped=tuple(skipped),
+                   borders={case.case_id: borders[case.case_id] for case in remaining})
 
 
 # ---------------------------------------------------------------------------------------- conversion
@@ -623,6 +638,20 @@ def _convert_label(case: Case, out_file: Path, convention: str) -> None:
     except ValueError as exc:
         raise DatasetError(str(exc), case=case.case_id, path=case.label) from None
     write_volume(out_file, mapped, affine=vol.affine, header=vol.header)
+
+
+def _write_treated_image(case_id: str, source: Path, out_file: Path, treatment: ChannelTreatment,
+                         border: Border) -> None:
+    """Write the copy of one image whose constant background nnU-Net must see as 0
+    (:mod:`medmamba.data.background`), with the source's header."""
+    try:
+        vol = read_volume(source)
+    except VolumeReadError as exc:
+        raise DatasetError(str(exc), case=case_id, path=source) from None
+    if detect_border(vol.data) != border:
+        raise DatasetError("changed since it was validated (its border differs); convert again", case=case_id,
+                           path=source)
+    write_volume(out_file, treatment.apply(vol.data, border), affine=vol.affine, header=vol.header)
 
 
 def _dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -647,7 +676,9 @@ def _check_target(raw_root: Path, dataset_id: int, name: str) -> Path:
 
 def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, name: str, *,
                       skip_invalid: bool = False, num_workers: int = 1) -> Path:
-    """Write an nnU-Net v2 raw dataset that references the images in place.
+    """Write an nnU-Net v2 raw dataset that references the images in place, except those with a
+    constant background other than 0, whose treated copies it writes to ``imagesTr``
+    (:mod:`medmamba.data.background`).
 
     Args:
         dataset: from ``discover`` (validated here first unless ``validate`` already ran).
@@ -662,7 +693,7 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         DatasetError: invalid input (see ``validate``), an output inside an input folder, an existing
             non-empty output, an id already used by another dataset folder. Nothing is left behind.
     """
-    if not dataset.validated:
+    if not dataset.validated or any(case.case_id not in dataset.borders for case in dataset.cases):
         dataset = validate(dataset, skip_invalid=skip_invalid, num_workers=num_workers)
     for case in dataset.cases:
         if case.label is None:
@@ -680,13 +711,28 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         items = [(case, labels_dir / f"{case.case_id}{_FILE_ENDING}", conv.name) for case in dataset.cases]
         for _ in _ordered_map(_convert_label, items, num_workers):
             pass
-        entries = {case.case_id: {"images": [str(p) for p in case.images],
+        background = treat_background(dataset.channel_names, {c.case_id: dataset.borders[c.case_id]
+                                                              for c in dataset.cases})
+        treated = {(case.case_id, k): f"imagesTr/{case.case_id}_{k:04d}{_FILE_ENDING}"
+                   for case in dataset.cases for k, treatment in enumerate(background.channels)
+                   if treatment.changes(dataset.borders[case.case_id][k])}
+        if treated:
+            (tmp / "imagesTr").mkdir()
+        by_id = {case.case_id: case for case in dataset.cases}
+        items = [(case_id, by_id[case_id].images[k], tmp / copy, background.channels[k], dataset.borders[case_id][k])
+                 for (case_id, k), copy in treated.items()]
+        for _ in _ordered_map(_write_treated_image, items, num_workers):
+            pass
+        entries = {case.case_id: {"images": [treated.get((case.case_id, k), str(p))
+                                             for k, p in enumerate(case.images)],
                                   "label": f"labelsTr/{case.case_id}{_FILE_ENDING}"}
                    for case in dataset.cases}
         dataset_json = {
             "name": target.name,
             "description": f"converted by medmamba from {', '.join(map(str, dataset.roots))} "
-                           f"({dataset.naming} naming, label convention {conv.name}); images referenced in place",
+                           f"({dataset.naming} naming, label convention {conv.name}); images referenced in place"
+                           + (f", except {len(treated)} with a constant background, copied to imagesTr with it "
+                              f"mapped to 0 (medmamba_dataset.json: background)" if treated else ""),
             "channel_names": {str(i): n for i, n in enumerate(dataset.channel_names)},
             "labels": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.nnunet_labels.items()},
             "regions_class_order": list(conv.regions_class_order),
@@ -705,6 +751,7 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
             "cases": {case.case_id: {"images": [str(p) for p in case.images], "label": str(case.label)}
                       for case in dataset.cases},
             "skipped": [{"case": c, "reason": r} for c, r in dataset.skipped],
+            "background": background.as_json(),
             "geometry_tolerance": {"voxel_size_rtol": VOXEL_SIZE_RTOL,
                                    "grid_position_voxels": GRID_POSITION_TOL_VOXELS},
         }
@@ -733,6 +780,17 @@ def load_conversion_record(dataset_folder: str | Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"no {RECORD_NAME} here: not a dataset converted by medmamba", path=dataset_folder)
     return json.loads(path.read_text())
+
+
+def background_summary(dataset_folder: str | Path) -> str | None:
+    """The one line that tells the user which constant background the conversion of ``dataset_folder``
+    mapped to 0 (:meth:`medmamba.data.background.DatasetBackground.summary`), or None: no background
+    other than 0, or a dataset medmamba did not convert."""
+    path = Path(dataset_folder) / RECORD_NAME
+    if not path.is_file():
+        return None
+    background = DatasetBackground.from_record(json.loads(path.read_text()))
+    return None if background is None else background.summary()
 
 
 def load_label_convention(dataset_folder: str | Path) -> LabelConvention:

@@ -1,4 +1,5 @@
-"""Synthetic BraTS-like data: a head phantom with a glioma, in BraTS 2021 or 2023 naming and labels.
+"""Synthetic BraTS-like data: a head phantom with a glioma, in BraTS 2021 or 2023 naming and labels, or
+as a z-scored export.
 
 Each case is a head (scalp, skull, CSF, cortical grey matter with folds and sulci, white matter, deep grey
 nuclei, ventricles, a few contrast-enhancing vessels) with one tumour: an irregular edema envelope
@@ -7,6 +8,18 @@ orientation of the tumour, the rim thickness, the vessels, the contrast gains, t
 bias fields are random per case. Images are skull-stripped like BraTS (exactly 0 outside the brain) unless
 ``skull_stripped=False``; int16 like BraTS; labels uint8 in the style's convention (2021: 1 NCR, 2 ED, 4 ET;
 2023: 1 NCR, 2 SNFH, 3 ET).
+
+Style ``zscore-export``: what many real exports look like, and what nnU-Net does not take for
+background (:mod:`medmamba.data.background`). Two channels, FLAIR and T1c, each z-scored inside the
+head (the skull-stripped brain, or the whole head with ``skull_stripped=False``) from the same
+phantom, with a constant **negative** value outside it: −μ/σ of that image (μ, σ of the voxels inside),
+the value the zero background takes when an image is z-scored, so it differs per case and channel
+(e.g. −1.71). float32 images; float32 labels in the BraTS 2013/2015 convention (1 necrosis, 2 edema,
+3 non-enhancing tumour, 4 enhancing): the non-enhancing core is split between 1 and 3, half of its
+voxels each along the first axis, with the same intensities (both are "TC without ET" in nnU-Net's
+regions, which cannot tell them apart). Generic layout: ``Export_XXXXX/Export_XXXXX_{FLAIR,T1c,seg}
+.nii.gz``; ingest with ``--modalities FLAIR T1c`` (the convention is detected from the labels: 3 and
+4 both occur).
 
 Intensity table (``INTENSITY_TABLE``; mean signal relative to white matter on T1 = 1, per sequence):
 
@@ -42,8 +55,9 @@ random signed axis permutation (flips) and an oblique rotation of up to 35° abo
 shift of up to 20 mm. ``spacing="random"``: in-plane 0.8–1.25 mm, slice 1–3 mm along the third axis.
 
 Determinism: case ``k`` of seed ``s`` draws from ``SeedSequence(s, spawn_key=(k,))``, so it is the same
-whatever the number of cases and the style (the two styles differ only in names and the enhancing label
-value); files are written with a fixed gzip header (:func:`medmamba.data.nifti.write_volume`), so the
+whatever the number of cases and the style (the two BraTS styles differ only in names and the enhancing
+label value; ``zscore-export`` has the same head and tumour, and draws the noise of its two channels
+in its own order); files are written with a fixed gzip header (:func:`medmamba.data.nifti.write_volume`), so the
 same seed and parameters give the same bytes with the same numpy/scipy/nibabel on the same platform.
 (Across CPUs numpy's vectorised ``exp``/``cos`` may differ in the last bit, which can move a rare voxel
 by one intensity unit.)
@@ -89,7 +103,23 @@ INTENSITY_TABLE: dict[str, tuple[float, float, float, float]] = {
 _T = {name: i for i, name in enumerate(TISSUES)}
 _HEAD_RADII = np.array([0.86, 0.98, 0.92])  # left-right, anterior-posterior, superior-inferior (normalised)
 _MIN_LABEL_VOXELS = 4
-_STYLES = ("brats2021", "brats2023")
+_STYLES = ("brats2021", "brats2023", "zscore-export")
+
+
+@dataclass(frozen=True)
+class _Export:
+    """The ``zscore-export`` style: a generic layout (no BraTS naming), its channels (file suffix, column
+    of ``INTENSITY_TABLE``) and its label convention."""
+
+    prefix: str = "Export_"
+    separator: str = "_"
+    modalities: tuple[str, ...] = ("FLAIR", "T1c")
+    columns: tuple[int, ...] = (3, 1)
+    label_suffix: str = "seg"
+    convention: str = "brats2015"
+
+
+EXPORT = _Export()
 
 
 @dataclass
@@ -113,7 +143,37 @@ class SynthCase:
 
 
 def _case_id(style: str, index: int) -> str:
+    if style == "zscore-export":
+        return f"{EXPORT.prefix}{index:05d}"
     return f"BraTS2021_{index:05d}" if style == "brats2021" else f"BraTS-GLI-{index:05d}-000"
+
+
+def _layout(style: str) -> tuple[str, tuple[str, ...], str, str]:
+    """(separator, modality suffixes in channel order, label suffix, label convention) of a style."""
+    if style == "zscore-export":
+        return EXPORT.separator, EXPORT.modalities, EXPORT.label_suffix, EXPORT.convention
+    naming = NAMINGS[style]
+    return naming.separator, naming.modalities, naming.label_suffix, naming.convention
+
+
+def _zscore_export(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """z-score ``image`` with the mean and sd of its voxels ``inside``, outside set to the value 0 takes
+    (−μ/σ, the same float32 in every outside voxel), as float32."""
+    values = image[inside].astype(np.float64)
+    mu, sd = values.mean(), values.std()
+    out = ((image.astype(np.float64) - mu) / sd).astype(np.float32)
+    out[~inside] = np.float32(-mu / sd)
+    return out
+
+
+def _split_non_enhancing(necrosis: np.ndarray) -> np.ndarray:
+    """The half of the non-enhancing core (by position along the first axis) labelled non-enhancing
+    tumour (3) in the 2013/2015 convention; the other half stays necrosis (1)."""
+    index = np.nonzero(necrosis)
+    first = np.argsort(index[0], kind="stable")[: len(index[0]) // 2]
+    out = np.zeros(necrosis.shape, bool)
+    out[tuple(axis[first] for axis in index)] = True
+    return out
 
 
 def _fourier_field(rng: np.random.Generator, coords: Sequence[np.ndarray], n: int, freq: float) -> np.ndarray:
@@ -268,12 +328,15 @@ def generate_case(index: int, *, seed: int = 0, shape: Sequence[int] = DEFAULT_S
         index: case number (the case id's number).
         seed: dataset seed.
         shape: (X, Y, Z), each ≥ 16.
-        style: ``"brats2021"`` or ``"brats2023"`` (naming and label convention).
+        style: ``"brats2021"``, ``"brats2023"`` (naming and label convention) or ``"zscore-export"``
+            (module docstring).
         random_affine: random flips, axis permutation, oblique rotation and shift.
         spacing: voxel size in mm, ``None`` (1 mm isotropic), three numbers, or ``"random"``.
-        skull_stripped: zero outside the brain, like BraTS.
+        skull_stripped: zero outside the brain, like BraTS (``zscore-export``: z-scored inside the
+            brain, else inside the head).
     Returns:
-        the ``SynthCase`` (images int16 (X, Y, Z) per modality, label uint8 (X, Y, Z)).
+        the ``SynthCase`` (images int16 (X, Y, Z) per modality, label uint8 (X, Y, Z); ``zscore-export``:
+        both float32).
     """
     if style not in _STYLES:
         raise ValueError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
@@ -292,18 +355,20 @@ def generate_case(index: int, *, seed: int = 0, shape: Sequence[int] = DEFAULT_S
     tissue[necrosis] = _T["necrosis"]
     tissue[enhancing] = _T["enhancing"]
 
-    conv = CONVENTIONS[style]
-    et_value = conv.et_label
+    separator, modalities, label_suffix, convention = _layout(style)
+    export = style == "zscore-export"
     label = np.zeros(shape, np.uint8)
     label[edema] = 2
     label[necrosis] = 1
-    label[enhancing] = et_value
+    label[enhancing] = CONVENTIONS[convention].et_label
+    if export:
+        label[_split_non_enhancing(necrosis)] = 3
 
     table = np.array([INTENSITY_TABLE[t] for t in TISSUES], dtype=np.float32)  # (tissue, sequence)
     voxel_sigma = np.float32(1.0) / np.asarray(sp / sp.min(), np.float32)  # blur about one finest voxel
-    naming = NAMINGS[style]
+    columns = EXPORT.columns if export else range(len(modalities))
     images: dict[str, np.ndarray] = {}
-    for m, suffix in enumerate(naming.modalities):
+    for m, suffix in zip(columns, modalities):
         jitter = (1 + rng.normal(scale=0.04, size=len(TISSUES))).astype(np.float32)
         signal = (table[:, m] * jitter)[tissue]
         texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.0)
@@ -317,13 +382,18 @@ def generate_case(index: int, *, seed: int = 0, shape: Sequence[int] = DEFAULT_S
         signal = np.sqrt((signal + noise_re) ** 2 + noise_im ** 2)  # Rician magnitude noise
         if skull_stripped:
             signal[~brain_mask] = 0
+        elif export:
+            signal[tissue == _T["background"]] = 0  # the exporter's head mask
         else:
             signal[tissue == _T["background"]] *= np.float32(0.3)  # air: noise floor only
         gain = np.float32(rng.uniform(600, 1400))
         images[suffix] = np.clip(np.rint(signal * gain), 0, 32767).astype(np.int16)
+        if export:
+            images[suffix] = _zscore_export(images[suffix], brain_mask if skull_stripped
+                                            else tissue != _T["background"])
     if skull_stripped:
         label[~brain_mask] = 0  # (the tumour lies inside the brain; this only guards the invariant)
-    return SynthCase(_case_id(style, index), images, label, tissue, affine)
+    return SynthCase(_case_id(style, index), images, label.astype(np.float32) if export else label, tissue, affine)
 
 
 def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SHAPE, style: str = "brats2021",
@@ -339,8 +409,9 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
         out_dir: output folder; must not exist or be empty.
         cases: number of cases (ids 0 … cases−1).
         shape: (X, Y, Z) voxels per case, each ≥ 16; default 64³.
-        style: ``"brats2021"`` (t1, t1ce, t2, flair; labels 1, 2, 4) or ``"brats2023"`` (t1n, t1c, t2w, t2f;
-            labels 1, 2, 3).
+        style: ``"brats2021"`` (t1, t1ce, t2, flair; labels 1, 2, 4), ``"brats2023"`` (t1n, t1c, t2w, t2f;
+            labels 1, 2, 3) or ``"zscore-export"`` (FLAIR, T1c z-scored with a constant negative
+            background; float32 labels 1, 2, 3, 4 of BraTS 2013/2015; module docstring).
         seed: same seed and parameters → same bytes.
         random_affine: random flips/permutations, oblique rotation and shift per case.
         spacing: None (1 mm), three numbers (mm), or ``"random"`` (per case, anisotropic).
@@ -358,7 +429,7 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
     shape = check_shape(shape)
     if spacing is not None and not isinstance(spacing, str):
         _spacing_for(np.random.default_rng(0), spacing)  # validate before writing anything
-    naming = NAMINGS[style]
+    separator, modalities, label_suffix, convention = _layout(style)
     out = Path(out_dir)
     with atomic_output_folder(out, error=lambda msg: DatasetError(msg)) as tmp:
         for index in range(int(cases)):
@@ -367,9 +438,8 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
             folder = tmp / case.case_id
             folder.mkdir()
             for suffix, image in case.images.items():
-                write_volume(folder / f"{case.case_id}{naming.separator}{suffix}.nii.gz", image, case.affine)
-            write_volume(folder / f"{case.case_id}{naming.separator}{naming.label_suffix}.nii.gz", case.label,
-                         case.affine)
+                write_volume(folder / f"{case.case_id}{separator}{suffix}.nii.gz", image, case.affine)
+            write_volume(folder / f"{case.case_id}{separator}{label_suffix}.nii.gz", case.label, case.affine)
         manifest = {
             "generator": "medmamba.data.synth",
             "parameters": {"cases": int(cases), "shape": list(shape), "style": style, "seed": int(seed),
@@ -377,8 +447,8 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
                            "spacing": spacing if spacing is None or isinstance(spacing, str)
                            else [float(s) for s in spacing],
                            "skull_stripped": bool(skull_stripped)},
-            "label_convention": CONVENTIONS[style].as_json(),
-            "channels": list(naming.modalities),
+            "label_convention": CONVENTIONS[convention].as_json(),
+            "channels": list(modalities),
             "intensity_table": {"sequences": list(SEQUENCES),
                                 **{t: list(v) for t, v in INTENSITY_TABLE.items()}},
         }

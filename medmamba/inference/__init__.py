@@ -11,7 +11,7 @@ Typical use (what ``medmamba predict`` does)::
 """
 
 from medmamba.inference.model import CHECKPOINTS, ModelError, TrainedModel, list_trained_models, load_model
-from medmamba.inference.predictor import Prediction, Predictor, predict, resolve_cases
+from medmamba.inference.predictor import Prediction, Predictor, predict, read_case, resolve_cases
 
 __all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model",
-           "Prediction", "Predictor", "predict", "resolve_cases"]
+           "Prediction", "Predictor", "predict", "read_case", "resolve_cases"]

@@ -4,7 +4,8 @@ A trained model is nnU-Net's trainer output folder,
 ``<nnUNet_results>/DatasetXXX_Name/<Trainer>__<plans>__<configuration>/``, holding ``plans.json``,
 ``dataset.json`` (the one the trainer used: label-based for SegMamba's CE recipe), one ``fold_<f>/``
 per trained fold with its checkpoints, and ``medmamba_dataset.json``, the conversion record of the
-training data (channel order, file naming, label convention; copied there by ``plan-and-train``).
+training data (channel order, file naming, label convention, constant-background treatment; copied
+there by ``plan-and-train``).
 
 ``load_model`` accepts, from the most to the least explicit:
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from medmamba.data import RECORD_NAME, DatasetError, LabelConvention, get_convention
+from medmamba.data.background import DatasetBackground
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
 __all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model"]
@@ -75,6 +77,12 @@ class TrainedModel:
     def label_convention(self) -> LabelConvention | None:
         """The training data's label convention (the default for written predictions)."""
         return get_convention(self.record["label_convention"]["name"]) if self.record else None
+
+    @property
+    def background(self) -> DatasetBackground | None:
+        """The constant-background treatment the training images had (:mod:`medmamba.data.background`),
+        applied again to every predicted case; None when the record has none (nothing was treated)."""
+        return DatasetBackground.from_record(self.record)
 
     @property
     def dataset_name(self) -> str:

@@ -4,7 +4,11 @@ The engine is nnU-Net's own ``nnUNetPredictor`` (built with ``manual_initializat
 lookup by name): the images are read with the plans' reader, preprocessed exactly as in training
 (cropping, resampling, normalisation from the plans), predicted with a Gaussian-weighted sliding window
 (optionally with mirroring), resampled back and un-cropped by nnU-Net. There is no second
-implementation of the preprocessing that could drift from training.
+implementation of the preprocessing that could drift from training. One step comes before it: a
+training set whose images had a constant background other than 0 was converted with that background
+mapped to 0 (:mod:`medmamba.data.background`), and each predicted case gets the same treatment right
+after it is read (:func:`read_case`), so nnU-Net crops and normalises it as it did the training cases.
+The treatment keeps the array's shape, so the geometry below is unchanged.
 
 Geometry: nnU-Net's readers return the stored voxel array with its axes reversed (``(z, y, x)`` for
 a file indexed ``(i, j, k)``); reversing them again gives the label map in the input file's voxel
@@ -41,6 +45,7 @@ from medmamba.data import (
     naming_of,
     validate_case,
 )
+from medmamba.data.background import DatasetBackground
 from medmamba.data.labels import short_region_name
 from medmamba.data.nifti import missing_file_problem, strip_ending, write_volume
 from medmamba.devices import resolve_device
@@ -49,7 +54,7 @@ from medmamba.locks import output_lock
 
 from .model import ModelError, TrainedModel
 
-__all__ = ["Prediction", "Predictor", "predict", "resolve_cases"]
+__all__ = ["Prediction", "Predictor", "predict", "read_case", "resolve_cases"]
 
 # Readers whose arrays are the stored voxel array with reversed axes (the others reorient).
 _TRANSPOSING_READERS = {"SimpleITKIO", "NibabelIO"}
@@ -118,6 +123,7 @@ class Predictor:
             raise ModelError(f"{model.folder / 'plans.json'}: image reader {reader.__name__} is not supported "
                              f"(medmamba writes outputs in the input's voxel order: {', '.join(_TRANSPOSING_READERS)})")
         self.reader = reader()
+        self.background = model.background
         self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
         self.regions = self._region_sets(model.dataset_json)
         checkpoint = model.load_checkpoint()
@@ -176,7 +182,7 @@ class Predictor:
         case = Case(case_id or _case_id_of(images[0]), images[0].parent, tuple(images), None)
         self.check_case(case)
         start = time.perf_counter()
-        data, properties = self.reader.read_images([str(p) for p in images])
+        data, properties = read_case(images, self.reader, self.background)
         with torch.inference_mode():
             out = self.engine.predict_single_npy_array(data, properties, None, None, self.probabilities)
         segmentation, probabilities = out if self.probabilities else (out, None)
@@ -215,6 +221,17 @@ class Predictor:
                 write_volume(probabilities_tmp, prediction.probabilities,
                              header=_probability_header(header, prediction.regions))
         return out_file
+
+
+def read_case(images: Sequence[str | Path], reader, background: DatasetBackground | None) -> tuple[np.ndarray, dict]:
+    """One case as the model's preprocessing must see it: read with nnU-Net's ``reader`` (the plans'
+    image reader), then given the training data's constant-background treatment (``background``, from
+    ``medmamba_dataset.json``; None: the images are used as read). Returns ``(data, properties)``
+    as ``reader.read_images`` does: float32 (C, ...) and the reader's geometry, shape unchanged."""
+    data, properties = reader.read_images([str(p) for p in images])
+    if background is not None:
+        data = background.transform(data)
+    return data, properties
 
 
 def _probability_header(header: nib.Nifti1Header, regions: Sequence[str]) -> nib.Nifti1Header:
