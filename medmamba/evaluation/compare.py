@@ -27,10 +27,13 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from tqdm import tqdm
 
 from medmamba.files import atomic_output_folder
 from medmamba.models import registry
@@ -419,14 +422,16 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
     stage, predictor = "prediction", None
     try:
         predictor = Predictor(model, device=device, tta=tta, labels=convention, show_progress=False)
-        for i, case in enumerate(cases, 1):
+        # a bar while the cases are predicted, gone afterwards (and none off a terminal): the line
+        # that stays is the model's mean Dice
+        for case in tqdm(cases, desc=f"  {name}: predicting", unit="case", leave=False, file=sys.stderr,
+                         disable=None):
             with PeakMemory(device) as memory:
                 start = time.perf_counter()
                 prediction = predictor.predict_case(list(case.images))
                 seconds[case.case_id] = time.perf_counter() - start
             peak = max(peak, memory.bytes)
             predictor.write(prediction, predictions / f"{case.case_id}.nii.gz")
-            log(f"  {name}: {case.case_id} ({i}/{len(cases)}) {seconds[case.case_id]:.1f} s")
         predictor = None  # free the network before the evaluation and the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()

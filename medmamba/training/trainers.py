@@ -20,7 +20,8 @@ What the base class is changed for, and why:
   CPU run continues bit for bit as if it had not been interrupted;
 - torch.compile only when ``nnUNet_compile`` is explicitly true (medmamba's scan kernels are not
   verified under compile), never on CPU;
-- a per-epoch progress bar (tqdm) with loss and pseudo-Dice, and epoch-end callbacks.
+- one progress bar (tqdm) per training with the loss and each finished epoch's pseudo-Dice, and
+  epoch-end callbacks.
 """
 
 from __future__ import annotations
@@ -486,36 +487,45 @@ class MedMambaTrainer(nnUNetTrainer):
     def run_training(self):
         if self.num_val_iterations_per_epoch < 1:
             raise ValueError("num_val_iterations_per_epoch must be ≥ 1 (pseudo-Dice needs one batch)")
+        bar = None
         try:
             self.on_train_start()
+            # One bar for the whole training (one console line per architecture); its text is the
+            # current loss and the last finished epoch's summary.
+            bar = tqdm(total=self.num_epochs * self.num_iterations_per_epoch,
+                       initial=self.current_epoch * self.num_iterations_per_epoch,
+                       disable=not self.show_progress or self.local_rank != 0, file=sys.stderr,
+                       dynamic_ncols=True, leave=True)
+            finished = ""
             for epoch in range(self.current_epoch, self.num_epochs):
                 self.on_epoch_start()
                 self.on_train_epoch_start()
-                bar = tqdm(total=self.num_iterations_per_epoch, desc=f"epoch {epoch + 1}/{self.num_epochs}",
-                           disable=not self.show_progress or self.local_rank != 0, file=sys.stderr,
-                           dynamic_ncols=True, leave=True)
+                bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
                 train_outputs = []
                 for _ in range(self.num_iterations_per_epoch):
                     out = self.train_step(next(self.dataloader_train))
                     train_outputs.append(out)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(np.mean(out['loss'])):.4f}")
+                    bar.set_postfix_str(f"loss {float(np.mean(out['loss'])):.4f}{finished}")
                 self.on_train_epoch_end(train_outputs)
                 with torch.no_grad():
                     self.on_validation_epoch_start()
                     val_outputs = [self.validation_step(next(self.dataloader_val))
                                    for _ in range(self.num_val_iterations_per_epoch)]
                     self.on_validation_epoch_end(val_outputs)
-                bar.set_postfix_str(self._epoch_summary())
-                bar.close()
+                summary = self._epoch_summary()
+                finished = f" · epoch {epoch + 1}: {summary}"
+                bar.set_postfix_str(summary)
                 self.on_epoch_end()
                 for callback in self.epoch_end_callbacks:
                     callback(self, epoch)
+            bar.close()
             self.on_train_end()
         except BaseException:
+            if bar is not None:
+                bar.close()
             self._shutdown_dataloaders()
             raise
-
 
     def _epoch_summary(self) -> str:
         """The finished epoch for the progress bar: training loss and nnU-Net's pseudo-Dice per region,
