@@ -172,7 +172,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=args.fold, device=args.device,
                    epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                    recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
-                   dataset_id=args.dataset_id, name=args.name, **_dataset_options(args))
+                   dataset_id=args.dataset_id, name=args.name, verbose=args.verbose, **_dataset_options(args))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -245,8 +245,15 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when available, else CPU), cpu or cuda (default auto)")
 
 
+def _architecture(text: str) -> str:
+    """argparse type: a registered architecture's name."""
+    if text not in available():
+        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; known: {', '.join(available())}")
+    return text
+
+
 def _add_arch_choice(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--arch", action="append", choices=available(), metavar="ARCH",
+    parser.add_argument("--arch", action="append", type=_architecture, metavar="ARCH",
                         help=f"{help} (repeatable): {', '.join(available())}")
 
 

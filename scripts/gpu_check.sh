@@ -13,6 +13,7 @@
 #           each case's forward+backward as a multiple of the roofline bound
 #   models  medmamba benchmark models --device cuda, 128³, under autocast (as nnU-Net trains)
 #   train   synthetic BraTS-style cases, then one short plan-and-train of U-Mamba Enc on the GPU
+#           (--verbose: nnU-Net's whole log in train.log)
 #
 # Output under $OUT (the device tool sets it; default ./gpu_check_out): a log per step, scan.json,
 # models.json and summary.json (exit status and seconds per step, GPU and versions): eight files,
@@ -144,7 +145,7 @@ train() {
   fi
   "$python" -m medmamba synth "$scratch/data" --cases "$cases" --shape "${shape[@]}" --seed 0
   "$python" -m medmamba plan-and-train "$scratch/data" --arch "$arch" --out "$scratch/work" --fold 0 \
-    --device "$device" --epochs "$epochs" --iters-per-epoch "$iters" --val-iters 2 --seed 0
+    --device "$device" --epochs "$epochs" --iters-per-epoch "$iters" --val-iters 2 --seed 0 --verbose
 }
 
 if [ "${1:-}" = --step ]; then

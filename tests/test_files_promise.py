@@ -501,7 +501,11 @@ def _start_training(trained: Path, work: Path, log: Path) -> subprocess.Popen:
                                 start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
-    while "Epoch 4" not in log.read_text() or len(_group(proc.pid)) < 3:
+
+    def logged() -> str:  # nnU-Net's log (the console has only the progress bar)
+        return "".join(f.read_text() for f in (work / FOLD).glob("training_log_*.txt"))
+
+    while "Epoch 4" not in logged() or len(_group(proc.pid)) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
         time.sleep(0.2)
     return proc
