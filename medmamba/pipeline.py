@@ -169,8 +169,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
 
     ``verbose``: nnU-Net's own output on the console too; without it, it goes to its log files
     (preprocessing: ``preprocessing_log.txt`` in the preprocessed dataset; training: the fold's
-    ``training_log_*.txt``) and the console shows a header per stage, a progress bar per epoch and
-    the results (:mod:`medmamba.console`).
+    ``training_log_*.txt``) and the console shows a header per stage, one progress bar per training
+    and the results (:mod:`medmamba.console`).
 
     ``ingest_kwargs`` go to :func:`medmamba.data.prepare` (modalities, label_suffix,
     label_convention, skip_invalid). Errors of the data and planning layers propagate

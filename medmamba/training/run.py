@@ -186,7 +186,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
         validate: score the fold's validation cases as whole volumes at the end of training
             (:mod:`medmamba.training.validation`; fold "all": training cases). A finished run that
             is continued keeps its earlier result.
-        show_progress: per-epoch tqdm bar with loss and pseudo-Dice.
+        show_progress: one tqdm bar for the training, with the loss and each epoch's pseudo-Dice.
         verbose: nnU-Net's log on the console too (it always goes to the fold's log file).
         epoch_end_callbacks: callables ``(trainer, epoch)`` called after each epoch's checkpoint
             (must be picklable when ``num_processes > 1``).
