@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-cases", type=positive_int, help="synthetic test cases (default 4)")
     demo.add_argument("--shape", type=positive_int, nargs=3, metavar=("X", "Y", "Z"),
                       help="case size (default 32 32 32)")
-    demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 6)")
+    demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 7)")
     demo.add_argument("--iters-per-epoch", type=positive_int, help="iterations per epoch (default 40)")
     demo.add_argument("--recipe", type=_recipe_name,
                       help="the recipe every architecture trains with (default nnunet_adamw, the shared recipe for "

@@ -46,8 +46,8 @@ _SETTINGS_FILE = "demo_settings.json"
 
 @dataclass
 class DemoSettings:
-    """The demo's data and budget. The defaults train every architecture alike for 240 iterations
-    (6 epochs × 40) of a patch of about 32³ on ten 32³ cases, with the shared recipe for short runs
+    """The demo's data and budget. The defaults train every architecture alike for 280 iterations
+    (7 epochs × 40) of a patch of about 32³ on ten 32³ cases, with the shared recipe for short runs
     (``nnunet_adamw``, nnU-Net's AdamW variant: under nnU-Net's SGD, U-Mamba Enc, LightM-UNet and
     MHS-VM need longer than this to leave the all-background state, docs/training-dynamics.md).
     Figures and timing of the default demo: docs/benchmarks.md."""
@@ -56,7 +56,7 @@ class DemoSettings:
     test_cases: int = 4
     shape: tuple[int, int, int] = (32, 32, 32)
     style: str = "brats2021"
-    epochs: int = 6
+    epochs: int = 7
     iters_per_epoch: int = 40
     recipe: str = "nnunet_adamw"
     archs: tuple[str, ...] = field(default=DEMO_ARCHS)
