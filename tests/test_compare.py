@@ -427,6 +427,7 @@ def test_compare_end_to_end_matches_evaluate(trained_work, capsys):
     main(["compare", str(work), "--out", str(report), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "| unet |" in printed and "| lightm_unet |" in printed and f"report: {report / 'report.html'}" in printed
+    assert "Highest mean Dice: " in printed  # the report's headline reaches the console too
 
     for name in ("table.md", "table.csv", "stats.csv", "report.html", "summary.json", "metrics/unet.csv",
                  "metrics/lightm_unet.csv", "plots/box_dice.png", "plots/box_hd95.png", "plots/dice_vs_params.png",

@@ -579,4 +579,4 @@ def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
     return ReportFiles(new, move(report.table_md), move(report.table_csv), move(report.stats_csv), move(report.html),
                        move(report.summary_json), {k: move(v) for k, v in report.metrics_csv.items()},
                        {k: move(v) for k, v in report.plots.items()}, report.table, report.stats, report.markdown,
-                       report.notes)
+                       report.notes, report.headline)
