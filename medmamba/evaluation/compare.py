@@ -29,7 +29,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -576,7 +576,8 @@ def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
     def move(p: Path) -> Path:
         return new / p.relative_to(old)
 
-    return ReportFiles(new, move(report.table_md), move(report.table_csv), move(report.stats_csv), move(report.html),
-                       move(report.summary_json), {k: move(v) for k, v in report.metrics_csv.items()},
-                       {k: move(v) for k, v in report.plots.items()}, report.table, report.stats, report.markdown,
-                       report.notes, report.headline)
+    # only the paths change; every other field is carried over by name
+    return replace(report, folder=new, table_md=move(report.table_md), table_csv=move(report.table_csv),
+                   stats_csv=move(report.stats_csv), html=move(report.html), summary_json=move(report.summary_json),
+                   metrics_csv={k: move(v) for k, v in report.metrics_csv.items()},
+                   plots={k: move(v) for k, v in report.plots.items()})
