@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 from medmamba.environ import temporary_environ
 
+from .budget import TimeBudget
 from .planners import CONFIGURATIONS, PlanningError, planner_class
 from .presets import Preset, PresetError, load_preset
 
@@ -99,7 +100,7 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str | Preset], gpu_me
          preprocessed_root: str | os.PathLike | None = None, *, plans_dir=None,
          configurations: Sequence[str] = CONFIGURATIONS, num_processes: int = 2,
          overwrite_fingerprint: bool = False, fingerprint_samples: int | None = None,
-         verbose: bool = False) -> dict[str, dict]:
+         time_budget: TimeBudget | None = None, verbose: bool = False) -> dict[str, dict]:
     """Plan a raw nnU-Net dataset for each named architecture (or preset).
 
     Args:
@@ -116,6 +117,9 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str | Preset], gpu_me
             dataset (only CT normalisation uses them). Default: nnU-Net's 1e8, spread over the
             cases, or the dataset's voxel count when that is smaller
             (:func:`default_fingerprint_samples`).
+        time_budget: also plan the ``3d_budget`` configuration: spacing, patch and iterations for
+            training of ``time_budget.minutes`` on ``time_budget.device``, with the step time
+            measured there (:mod:`medmamba.planning.budget`).
         verbose: show nnU-Net's own output.
 
     Returns:
@@ -153,7 +157,7 @@ def plan(dataset: str | os.PathLike | int, archs: Sequence[str | Preset], gpu_me
             extractor.num_foreground_voxels_for_intensitystats = fingerprint_samples
             extractor.run(overwrite_existing=overwrite_fingerprint)
         for preset, cls in zip(presets, classes):
-            planner = cls(name, gpu_memory_gb, preset=preset, configurations=configurations)
+            planner = cls(name, gpu_memory_gb, preset=preset, configurations=configurations, time_budget=time_budget)
             plans = planner.plan_experiment()
             plans_file = Path(preprocessed).resolve() / name / f"{planner.plans_identifier}.json"
             plans["medmamba"]["plans_file"] = str(plans_file)

@@ -25,7 +25,9 @@ dataset's voxels (nnU-Net's 5 %; 1 for the ResEnc presets, as nnU-Net's), and at
 
 Configurations: ``3d_fullres`` and ``2d`` (where the architecture has a 2D form and it was asked
 for). No ``3d_lowres``/cascade: the comparison uses full resolution, and nnU-Net's lowres search
-would re-plan at dozens of spacings. Preprocessed data: spacing, normalisation and resampling are
+would re-plan at dozens of spacings. With a time budget (``time_budget=``), one more configuration,
+``3d_budget``: the spacing, patch and iterations that fit the budget on this machine
+(:mod:`medmamba.planning.budget`). Preprocessed data: spacing, normalisation and resampling are
 nnU-Net's default planner's, so the configurations reuse its data identifiers (``nnUNetPlans_2d``,
 ``nnUNetPlans_3d_fullres``) as nnU-Net's ResEnc planners do — every architecture trains on the same
 preprocessed arrays — unless the target spacing is overwritten.
@@ -58,6 +60,7 @@ from medmamba.models import registry
 from medmamba.models.layout import InputSizeError, stage_layout
 from medmamba.nnunet_folders import plans_identifier
 
+from .budget import BUDGET_CONFIGURATION, TimeBudget, choose_budget_configuration
 from .memory import GIB, MemoryBudget, MemoryModel, NetworkSpec, StepMemory, describe
 from .presets import Preset, load_preset
 
@@ -81,6 +84,8 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         preset: a :class:`Preset` or a preset name (default: the architecture's own preset).
         plans_dir: extra folder(s) to look presets up in (see :mod:`medmamba.planning.presets`).
         configurations: which of "3d_fullres", "2d" to plan.
+        time_budget: plan the ``3d_budget`` configuration too, for training of that many minutes
+            on its device (:mod:`medmamba.planning.budget`; needs the 3D full-resolution plan).
     """
 
     architecture: str = ""  # set, with deep_supervision, by planner_class() from the registry record
@@ -92,7 +97,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
                  overwrite_target_spacing=None, suppress_transpose: bool = False, *,
                  preset: Preset | str | None = None, plans_dir=None,
-                 configurations: Sequence[str] = CONFIGURATIONS) -> None:
+                 configurations: Sequence[str] = CONFIGURATIONS, time_budget: TimeBudget | None = None) -> None:
         if not self.architecture:
             raise TypeError(f"{type(self).__name__} is abstract: use the planner of an architecture "
                             f"(planner_class(name))")
@@ -118,6 +123,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
                          overwrite_target_spacing, suppress_transpose)
         self.preset = preset
         self.configurations = tuple(configurations)
+        self.time_budget = time_budget
         self.budget = MemoryBudget(target, preset.memory.reserve_gb, preset.memory.fragmentation)
         self.memory_model = MemoryModel(preset.memory.precision, preset.memory.optimizer_states)
         # nnU-Net's knobs that keep their meaning here, set from the preset.
@@ -204,6 +210,12 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         skipped = [c for c, v in plans["configurations"].items() if isinstance(v, dict) and _SKIP in v]
         for c in skipped:
             del plans["configurations"][c]
+        if self.time_budget is not None:
+            if "3d_fullres" not in plans["configurations"]:
+                raise PlanningError(f"{self.preset.name}: a time budget plans a 3D configuration, and "
+                                    f"{self.dataset_name} has no 3D full-resolution plan for {self.architecture} "
+                                    f"(2D data, or an architecture without a 3D form)")
+            plans["configurations"][BUDGET_CONFIGURATION] = self.plan_for_time_budget(plans["configurations"]["3d_fullres"])
         if not plans["configurations"]:
             raise PlanningError(f"{self.preset.name}: no configuration to plan for {self.dataset_name} "
                                 f"(asked for {', '.join(self.configurations)}; {self.architecture} supports "
@@ -219,6 +231,33 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
                        "facts": dict(self.preset.recipe_facts)},
         }
         super().save_plans(plans)
+
+    def plan_for_time_budget(self, fullres: dict) -> dict:
+        """The ``3d_budget`` configuration (:func:`medmamba.planning.budget.choose_budget_configuration`):
+        this planner's patch search at each candidate spacing, at the minimum batch size."""
+        cases = self.dataset_json["numTraining"]
+
+        def plan_at(spacing, median):
+            # the same spacing is the same preprocessed data: every budget plan of one spacing shares it
+            same = np.allclose(spacing, fullres["spacing"])
+            identifier = fullres["data_identifier"] if same else \
+                "medmambaBudget_" + "x".join(format(s, ".4g") for s in spacing)
+            covered, self.max_dataset_covered = self.max_dataset_covered, 0.0  # batch: the minimum
+            try:
+                config = self.get_plans_for_configuration(np.array(spacing), median, identifier,
+                                                          float(np.prod(median, dtype=np.float64)) * cases, {})
+            finally:
+                self.max_dataset_covered = covered
+            config["batch_dice"] = False  # as nnU-Net's 3d_lowres
+            architecture = config["architecture"]
+            net = NetworkSpec(class_name=architecture["network_class_name"], arch_kwargs=architecture["arch_kwargs"],
+                              kw_requires_import=tuple(architecture["_kw_requires_import"]),
+                              input_channels=self.num_input_channels, num_outputs=self.num_outputs,
+                              deep_supervision=self.deep_supervision, family=f"{self.preset.name}/3d")
+            return config, net
+
+        return choose_budget_configuration(self.time_budget, fullres["spacing"],
+                                           fullres["median_image_size_in_voxels"], plan_at)
 
     # -- architecture-specific parts ---------------------------------------------------------------
 
