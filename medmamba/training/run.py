@@ -156,8 +156,8 @@ def _free_port() -> int:
 
 def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
           fold: int | str = 0, *, device: str | torch.device = "auto", epochs: int | None = None,
-          iters_per_epoch: int | None = None, val_iters: int | None = None, seed: int | None = None,
-          continue_training: bool = False, recipe: str | Recipe | None = None, architecture: str | None = None,
+          iters_per_epoch: int | None = None, val_iters: int | None = None, time_budget_minutes: float | None = None,
+          seed: int | None = None, continue_training: bool = False, recipe: str | Recipe | None = None, architecture: str | None = None,
           output_folder: str | os.PathLike | None = None, num_processes: int = 1, num_workers: int | None = None,
           validate: bool = True, show_progress: bool = True, verbose: bool = False,
           epoch_end_callbacks: Sequence[Callable] = ()) -> TrainResult:
@@ -171,6 +171,9 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
         fold: an int (``splits_final.json``, created by nnU-Net as 5 folds if absent) or "all".
         device: "auto" (CUDA if available), "cpu" or "cuda".
         epochs, iters_per_epoch, val_iters: override nnU-Net's 1000 × 250 (50 validation batches).
+        time_budget_minutes: hold the training to this many minutes (the epochs are recounted after
+            each epoch from its measured time; ``MedMambaTrainer.fit_epochs_to_budget``); ``epochs``
+            is then the plan's estimate.
         seed: seed for weights, sampling and augmentation (see the module docstring).
         continue_training: resume from the fold's last checkpoint (final, latest, best); a run that
             already reached ``epochs`` is left as it is. The resumed run ends at ``epochs``.
@@ -217,6 +220,7 @@ def train(dataset: str | int | os.PathLike, plans_identifier: str = "nnUNetPlans
         num_workers = 0
     job = dict(root=root, dataset_name=dataset_name, plans_identifier=plans_identifier, configuration=configuration,
                fold=fold, device=str(dev), epochs=epochs, iters_per_epoch=iters_per_epoch, val_iters=val_iters,
+               time_budget_minutes=time_budget_minutes,
                seed=seed, continue_training=continue_training, recipe=the_recipe, results_root=results_root,
                num_workers=num_workers, validate=validate, show_progress=show_progress,
                verbose=verbose, epoch_end_callbacks=tuple(epoch_end_callbacks))
@@ -301,6 +305,8 @@ def _run(job: dict) -> TrainResult:
             trainer.num_iterations_per_epoch = int(job["iters_per_epoch"])
         if job["val_iters"] is not None:
             trainer.num_val_iterations_per_epoch = int(job["val_iters"])
+        if job["time_budget_minutes"] is not None:
+            trainer.time_budget_seconds = 60.0 * float(job["time_budget_minutes"])
         trainer.show_progress = job["show_progress"]
         trainer.echo_log = job["verbose"]
         trainer.epoch_end_callbacks = list(job["epoch_end_callbacks"])
@@ -309,6 +315,7 @@ def _run(job: dict) -> TrainResult:
             trainer.load_checkpoint(checkpoint)
             trainer.print_to_log_file(f"Continuing training from {os.path.basename(resume_from)}: "
                                       f"{trainer.current_epoch} of {trainer.num_epochs} epochs completed")
+            trainer.fit_epochs_to_budget()  # the budget's epochs as the earlier run measured them
         elif job["continue_training"]:
             trainer.print_to_log_file("--continue: no checkpoint found, starting from scratch")
         if trainer.current_epoch < trainer.num_epochs:

@@ -32,6 +32,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -165,7 +166,7 @@ class MedMambaTrainer(nnUNetTrainer):
     Attributes set after construction (before ``initialize``/``run_training``): ``num_epochs``,
     ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``, ``show_progress``,
     ``epoch_end_callbacks`` (callables ``(trainer, epoch)`` run after each epoch's checkpoint),
-    ``echo_log``.
+    ``echo_log``, ``time_budget_seconds`` (see :meth:`fit_epochs_to_budget`).
     """
 
     recipe: Recipe = RECIPES["nnunet_default"]
@@ -194,6 +195,9 @@ class MedMambaTrainer(nnUNetTrainer):
         self._rng_state_to_restore: dict | None = None  # set by load_checkpoint, used by on_train_start
         self._scheduled_lrs: list[float] | None = None  # this epoch's rates before warm-up (on_train_epoch_start)
         self._iteration_in_epoch = 0
+        self.time_budget_seconds: float | None = None
+        self._seconds_before = 0.0  # training-loop time of the runs this one resumes (from the checkpoint)
+        self._loop_start: tuple[float, int] | None = None  # (perf_counter, epoch) when this run's loop began
         self.print_to_log_file(f"medmamba recipe: {self.recipe.name}: {self.recipe.summary}; deep supervision "
                                f"{'on' if self.enable_deep_supervision else 'off'}; device {self.device}"
                                f"{'; DDP world size %d' % dist.get_world_size() if self.is_ddp else ''}",
@@ -382,7 +386,8 @@ class MedMambaTrainer(nnUNetTrainer):
 
     # ---------------------------------------------------------------- checkpoints, logs, loop
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net 2.8.1's checkpoint plus ``rng_state`` (:func:`rng_state`), written atomically.
+        """nnU-Net 2.8.1's checkpoint plus ``rng_state`` (:func:`rng_state`) and ``training_seconds`` (the
+        training loop's time so far, for the time budget), written atomically.
 
         The dictionary is built here rather than by ``super()`` because nnU-Net builds and saves it
         in one call, leaving no place to add a key. It is written under a temporary name in the same
@@ -407,6 +412,7 @@ class MedMambaTrainer(nnUNetTrainer):
             'trainer_name': self.__class__.__name__,
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
             'rng_state': rng_state(world_size=dist.get_world_size() if self.is_ddp else 1),
+            'training_seconds': self.training_seconds(),
         }
         with atomic_output_file(filename) as tmp:
             torch.save(checkpoint, tmp)
@@ -442,6 +448,7 @@ class MedMambaTrainer(nnUNetTrainer):
         self.optimizer.load_state_dict(checkpoint['optimizer_state'])
         if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
             self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
+        self._seconds_before = float(checkpoint.get('training_seconds', 0.0))
         saved = checkpoint.get('rng_state')
         self._rng_state_to_restore = None
         if saved is None:
@@ -484,6 +491,35 @@ class MedMambaTrainer(nnUNetTrainer):
                 except Exception:  # noqa: BLE001 - best effort cleanup on the error path
                     pass
 
+    def training_seconds(self) -> float:
+        """Wall time of the training loop so far, the runs this one resumes included (every epoch's
+        steps, validation batches, plots and checkpoints)."""
+        if self._loop_start is None:
+            return self._seconds_before
+        return self._seconds_before + time.perf_counter() - self._loop_start[0]
+
+    def fit_epochs_to_budget(self) -> None:
+        """Hold the training to ``time_budget_seconds``: set ``num_epochs`` to the epochs done plus
+        those the time left allows at this run's mean epoch time (a resumed run, before its first
+        epoch: the earlier runs'), and stretch or shrink the poly schedule with it. Called after
+        every epoch and on resume; a run whose epochs take longer than the plan measured ends
+        early rather than overrunning the budget. Does nothing without a budget, before the first
+        epoch, and under DDP (whose ranks would have to agree on the count)."""
+        if not self.time_budget_seconds or self.current_epoch == 0 or self.is_ddp:
+            return
+        used = self.training_seconds()
+        done_here = self.current_epoch - self._loop_start[1] if self._loop_start else 0
+        per_epoch = (used - self._seconds_before) / done_here if done_here else used / self.current_epoch
+        left = self.time_budget_seconds - used
+        epochs = self.current_epoch + max(0, int(left // max(per_epoch, 1e-6)))
+        if epochs != self.num_epochs:
+            self.print_to_log_file(f"time budget {self.time_budget_seconds / 60:g} min: {used:.0f} s used in "
+                                   f"{self.current_epoch} epochs, {max(left, 0):.0f} s left; epochs "
+                                   f"{self.num_epochs} → {epochs}")
+            self.num_epochs = epochs
+            if isinstance(self.lr_scheduler, PolyLRScheduler):
+                self.lr_scheduler.max_steps = max(epochs, 1)
+
     def run_training(self):
         if self.num_val_iterations_per_epoch < 1:
             raise ValueError("num_val_iterations_per_epoch must be ≥ 1 (pseudo-Dice needs one batch)")
@@ -497,7 +533,9 @@ class MedMambaTrainer(nnUNetTrainer):
                        disable=not self.show_progress or self.local_rank != 0, file=sys.stderr,
                        dynamic_ncols=True, leave=True)
             finished = ""
-            for epoch in range(self.current_epoch, self.num_epochs):
+            self._loop_start = (time.perf_counter(), self.current_epoch)
+            while self.current_epoch < self.num_epochs:
+                epoch = self.current_epoch
                 self.on_epoch_start()
                 self.on_train_epoch_start()
                 bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
@@ -519,6 +557,8 @@ class MedMambaTrainer(nnUNetTrainer):
                 self.on_epoch_end()
                 for callback in self.epoch_end_callbacks:
                     callback(self, epoch)
+                self.fit_epochs_to_budget()
+                bar.total = self.num_epochs * self.num_iterations_per_epoch
             bar.close()
             self.on_train_end()
         except BaseException:
