@@ -17,6 +17,7 @@ from medmamba.devices import DEVICE_CHOICES
 from medmamba.errors import CommandError, one_line_failures
 from medmamba.models import registry
 from medmamba.models.registry import available
+from medmamba.pipeline import CPU_TIME_BUDGET_MINUTES
 
 
 # ----------------------------------------------------------------------------------- argument types
@@ -171,7 +172,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
 
     plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=args.fold, device=args.device,
                    epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                   recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
+                   time_budget_minutes=args.time_budget, recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
                    dataset_id=args.dataset_id, name=args.name, verbose=args.verbose, **_dataset_options(args))
 
 
@@ -344,16 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
                           "train on every case (default 0)")
     _add_device_option(pat)
-    pat.add_argument("--epochs", type=positive_int, help="epochs (default nnU-Net's 1000)")
+    pat.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
+                     help="train each architecture for this many minutes: its planner measures training steps on "
+                          "this machine and picks the spacing (a low resolution when steps are few), patch, batch "
+                          "and iterations (default on a CPU: %g; on a GPU: nnU-Net's full length; see docs/cpu.md)"
+                          % CPU_TIME_BUDGET_MINUTES)
+    pat.add_argument("--epochs", type=positive_int, help="epochs (default nnU-Net's 1000; not with --time-budget)")
     pat.add_argument("--iters-per-epoch", type=positive_int,
-                     help="training iterations per epoch (default nnU-Net's 250)")
+                     help="training iterations per epoch (default nnU-Net's 250; not with --time-budget)")
     pat.add_argument("--val-iters", type=positive_int,
                      help="validation batches per epoch (default: one per five training "
                           "iterations, nnU-Net's 50 per 250)")
-    pat.add_argument("--recipe", default="default",
-                     help="'default' (nnU-Net's SGD for every architecture: the fair comparison at full length), "
-                          "'nnunet_adamw' (shared, for runs of a few hundred iterations), 'paper' (each paper's), "
-                          "or a recipe name")
+    pat.add_argument("--recipe",
+                     help="'default' (nnU-Net's SGD for every architecture: the fair comparison at full length; "
+                          "the default without a time budget), 'nnunet_adamw' (shared, for runs of a few hundred "
+                          "iterations; the default with a time budget), 'paper' (each paper's), or a recipe name")
     pat.add_argument("--seed", type=int, help="seed for reproducible CPU runs")
     _add_verbose_option(pat)
     pat.add_argument("--continue", dest="continue_training", action="store_true",

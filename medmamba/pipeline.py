@@ -16,7 +16,7 @@ from medmamba.errors import CommandError
 from medmamba.files import atomic_output_file, write_json_atomically
 from medmamba.nnunet_folders import fold_folder, plans_identifier
 
-__all__ = ["COLLAPSE_HINT", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
+__all__ = ["COLLAPSE_HINT", "CPU_TIME_BUDGET_MINUTES", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
            "case_identifiers", "check_fold", "write_splits", "preprocessing_complete"]
 
 
@@ -115,11 +115,12 @@ def _discovered_cases(data: Path, raw: Path, ingest_kwargs: dict) -> list[str]:
     return [case.case_id for case in discover(data, **options).cases]
 
 
-def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], fold: int | str) -> dict[str, Path]:
+def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], configuration: str,
+                   fold: int | str) -> dict[str, Path]:
     """arch → its fold folder in ``out``, for the architectures with a checkpoint there."""
     found = {}
     for arch, trainer in trainers.items():
-        folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, plans_identifier(arch), "3d_fullres",
+        folder = Path(fold_folder(out / "nnUNet_results", raw_name, trainer, plans_identifier(arch), configuration,
                                   fold))
         if any(folder.glob("checkpoint_*.pth")):
             found[arch] = folder
@@ -135,9 +136,48 @@ def _refuse_to_replace(trained: dict[str, Path]) -> None:
                        f"({present}){more}; resume it with --continue, or discard it and train again with --restart")
 
 
+#: The time budget of a CPU run that names none (no ``time_budget_minutes``, ``epochs`` or
+#: ``iters_per_epoch``): nnU-Net's 1000 × 250 iterations would take weeks there.
+CPU_TIME_BUDGET_MINUTES = 20.0
+#: The recipe of a budget run that names none: nnU-Net's SGD leaves several Mamba networks at
+#: all-background for their first hundreds of steps (docs/training-dynamics.md).
+BUDGET_RECIPE = "nnunet_adamw"
+
+
+def _time_budget(minutes: float | None, device, epochs: int | None, iters_per_epoch: int | None):
+    """The run's :class:`medmamba.planning.TimeBudget`, or None: ``minutes``, else
+    :data:`CPU_TIME_BUDGET_MINUTES` on a CPU when the run's length is not given."""
+    from medmamba.planning import PlanningError, TimeBudget
+
+    if minutes is not None and (epochs is not None or iters_per_epoch is not None):
+        raise PlanningError("--time-budget chooses the epochs and the iterations per epoch: give it, or "
+                            "--epochs/--iters-per-epoch, not both")
+    if minutes is None and device.type == "cpu" and epochs is None and iters_per_epoch is None:
+        minutes = CPU_TIME_BUDGET_MINUTES
+    if minutes is None:
+        return None
+    try:
+        return TimeBudget(float(minutes), str(device))
+    except ValueError as err:
+        raise PlanningError(str(err)) from None
+
+
+def describe_budget_plan(arch: str, config: dict) -> str:
+    """One line: what a time budget chose for ``arch`` (its ``3d_budget`` configuration)."""
+    budget = config["medmamba"]["budget"]
+    mm = "×".join(format(s, ".3g") for s in config["spacing"])
+    full = "×".join(format(s, ".3g") for s in budget["fullres_spacing"])
+    where = "full resolution" if budget["spacing_factor"] <= 1 else f"full resolution {full} mm"
+    return (f"  {arch}: {budget['minutes']:g} min on {budget['device']} → {mm} mm ({where}), patch "
+            f"{'×'.join(map(str, config['patch_size']))}, batch {config['batch_size']}, "
+            f"{budget['step_seconds']:.2f} s per step measured: {budget['iterations']} iterations "
+            f"({budget['epochs']} epochs × {budget['iterations_per_epoch']})")
+
+
 def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
                    fold: int | str = 0, device: str = "auto", epochs: int | None = None,
-                   iters_per_epoch: int | None = None, val_iters: int | None = None, recipe: str | None = None,
+                   iters_per_epoch: int | None = None, val_iters: int | None = None,
+                   time_budget_minutes: float | None = None, recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
                    dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
@@ -153,6 +193,13 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     ``epochs``, ``iters_per_epoch``: nnU-Net's 1000 × 250 when ``None``. ``val_iters`` (validation
     batches per epoch) defaults to nnU-Net's ratio of one per five training iterations (its 50 per
     250) when ``iters_per_epoch`` is given, else nnU-Net's 50.
+
+    ``time_budget_minutes``: train each architecture for that long on ``device``, in the
+    ``3d_budget`` configuration its planner chooses for it (spacing, patch, batch and iterations
+    from a measured step time: :mod:`medmamba.planning.budget`), with the ``nnunet_adamw`` recipe
+    unless ``recipe`` names one. On a CPU with neither a budget nor ``epochs``/``iters_per_epoch``,
+    the budget is :data:`CPU_TIME_BUDGET_MINUTES`. The budget is per architecture and counts the
+    training loop; planning, preprocessing and the final validation come on top.
 
     ``continue_training``: every architecture resumes from its last checkpoint (see
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
@@ -178,12 +225,16 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     """
     from medmamba.devices import resolve_device
     from medmamba.locks import folder_lock
+    from medmamba.planning import BUDGET_CONFIGURATION
     from medmamba.training import resolve_recipe
     from medmamba.training.trainers import trainer_class
 
-    resolve_device(device)  # --device cuda without a GPU stops here, before any work
+    dev = resolve_device(device)  # --device cuda without a GPU stops here, before any work
     if continue_training and restart:
         raise ValueError("--continue resumes the trained models and --restart discards them: choose one")
+    budget = _time_budget(time_budget_minutes, dev, epochs, iters_per_epoch)
+    if budget is not None and recipe is None:
+        recipe = BUDGET_RECIPE
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
     name = name or dataset_name(data)
     raw, presets = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
@@ -193,7 +244,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
         splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
         check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
     with folder_lock(out):
-        trained = _trained_folds(out, raw.name, trainers, fold)
+        configuration = BUDGET_CONFIGURATION if budget is not None else "3d_fullres"
+        trained = _trained_folds(out, raw.name, trainers, configuration, fold)
         if trained and not (continue_training or restart):
             _refuse_to_replace(trained)
         if continue_training:
@@ -202,23 +254,28 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
             for folder in trained.values():
                 load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
         return _plan_and_train_locked(data, presets, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
-                                      fold=fold, device=device, epochs=epochs, iters_per_epoch=iters_per_epoch,
+                                      budget=budget, fold=fold, device=device, epochs=epochs,
+                                      iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
                                       continue_training=continue_training, dataset_id=dataset_id, name=name,
                                       num_processes=num_processes, verbose=verbose, log=log, **ingest_kwargs)
 
 
 def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
-                           gpu_memory_gb: float | None, fold: int | str, device: str, epochs: int | None,
+                           gpu_memory_gb: float | None, budget, fold: int | str, device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
     ``presets``: preset name → preset; ``discard``: arch → fold folder of a model to throw away
-    (``restart``) before training it."""
+    (``restart``) before training it; ``budget``: a :class:`medmamba.planning.TimeBudget` or None."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
     from medmamba.data import prepare
-    from medmamba.planning import nnunet_paths, plan
+    from medmamba.planning import BUDGET_CONFIGURATION, nnunet_paths, plan
     from medmamba.training.run import train
+
+    configuration = BUDGET_CONFIGURATION if budget is not None else "3d_fullres"
 
     raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
     preprocessed_root = out / "nnUNet_preprocessed"
@@ -230,28 +287,40 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
         check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
     identifiers = {arch: plans_identifier(arch) for arch in presets}
     reuse = [arch for arch, identifier in identifiers.items()
-             if continue_training and (preprocessed / f"{identifier}.json").is_file()]
+             if continue_training and (preprocessed / f"{identifier}.json").is_file()
+             and configuration in load_json(preprocessed / f"{identifier}.json")["configurations"]]
     if reuse:
         log(f"--continue: reusing the plans of {', '.join(reuse)}")
     missing = [arch for arch in identifiers if arch not in reuse]
     if missing:
-        plan(raw, [presets[arch] for arch in missing], gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root)
+        if budget is not None:
+            log(f"time budget: {budget.minutes:g} min of training per architecture on {budget.device}; measuring "
+                f"training steps to choose each one's resolution")
+        plan(raw, [presets[arch] for arch in missing], gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root,
+             time_budget=budget)
+    configs = {arch: load_json(preprocessed / f"{identifier}.json")["configurations"][configuration]
+               for arch, identifier in identifiers.items()}
+    if budget is not None:
+        for arch, config in configs.items():
+            log(describe_budget_plan(arch, config))
+    # Plans of one spacing share their preprocessed data (nnU-Net's data identifier).
+    data_plans = {}
+    for arch, identifier in identifiers.items():
+        data_plans.setdefault(configs[arch]["data_identifier"], (identifier, configs[arch]))
     with nnunet_paths(raw=raw.parent, preprocessed=preprocessed_root):
-        from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
 
-        first = next(iter(identifiers.values()))
-        data_identifier = load_json(preprocessed / f"{first}.json")["configurations"]["3d_fullres"]["data_identifier"]
-        if continue_training and preprocessing_complete(preprocessed, data_identifier, cases):
-            log(f"--continue: reusing the preprocessed data in {preprocessed / data_identifier}")
-        else:
-            log(f"preprocessing {raw.name} (3d_fullres) into {preprocessed}")
-            (preprocessed / PREPROCESSING_RECORD).unlink(missing_ok=True)
+        for data_identifier, (identifier, config) in data_plans.items():
+            if continue_training and preprocessing_complete(preprocessed, data_identifier, cases):
+                log(f"--continue: reusing the preprocessed data in {preprocessed / data_identifier}")
+                continue
+            spacing = "×".join(format(s, ".3g") for s in config["spacing"])
+            log(f"preprocessing {raw.name} ({configuration}, {spacing} mm) into {preprocessed / data_identifier}")
+            _forget_preprocessing(preprocessed, data_identifier)
             with nnunet_prints(preprocessed / PREPROCESSING_LOG, verbose=verbose):
-                preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), first, ("3d_fullres",),
+                preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), identifier, (configuration,),
                                    (num_processes,), verbose=False)
-            write_json_atomically(preprocessed / PREPROCESSING_RECORD,
-                                   {"data_identifier": data_identifier, "plans": first, "cases": cases})
+            _record_preprocessing(preprocessed, data_identifier, identifier, cases)
     if fold != "all":
         write_splits(preprocessed / SPLITS_FILE, cases)
     if val_iters is None and iters_per_epoch is not None:
@@ -262,8 +331,14 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
             log(f"--restart: discarding the earlier model in {discard[arch]}")
             shutil.rmtree(discard[arch])
         log(f"training {arch} ({identifier}, fold {fold})")
-        trained[arch] = train(preprocessed, identifier, "3d_fullres", fold, device=device, epochs=epochs,
-                              iters_per_epoch=iters_per_epoch, val_iters=val_iters, seed=seed,
+        arch_epochs, arch_iters, arch_val_iters = epochs, iters_per_epoch, val_iters
+        if budget is not None:
+            planned = configs[arch]["medmamba"]["budget"]
+            arch_epochs, arch_iters = planned["epochs"], planned["iterations_per_epoch"]
+            arch_val_iters = val_iters or max(1, arch_iters // 5)
+        trained[arch] = train(preprocessed, identifier, configuration, fold, device=device, epochs=arch_epochs,
+                              iters_per_epoch=arch_iters, val_iters=arch_val_iters, seed=seed,
+                              time_budget_minutes=budget.minutes if budget is not None else None,
                               continue_training=continue_training, recipe=recipe,
                               architecture=presets[arch].architecture,
                               output_folder=out / "nnUNet_results", verbose=verbose)
@@ -353,15 +428,32 @@ def write_splits(splits_file: str | Path, cases: Sequence[str]) -> None:
     write_json_atomically(splits_file, splits)
 
 
+def _preprocessing_records(preprocessed: Path) -> dict:
+    """data identifier → {plans, cases} of every preprocessing that finished in ``preprocessed``."""
+    path = preprocessed / PREPROCESSING_RECORD
+    if not path.is_file():
+        return {}
+    records = json.loads(path.read_text())
+    if "data_identifier" in records:  # written by medmamba before budget plans: one data identifier
+        return {records["data_identifier"]: {"plans": records.get("plans"), "cases": records.get("cases")}}
+    return records
+
+
+def _forget_preprocessing(preprocessed: Path, data_identifier: str) -> None:
+    records = _preprocessing_records(preprocessed)
+    if records.pop(data_identifier, None) is not None:
+        write_json_atomically(preprocessed / PREPROCESSING_RECORD, records)
+
+
+def _record_preprocessing(preprocessed: Path, data_identifier: str, plans: str, cases: Sequence[str]) -> None:
+    records = _preprocessing_records(preprocessed)
+    records[data_identifier] = {"plans": plans, "cases": sorted(cases)}
+    write_json_atomically(preprocessed / PREPROCESSING_RECORD, records)
+
+
 def preprocessing_complete(preprocessed: str | Path, data_identifier: str, cases: Sequence[str]) -> bool:
     """Whether nnU-Net's preprocessing of ``cases`` into ``data_identifier`` finished (the record
     written after it, and every case's properties file)."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    record = Path(preprocessed) / PREPROCESSING_RECORD
-    if not record.is_file():
-        return False
-    done = load_json(str(record))
+    done = _preprocessing_records(Path(preprocessed)).get(data_identifier, {})
     folder = Path(preprocessed) / data_identifier
-    return (done.get("data_identifier") == data_identifier and done.get("cases") == sorted(cases)
-            and all((folder / f"{case}.pkl").is_file() for case in cases))
+    return done.get("cases") == sorted(cases) and all((folder / f"{case}.pkl").is_file() for case in cases)
