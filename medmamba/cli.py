@@ -17,7 +17,7 @@ from medmamba.devices import DEVICE_CHOICES
 from medmamba.errors import CommandError, one_line_failures
 from medmamba.models import registry
 from medmamba.models.registry import available
-from medmamba.pipeline import CPU_TIME_BUDGET_MINUTES
+from medmamba.pipeline import CPU_TIME_BUDGET_MINUTES, TRAINABLE_CONFIGURATIONS
 
 
 # ----------------------------------------------------------------------------------- argument types
@@ -172,7 +172,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
 
     plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=args.fold, device=args.device,
                    epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
-                   time_budget_minutes=args.time_budget, recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
+                   time_budget_minutes=args.time_budget, configuration=args.configuration, recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
                    dataset_id=args.dataset_id, name=args.name, verbose=args.verbose, **_dataset_options(args))
 
 
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "this machine and picks the spacing (a low resolution when steps are few), patch, batch "
                           "and iterations (default on a CPU: %g; on a GPU: nnU-Net's full length; see docs/cpu.md)"
                           % CPU_TIME_BUDGET_MINUTES)
+    pat.add_argument("--configuration", choices=TRAINABLE_CONFIGURATIONS,
+                     help="nnU-Net configuration to train: 3d_fullres (the default without a time budget) or 2d "
+                          "(slice by slice; every architecture with a 2D form); not with --time-budget")
     pat.add_argument("--epochs", type=positive_int, help="epochs (default nnU-Net's 1000; not with --time-budget)")
     pat.add_argument("--iters-per-epoch", type=positive_int,
                      help="training iterations per epoch (default nnU-Net's 250; not with --time-budget)")

@@ -144,15 +144,25 @@ CPU_TIME_BUDGET_MINUTES = 20.0
 BUDGET_RECIPE = "nnunet_adamw"
 
 
-def _time_budget(minutes: float | None, device, epochs: int | None, iters_per_epoch: int | None):
+#: What ``--configuration`` may name: the configurations medmamba's planners write.
+TRAINABLE_CONFIGURATIONS = ("3d_fullres", "2d")
+
+
+def _time_budget(minutes: float | None, device, epochs: int | None, iters_per_epoch: int | None,
+                 configuration: str | None = None):
     """The run's :class:`medmamba.planning.TimeBudget`, or None: ``minutes``, else
-    :data:`CPU_TIME_BUDGET_MINUTES` on a CPU when the run's length is not given."""
+    :data:`CPU_TIME_BUDGET_MINUTES` on a CPU when neither the run's length nor its configuration
+    is given."""
     from medmamba.planning import PlanningError, TimeBudget
 
     if minutes is not None and (epochs is not None or iters_per_epoch is not None):
         raise PlanningError("--time-budget chooses the epochs and the iterations per epoch: give it, or "
                             "--epochs/--iters-per-epoch, not both")
-    if minutes is None and device.type == "cpu" and epochs is None and iters_per_epoch is None:
+    if minutes is not None and configuration is not None:
+        raise PlanningError(f"--time-budget trains a configuration of its own (spacing and patch for the time): "
+                            f"give it, or --configuration {configuration}, not both")
+    if minutes is None and device.type == "cpu" and epochs is None and iters_per_epoch is None \
+            and configuration is None:
         minutes = CPU_TIME_BUDGET_MINUTES
     if minutes is None:
         return None
@@ -174,10 +184,30 @@ def describe_budget_plan(arch: str, config: dict) -> str:
             f"({budget['epochs']} epochs × {budget['iterations_per_epoch']})")
 
 
+def _check_configuration(configuration: str | None, archs: Sequence[str]) -> None:
+    """Refuse a configuration medmamba does not train, or an architecture without its form."""
+    from medmamba.planning import PlanningError, load_presets
+
+    if configuration is None:
+        return
+    if configuration not in TRAINABLE_CONFIGURATIONS:
+        raise PlanningError(f"unknown configuration {configuration!r}: plan-and-train trains "
+                            f"{', '.join(TRAINABLE_CONFIGURATIONS)} (and 3d_budget with --time-budget)")
+    if configuration == "2d":
+        from medmamba.models import registry
+
+        flat = sorted({p.architecture for p in load_presets(archs)
+                       if 2 not in registry.get(p.architecture).spatial_dims})
+        if flat:
+            raise PlanningError(f"{', '.join(flat)} has no 2D form (3D only): train it with --configuration "
+                                f"3d_fullres, or leave it out of a 2d run")
+
+
 def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
                    fold: int | str = 0, device: str = "auto", epochs: int | None = None,
                    iters_per_epoch: int | None = None, val_iters: int | None = None,
-                   time_budget_minutes: float | None = None, recipe: str | None = None,
+                   time_budget_minutes: float | None = None, configuration: str | None = None,
+                   recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
                    dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
@@ -200,6 +230,9 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     unless ``recipe`` names one. On a CPU with neither a budget nor ``epochs``/``iters_per_epoch``,
     the budget is :data:`CPU_TIME_BUDGET_MINUTES`. The budget is per architecture and counts the
     training loop; planning, preprocessing and the final validation come on top.
+
+    ``configuration``: "3d_fullres" (the default without a budget) or "2d" (slices of 3D data too,
+    for every architecture with a 2D form), trained and predicted as nnU-Net does.
 
     ``continue_training``: every architecture resumes from its last checkpoint (see
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
@@ -232,7 +265,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     dev = resolve_device(device)  # --device cuda without a GPU stops here, before any work
     if continue_training and restart:
         raise ValueError("--continue resumes the trained models and --restart discards them: choose one")
-    budget = _time_budget(time_budget_minutes, dev, epochs, iters_per_epoch)
+    budget = _time_budget(time_budget_minutes, dev, epochs, iters_per_epoch, configuration)
+    _check_configuration(configuration, archs)
     if budget is not None and recipe is None:
         recipe = BUDGET_RECIPE
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
@@ -244,7 +278,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
         splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
         check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
     with folder_lock(out):
-        configuration = BUDGET_CONFIGURATION if budget is not None else "3d_fullres"
+        configuration = BUDGET_CONFIGURATION if budget is not None else configuration or "3d_fullres"
         trained = _trained_folds(out, raw.name, trainers, configuration, fold)
         if trained and not (continue_training or restart):
             _refuse_to_replace(trained)
@@ -254,7 +288,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
             for folder in trained.values():
                 load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
         return _plan_and_train_locked(data, presets, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
-                                      budget=budget, fold=fold, device=device, epochs=epochs,
+                                      budget=budget, configuration=configuration, fold=fold, device=device,
+                                      epochs=epochs,
                                       iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
                                       continue_training=continue_training, dataset_id=dataset_id, name=name,
@@ -262,7 +297,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
 
 
 def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
-                           gpu_memory_gb: float | None, budget, fold: int | str, device: str, epochs: int | None,
+                           gpu_memory_gb: float | None, budget, configuration: str, fold: int | str,
+                           device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
@@ -272,10 +308,9 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from medmamba.data import prepare
-    from medmamba.planning import BUDGET_CONFIGURATION, nnunet_paths, plan
+    from medmamba.planning import PlanningError, nnunet_paths, plan
     from medmamba.training.run import train
 
-    configuration = BUDGET_CONFIGURATION if budget is not None else "3d_fullres"
 
     raw = prepare(data, out / "nnUNet_raw", dataset_id, name, **ingest_kwargs)
     preprocessed_root = out / "nnUNet_preprocessed"
@@ -298,8 +333,13 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
                 f"training steps to choose each one's resolution")
         plan(raw, [presets[arch] for arch in missing], gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root,
              time_budget=budget)
-    configs = {arch: load_json(preprocessed / f"{identifier}.json")["configurations"][configuration]
-               for arch, identifier in identifiers.items()}
+    configs = {}
+    for arch, identifier in identifiers.items():
+        planned = load_json(preprocessed / f"{identifier}.json")["configurations"]
+        if configuration not in planned:
+            raise PlanningError(f"{arch}: its plans have no {configuration} configuration (they have "
+                                f"{', '.join(planned)}); for 2D data use --configuration 2d with --epochs")
+        configs[arch] = planned[configuration]
     if budget is not None:
         for arch, config in configs.items():
             log(describe_budget_plan(arch, config))
