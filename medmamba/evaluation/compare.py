@@ -97,9 +97,11 @@ class CompareResult:
 # ------------------------------------------------------------------------------------------ helpers
 
 def training_time(checkpoint: str | Path) -> tuple[float | None, int | None]:
-    """(seconds, epochs) of a training run from an nnU-Net checkpoint's log: the sum over epochs of
-    ``epoch_end_timestamps − epoch_start_timestamps`` (training and validation iterations; start-up
-    and the final validation are not included). (None, None) when the log has no timestamps."""
+    """(seconds, epochs) of a training run from an nnU-Net checkpoint: the training loop's wall time
+    that medmamba's trainer keeps (``training_seconds``: iterations, validation batches, plots and
+    checkpoints, the runs a ``--continue`` resumed included), else the log's sum over epochs of
+    ``epoch_end_timestamps − epoch_start_timestamps``; start-up and the final validation are not
+    included. (None, None) when the log has no timestamps."""
     import torch
 
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False, mmap=True)
@@ -108,6 +110,8 @@ def training_time(checkpoint: str | Path) -> tuple[float | None, int | None]:
     n = min(len(starts), len(ends))
     if n == 0:
         return None, None
+    if ckpt.get("training_seconds"):
+        return float(ckpt["training_seconds"]), n
     return float(sum(e - s for s, e in zip(starts[:n], ends[:n]))), n
 
 
@@ -118,6 +122,17 @@ def planned_training_memory(plans: dict, configuration: str = "3d_fullres") -> f
     memory = plans.get("configurations", {}).get(configuration, {}).get("medmamba", {}).get("memory", {})
     value = memory.get("estimated_gb")
     return float(value) if value is not None else None
+
+
+def configuration_spacing(plans: dict, configuration: str) -> tuple[float, ...] | None:
+    """The spacing (mm, nnU-Net's transposed axis order) the configuration trains and predicts at;
+    None when the plans do not say."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        return tuple(float(s) for s in PlansManager(plans).get_configuration(configuration).spacing)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def network_costs(plans: dict, dataset_json: dict, configuration: str = "3d_fullres"
@@ -450,7 +465,7 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
     train_s, epochs = training_time(model.checkpoint)
     result = ArchitectureResult(
         name=name, evaluation=evaluation, params=params, gflops=gflops, scan_gflops=scan, patch_size=patch,
-        training_seconds=train_s, epochs=epochs, inference_seconds=seconds, inference_peak_bytes=peak,
+        spacing=configuration_spacing(model.plans, model.configuration), training_seconds=train_s, epochs=epochs, inference_seconds=seconds, inference_peak_bytes=peak,
         inference_device=device.type, training_memory_gib=planned_training_memory(model.plans, model.configuration),
         recipe=_recipe(model.trainer), trainer_folder=str(model.folder), checkpoint=str(model.checkpoint),
         validation=_training_validation(model.checkpoint))

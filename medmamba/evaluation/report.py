@@ -71,6 +71,8 @@ class ArchitectureResult:
         params: parameter count of the network.
         gflops, scan_gflops: forward GFLOPs at batch 1 at ``patch_size``, and the selective scan's part.
         patch_size: the plans' patch size (voxels).
+        spacing: the spacing (mm) the model trained and predicts at: its configuration's (a time
+            budget's ``3d_budget`` may be coarser than the data).
         training_seconds: sum of the epochs' durations from the checkpoint's log; ``epochs`` their count.
         inference_seconds: case id → seconds of prediction (reading, sliding window, export; not writing).
         inference_peak_bytes: measured peak memory of prediction above what was in use before
@@ -89,6 +91,7 @@ class ArchitectureResult:
     gflops: float | None = None
     scan_gflops: float | None = None
     patch_size: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
     training_seconds: float | None = None
     epochs: int | None = None
     inference_seconds: dict[str, float] = field(default_factory=dict)
@@ -170,6 +173,7 @@ def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = (
         row.update({
             "params": res.params, "gflops": res.gflops, "scan_gflops": res.scan_gflops,
             "patch_size": "x".join(map(str, res.patch_size)) if res.patch_size else None,
+            "spacing_mm": "x".join(format(s, ".3g") for s in res.spacing) if res.spacing else None,
             "training_hours": res.training_seconds / 3600 if res.training_seconds is not None else None,
             "epochs": res.epochs,
             "inference_s_per_case_median": _median(times) if times else None,
@@ -228,7 +232,8 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
         ("params", lambda r: _params(r["params"])),
         ("GFLOPs (scan)", lambda r: "—" if r["gflops"] is None
          else f"{r['gflops']:.1f} ({_num(r['scan_gflops'], '.2f')})"),
-        ("patch", lambda r: r["patch_size"] or "—"),
+        ("patch", lambda r: "—" if not r["patch_size"]
+         else f"{r['patch_size']} at {r['spacing_mm']} mm" if r.get("spacing_mm") else r["patch_size"]),
         ("training (h)", lambda r: "—" if r["training_hours"] is None
          else f"{r['training_hours']:.2f} ({r['epochs']} ep)" if r["epochs"] is not None
          else f"{r['training_hours']:.2f}"),
