@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
     pred.add_argument("--model", "-m", type=Path, required=True,
                       help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
-                           "folder, or a fold folder")
+                           "folder, a fold folder, or a folder holding one trained model (as medmamba import "
+                           "writes)")
     pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
                       help="a case folder, the modality files of one case, or a folder of case folders")
     pred.add_argument("-o", "--output", type=Path, required=True,
