@@ -152,7 +152,9 @@ def test_existing_outputs_are_refused_unless_forced(work, tmp_path, capsys):
     # the zip may not land in the model's results folder, nor a forced import delete the zip it reads
     results = model_dir.parent / "nnUNet_results" / "Dataset500_data"
     _fails(capsys, "export", model_dir, "--out", results / "x.zip", says="inputs are never modified")
-    assert not (results / "x.zip").exists()
+    trainer = load_model(model_dir).folder
+    _fails(capsys, "export", model_dir, "--out", trainer / "fold_0" / "x.zip", says="inputs are never modified")
+    assert not (results / "x.zip").exists() and not (trainer / "fold_0" / "x.zip").exists()
     holder = tmp_path / "holder"
     holder.mkdir()
     shutil.copy(archive, holder / "unet.zip")
@@ -161,11 +163,14 @@ def test_existing_outputs_are_refused_unless_forced(work, tmp_path, capsys):
 
 
 def test_zip_slip_and_links_are_refused(work, tmp_path, capsys):
-    for name, member in (("dotdot", "../escaped.txt"), ("nested", f"{PREFIX}/../../../escaped.txt"),
-                         ("absolute", "/tmp/escaped-medmamba.txt")):
+    outside = "would be written outside the output folder"
+    for name, member, says in (("dotdot", "../escaped.txt", outside),
+                               ("nested", f"{PREFIX}/../../../escaped.txt", outside),
+                               ("absolute", "/tmp/escaped-medmamba.txt", outside),
+                               ("backslash", "..\\escaped.txt", "has a backslash")):
         archive = _model_zip(tmp_path / f"{name}.zip", work, {member: b"x"})
         out = tmp_path / f"out_{name}"
-        _fails(capsys, "import", archive, "--out", out, says="would be written outside the output folder")
+        _fails(capsys, "import", archive, "--out", out, says=says)
         assert not out.exists() and not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/escaped-medmamba.txt").exists()
 

@@ -132,9 +132,11 @@ def export_model(model: str | Path, out: str | Path, *, fold: str | int | None =
         raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     folder, chosen = find_model_folder(model, fold=fold)
     out = Path(out).expanduser().absolute()
-    if lies_within(out, folder.parent):  # the dataset's results folder: beside the model is inside the input too
-        raise ModelError(f"{out}: lies inside the model's results folder {folder.parent}; inputs are never "
-                         f"modified, write the zip elsewhere")
+    # beside the model in nnU-Net's dataset results folder is inside the input too
+    inside = folder.parent if folder.parent.name.startswith("Dataset") else folder
+    if lies_within(out, inside):
+        raise ModelError(f"{out}: lies inside the model's folder {inside}; inputs are never modified, write the "
+                         f"zip elsewhere")
     if out.is_dir():
         raise ModelError(f"{out}: is a folder; give the zip file to write")
     if out.exists() and not force:
@@ -182,8 +184,10 @@ def _member_path(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath:
     (an absolute path, a drive, ``..``) or is a symbolic link."""
     name = info.filename
     path = PurePosixPath(name)
-    if (name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
-            or ".." in path.parts or not path.parts):
+    if "\\" in name:
+        raise ModelError(f"{archive}: member {name!r} has a backslash in its path (zip paths use '/'); refusing to "
+                         f"extract this zip")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts or not path.parts:
         raise ModelError(f"{archive}: member {name!r} would be written outside the output folder; refusing to "
                          f"extract this zip")
     if stat.S_ISLNK(info.external_attr >> 16):
