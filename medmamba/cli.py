@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", type=Path,
                         help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
                              "folder, a fold folder, or a folder holding one trained model")
-    export.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    export.add_argument("--out", type=Path, required=True, metavar="ZIP", help="the zip file to write")
     export.add_argument("--fold", help="export only this fold (default: every fold that holds the checkpoint)")
     export.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
                         help="checkpoint to take (default final, as predict; predict an imported model with the "
@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "fold_*/checkpoint_*.pth), or a member with an absolute path, '..' or a link, is refused. OUT "
                     "is assembled beside itself and appears complete or not at all.")
     imp.add_argument("archive", type=Path, metavar="ZIP", help="the model zip")
-    imp.add_argument("--out", type=Path, required=True, help="the folder to create (must not exist or be empty)")
+    imp.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                     help="the folder to create (must not exist or be empty)")
     imp.add_argument("--force", action="store_true",
                      help="replace an existing non-empty folder (once the new one is complete)")
     imp.set_defaults(handler=_import, on_interrupt="stopped; nothing was written")

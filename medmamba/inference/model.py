@@ -162,7 +162,8 @@ def _model_from_folder(folder: Path, fold: str | None, checkpoint: str) -> Train
                 f"--checkpoint latest" if CHECKPOINTS["latest"] in present and checkpoint == "final" else "")
         if present and not hint:  # e.g. an exported model that travelled with another checkpoint
             names = [name for name, file in CHECKPOINTS.items() if file in present]
-            hint = f"; this fold holds {', '.join(present)}" + (f": use --checkpoint {' or '.join(names)}" if names else "")
+            hint = f"; this fold holds {', '.join(present)}"
+            hint += f": use --checkpoint {' or '.join(names)}" if names else ""
         raise ModelError(f"{ckpt}: missing{hint}")
     arch = _architecture(plans, configuration)
     return TrainedModel(name=_name(plans, plans_identifier, arch), arch=arch, trainer=trainer, folder=folder, fold=fold,

@@ -105,7 +105,8 @@ class ImportedModel:
 
     def describe(self) -> str:
         names = ", ".join(f.relative_to(self.folder).as_posix() for f in self.model_folders)
-        return f"imported {names} into {self.folder}; predict with: medmamba predict --model {self.folder} -i … -o …"
+        return (f"imported {names} into {self.folder}; predict with: medmamba predict --model {self.folder} "
+                f"-i … -o …")
 
 
 # ------------------------------------------------------------------------------------------- export
