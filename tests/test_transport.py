@@ -259,6 +259,11 @@ def test_folds_and_checkpoints(work, tmp_path, capsys):
     with pytest.raises(ModelError, match="use --checkpoint latest"):
         load_model(imported)
     assert load_model(imported, checkpoint="latest").checkpoint.name == "checkpoint_latest.pth"
+    export_model(folder / "fold_0", tmp_path / "best.zip", checkpoint="best")
+    imported = import_model(tmp_path / "best.zip", tmp_path / "best").folder
+    with pytest.raises(ModelError, match="this fold holds checkpoint_best.pth: use --checkpoint best"):
+        load_model(imported)
+    assert load_model(imported, checkpoint="best").checkpoint.name == "checkpoint_best.pth"
 
 
 def test_a_folder_of_several_models_asks_for_one(work, tmp_path):
