@@ -273,3 +273,32 @@ def test_a_folder_of_several_models_asks_for_one(work, tmp_path):
     with pytest.raises(ModelError, match="holds 2 trained models"):
         load_model(tmp_path)
     assert load_model(tmp_path / "Dataset500_data" / src.name).fold == "0"
+
+
+def test_nnunets_own_export_and_install_read_the_same_layout(work, tmp_path, monkeypatch):
+    """The layout is nnU-Net's: its installer unpacks our zip into a results folder, and a zip its
+    exporter wrote imports (without medmamba's record, which nnU-Net does not know)."""
+    import nnunetv2.model_sharing.model_export as nnunet_export
+    import nnunetv2.model_sharing.model_import as nnunet_import
+    import nnunetv2.utilities.file_path_utilities as nnunet_paths
+
+    original = load_model(work / "work" / "unet")
+    export_model(work / "work" / "unet", tmp_path / "ours.zip")
+    monkeypatch.setattr(nnunet_import, "nnUNet_results", str(tmp_path / "nnUNet_results"))
+    nnunet_import.install_model_from_zip_file(str(tmp_path / "ours.zip"))
+    installed = load_model(tmp_path / "nnUNet_results")
+    assert installed.folder.relative_to(tmp_path) == Path("nnUNet_results", PREFIX)
+    assert installed.record == original.record
+
+    results = tmp_path / "theirs" / "nnUNet_results"
+    shutil.copytree(original.folder, results / PREFIX)
+    (results / PREFIX / "fold_0" / "validation" / "summary.json").write_text("{}")  # nnU-Net's export needs it
+    for module in (nnunet_export, nnunet_paths):
+        monkeypatch.setattr(module, "nnUNet_results", str(results))
+    nnunet_export.export_pretrained_model("Dataset500_data", str(tmp_path / "theirs.zip"),
+                                          configurations=("3d_fullres",), trainer=TRAINER.split("__")[0],
+                                          plans_identifier=TRAINER.split("__")[1], folds=(0,))
+    with zipfile.ZipFile(tmp_path / "ours.zip") as ours, zipfile.ZipFile(tmp_path / "theirs.zip") as theirs:
+        assert set(theirs.namelist()) - {f"{PREFIX}/fold_0/validation/summary.json"} <= set(ours.namelist())
+    imported = load_model(import_model(tmp_path / "theirs.zip", tmp_path / "imported").folder)
+    assert imported.checkpoint.read_bytes() == original.checkpoint.read_bytes() and imported.record is None
