@@ -193,6 +193,18 @@ def _predict(args: argparse.Namespace) -> None:
             tta=args.tta, device=args.device, step_size=args.step_size, overwrite=args.overwrite)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from medmamba.inference import export_model
+
+    print(export_model(args.model, args.out, fold=args.fold, checkpoint=args.checkpoint, force=args.force).describe())
+
+
+def _import(args: argparse.Namespace) -> None:
+    from medmamba.inference import import_model
+
+    print(import_model(args.archive, args.out, force=args.force).describe())
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from medmamba.evaluation import evaluate_to_files
 
@@ -413,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
     pred.add_argument("--model", "-m", type=Path, required=True,
                       help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
-                           "folder, or a fold folder")
+                           "folder, a fold folder, or a folder holding one trained model (as medmamba import "
+                           "writes)")
     pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
                       help="a case folder, the modality files of one case, or a folder of case folders")
     pred.add_argument("-o", "--output", type=Path, required=True,
@@ -434,6 +447,42 @@ def build_parser() -> argparse.ArgumentParser:
                            "prediction folder (one that holds only label maps)")
     # RuntimeError: nnU-Net's and torch's failures while predicting (a GPU out of memory, say)
     pred.set_defaults(handler=_predict, user_errors=(ValueError, RuntimeError))
+
+    export = commands.add_parser(
+        "export", help="write a trained model as one zip file (nnU-Net's model-zip layout) to take elsewhere",
+        description="Writes MODEL as a zip in nnU-Net's model-zip layout: DatasetXXX_Name/<Trainer>__<plans>__"
+                    "<configuration>/ with plans.json, dataset.json, medmamba's conversion record "
+                    "(medmamba_dataset.json: channel order, file naming, label convention) and, per fold, the "
+                    "chosen checkpoint, nnU-Net's debug and progress files and the whole-volume validation "
+                    "results. Every fold that holds the checkpoint is exported unless --fold picks one; training "
+                    "logs and validation label maps stay behind. `medmamba import` (or nnU-Net's "
+                    "nnUNetv2_install_pretrained_model_from_zip) unpacks it. The zip appears complete or not at "
+                    "all; the model folder is only read.")
+    export.add_argument("model", type=Path,
+                        help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
+                             "folder, a fold folder, or a folder holding one trained model")
+    export.add_argument("--out", type=Path, required=True, metavar="ZIP", help="the zip file to write")
+    export.add_argument("--fold", help="export only this fold (default: every fold that holds the checkpoint)")
+    export.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
+                        help="checkpoint to take (default final, as predict; predict an imported model with the "
+                             "same --checkpoint)")
+    export.add_argument("--force", action="store_true", help="replace an existing zip")
+    export.set_defaults(handler=_export, on_interrupt="stopped; nothing was written")
+
+    imp = commands.add_parser(
+        "import", help="unpack a model zip into a folder that predict --model can use",
+        description="Extracts a model zip written by `medmamba export` (or nnU-Net's export) into the new "
+                    "folder OUT, which then holds DatasetXXX_Name/<Trainer>__<plans>__<configuration>/ as an "
+                    "nnUNet_results folder does: `medmamba predict --model OUT` uses it. Every member is checked "
+                    "before anything is written: a zip that holds no model (plans.json, dataset.json, "
+                    "fold_*/checkpoint_*.pth), or a member with an absolute path, '..' or a link, is refused. OUT "
+                    "is assembled beside itself and appears complete or not at all.")
+    imp.add_argument("archive", type=Path, metavar="ZIP", help="the model zip")
+    imp.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                     help="the folder to create (must not exist or be empty)")
+    imp.add_argument("--force", action="store_true",
+                     help="replace an existing non-empty folder (once the new one is complete)")
+    imp.set_defaults(handler=_import, on_interrupt="stopped; nothing was written")
 
     evaluate = commands.add_parser(
         "evaluate", help="Dice, HD95 and NSD per case for WT, TC and ET against ground truth",
@@ -571,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The option naming each command's output: a file-system error that names no file names it.
 _OUTPUT_OPTION = {"synth": "out", "plan": "out", "plan-and-train": "out", "predict": "output", "evaluate": "out",
-                  "compare": "out", "demo": "out", "benchmark": "json"}
+                  "compare": "out", "demo": "out", "benchmark": "json", "export": "out", "import": "out"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,19 @@ Typical use (what ``medmamba predict`` does)::
     predictor = Predictor(model, device="auto", tta=False)
     prediction = predictor.predict_case(["c_t1.nii.gz", "c_t1ce.nii.gz", "c_t2.nii.gz", "c_flair.nii.gz"])
     Predictor.write(prediction, "c_pred.nii.gz")                 # input's shape, affine, qform/sform
+
+A model travels as one zip in nnU-Net's layout (:mod:`medmamba.inference.transport`)::
+
+    from medmamba.inference import export_model, import_model
+    export_model("results/umamba_bot", "umamba_bot.zip")        # every fold with checkpoint_final.pth
+    import_model("umamba_bot.zip", "models/umamba_bot")          # then load_model("models/umamba_bot")
 """
 
-from medmamba.inference.model import CHECKPOINTS, ModelError, TrainedModel, list_trained_models, load_model
+from medmamba.inference.model import (CHECKPOINTS, ModelError, TrainedModel, find_model_folder, list_trained_models,
+                                      load_model)
 from medmamba.inference.predictor import Prediction, Predictor, predict, read_case, resolve_cases
+from medmamba.inference.transport import ExportedModel, ImportedModel, export_model, import_model
 
-__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model",
-           "Prediction", "Predictor", "predict", "read_case", "resolve_cases"]
+__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "find_model_folder", "list_trained_models", "load_model",
+           "Prediction", "Predictor", "predict", "read_case", "resolve_cases",
+           "ExportedModel", "ImportedModel", "export_model", "import_model"]

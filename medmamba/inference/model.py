@@ -12,7 +12,9 @@ there by ``plan-and-train``).
 - a fold folder (``…/fold_0``);
 - a trainer output folder (one fold is chosen with ``fold``, or the only one present);
 - ``RESULTS/ARCH``: a ``medmamba plan-and-train --out RESULTS`` work folder and an architecture
-  or preset name, as ``--arch`` named it (the one trainer folder whose plans were made for it).
+  or preset name, as ``--arch`` named it (the one trainer folder whose plans were made for it);
+- a folder holding exactly one trainer output folder (``DatasetXXX_Name/<Trainer>__…/`` below it, as
+  ``medmamba import`` writes, or directly): an imported model, or a work folder with one model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from medmamba.data import RECORD_NAME, DatasetError, LabelConvention, get_conven
 from medmamba.data.background import DatasetBackground
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
-__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "list_trained_models", "load_model"]
+__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "find_model_folder", "list_trained_models", "load_model"]
 
 #: ``checkpoint=`` name → nnU-Net checkpoint file.
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
@@ -157,7 +159,11 @@ def _model_from_folder(folder: Path, fold: str | None, checkpoint: str) -> Train
     if not ckpt.is_file():
         present = sorted(p.name for p in ckpt.parent.glob("checkpoint_*.pth"))
         hint = (f"; training did not finish (found {', '.join(present)}): resume it with --continue, or use "
-                f"--checkpoint latest" if present and checkpoint == "final" else "")
+                f"--checkpoint latest" if CHECKPOINTS["latest"] in present and checkpoint == "final" else "")
+        if present and not hint:  # e.g. an exported model that travelled with another checkpoint
+            names = [name for name, file in CHECKPOINTS.items() if file in present]
+            hint = f"; this fold holds {', '.join(present)}"
+            hint += f": use --checkpoint {' or '.join(names)}" if names else ""
         raise ModelError(f"{ckpt}: missing{hint}")
     arch = _architecture(plans, configuration)
     return TrainedModel(name=_name(plans, plans_identifier, arch), arch=arch, trainer=trainer, folder=folder, fold=fold,
@@ -195,21 +201,30 @@ def list_trained_models(results: str | Path, *, checkpoint: str = "final",
     return sorted(models, key=lambda m: (m.name, m.trainer)), skipped
 
 
-def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: str = "final") -> TrainedModel:
-    """Resolve a model path (see the module docstring) to one trained fold.
+def find_model_folder(path: str | Path, *, fold: str | int | None = None) -> tuple[Path, str | None]:
+    """The trainer output folder a model path (see the module docstring) names, without choosing a fold.
 
+    Returns:
+        (trainer output folder, the fold the path names: its fold folder's, else ``fold`` as a string).
     Raises:
-        ModelError: the path is no model, the fold or checkpoint is missing, or ``RESULTS/ARCH`` matches
-            no or several trainer folders.
+        ModelError: the path is no model, names a fold other than ``fold``, or ``RESULTS/ARCH`` (or a
+            folder of trainer output folders) matches no or several trainer folders.
     """
     path = Path(path).expanduser().absolute()
     fold = None if fold is None else str(fold)
     if path.is_dir() and path.name.startswith("fold_") and (path.parent / "plans.json").is_file():
         if fold is not None and fold != path.name[len("fold_"):]:
             raise ModelError(f"{path}: is fold {path.name[len('fold_'):]}, but fold {fold} was asked for")
-        return _model_from_folder(path.parent, path.name[len("fold_"):], checkpoint)
+        return path.parent, path.name[len("fold_"):]
     if path.is_dir() and (path / "plans.json").is_file():
-        return _model_from_folder(path, fold, checkpoint)
+        return path, fold
+    if path.is_dir():
+        found = [f for f in _trainer_folders(path) if (f / "plans.json").is_file()]
+        if len(found) == 1:
+            return found[0], fold
+        if len(found) > 1:
+            raise ModelError(f"{path}: holds {len(found)} trained models ({', '.join(f.name for f in found)}); "
+                             f"give the folder of the one to use (or RESULTS/ARCH for a plan-and-train work folder)")
     if path.parent.is_dir() and not path.exists():
         arch = path.name
         candidates = []
@@ -223,12 +238,23 @@ def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: s
             except ModelError:
                 continue
         if len(candidates) == 1:
-            return _model_from_folder(candidates[0], fold, checkpoint)
+            return candidates[0], fold
         if len(candidates) > 1:
             raise ModelError(f"{path}: {len(candidates)} trained models of {arch} "
                              f"({', '.join(c.name for c in candidates)}); give the folder of the one to use")
-        trained = sorted({m.name for m in list_trained_models(path.parent, checkpoint=checkpoint)[0]})
+        trained = sorted({m.name for m in list_trained_models(path.parent)[0]})
         raise ModelError(f"{path}: no trained {arch} in {path.parent}"
                          + (f" (trained: {', '.join(trained)})" if trained else " (no trained model there)"))
     raise ModelError(f"{path}: not a model folder (expected plans.json and fold_* inside, or RESULTS/ARCH for a "
                      f"plan-and-train work folder RESULTS)")
+
+
+def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: str = "final") -> TrainedModel:
+    """Resolve a model path (see the module docstring) to one trained fold.
+
+    Raises:
+        ModelError: the path is no model, the fold or checkpoint is missing, or ``RESULTS/ARCH`` matches
+            no or several trainer folders.
+    """
+    folder, fold = find_model_folder(path, fold=fold)
+    return _model_from_folder(folder, fold, checkpoint)
