@@ -42,8 +42,8 @@ from scipy import ndimage
 from medmamba.data.labels import LabelConvention
 
 __all__ = [
-    "CHALLENGES", "DEFAULT_CHALLENGE", "LesionWiseSettings", "LesionScore", "LesionWiseResult", "LESION_MISS_HD95_MM", "LESION_METRICS",
-    "get_challenge", "surface_hd95", "lesion_wise_scores", "case_lesion_wise", "LesionWise",
+    "CHALLENGES", "DEFAULT_CHALLENGE", "LesionWiseSettings", "LesionScore", "LesionWiseResult", "LESION_MISS_HD95_MM",
+    "LESION_METRICS", "get_challenge", "surface_hd95", "lesion_wise_scores", "case_lesion_wise", "LesionWise",
 ]
 
 #: The challenge whose settings are used when none is named: glioma, the BraTS task medmamba's data follow.
