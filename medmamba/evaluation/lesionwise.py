@@ -267,6 +267,15 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
     pred = np.asarray(pred).astype(bool, copy=False)
     gt = np.asarray(gt).astype(bool, copy=False)
     voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
+    union = pred | gt
+    if not union.any():
+        return LesionWiseResult(dice=1.0, hd95=0.0, tp=0, fn=0, fp=0, lesions=())
+    # Everything below happens within `dilation` voxels of the union's bounding box (each dilation step moves
+    # at most one voxel along each axis), so cropping to that box changes no component and no score.
+    box = tuple(slice(max(int(hit[0]) - dilation, 0), min(int(hit[-1]) + dilation + 1, union.shape[axis]))
+                for axis, hit in enumerate(np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))
+                                           for axis in range(3)))
+    pred, gt = pred[box], gt[box]
 
     pred_components, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
     pred_boxes = ndimage.find_objects(pred_components)
