@@ -266,7 +266,6 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
     dilation, threshold = _check_settings(dilation, min_volume_mm3)
     pred = np.asarray(pred).astype(bool, copy=False)
     gt = np.asarray(gt).astype(bool, copy=False)
-    voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
     union = pred | gt
     if not union.any():
         return LesionWiseResult(dice=1.0, hd95=0.0, tp=0, fn=0, fp=0, lesions=())
@@ -288,15 +287,15 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
 
     lesions: list[LesionScore] = []
     matched_anywhere: set[int] = set()
-    for number, box in enumerate(zone_boxes, start=1):
-        in_zone = zones[box] == number
-        lesion_in_box = gt[box] & in_zone
+    for number, zone_box in enumerate(zone_boxes, start=1):
+        in_zone = zones[zone_box] == number
+        lesion_in_box = gt[zone_box] & in_zone
         voxels = int(np.count_nonzero(lesion_in_box))
-        matched = np.unique(pred_components[box][in_zone])
+        matched = np.unique(pred_components[zone_box][in_zone])
         matched = matched[matched != 0]
         matched_anywhere.update(int(m) for m in matched)
         if matched.size:
-            crop = _union_slices([box, *(pred_boxes[m - 1] for m in matched)])
+            crop = _union_slices([zone_box, *(pred_boxes[m - 1] for m in matched)])
             lesion = (zones[crop] == number) & gt[crop]
             predicted = np.isin(pred_components[crop], matched)
             overlap = int(np.count_nonzero(lesion & predicted))
@@ -304,7 +303,7 @@ def lesion_wise_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float
             hd95 = surface_hd95(predicted, lesion, spacing)
         else:
             dice, hd95 = 0.0, LESION_MISS_HD95_MM
-        volume = voxels * voxel_mm3
+        volume = voxels * spacing[0] * spacing[1] * spacing[2]  # left to right, as the challenge code multiplies
         lesions.append(LesionScore(voxels=voxels, volume_mm3=volume, matched_components=int(matched.size),
                                    dice=dice, hd95=hd95, counted=volume > threshold))
 
