@@ -207,6 +207,7 @@ def _import(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from medmamba.evaluation import evaluate_to_files
+    from medmamba.evaluation.lesionwise import DEFAULT_CHALLENGE
 
     def progress(done: int, total: int, case: str) -> None:
         print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
@@ -215,7 +216,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.pred, args.gt, args.out, args.summary, force=args.force, convention=args.label_convention,
         empty=args.empty_convention, nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
         modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
-        allow_missing=args.allow_missing, progress=progress if sys.stderr.isatty() else None)
+        allow_missing=args.allow_missing, progress=progress if sys.stderr.isatty() else None,
+        lesion_challenge=args.lesion_challenge or (DEFAULT_CHALLENGE if args.lesion_wise else None))
     print(evaluation.describe())
     print(f"per-case metrics: {csv_path}\nsummary: {summary}")
 
@@ -494,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "empty-mask convention. Ground-truth cases without a prediction stop the evaluation unless "
                     "--cases or --allow-missing says a partial one is intended. Empty masks: brats (default; "
                     "both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan "
-                    "(both empty excluded), segmamba (either empty: Dice 0, HD95 50).")
+                    "(both empty excluded), segmamba (either empty: Dice 0, HD95 50). --lesion-wise adds the BraTS "
+                    "2023 lesion-wise Dice and HD95 per region, with that challenge's own empty-mask rules.")
     evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
     evaluate.add_argument("--gt", type=Path, required=True,
                           help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
@@ -515,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: that stops the evaluation)")
     evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
     evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
+    evaluate.add_argument("--lesion-wise", action="store_true",
+                          help="also score the BraTS 2023 lesion-wise Dice and HD95 (columns lesion_dice, lesion_hd95, "
+                               "lesion_tp, lesion_fn, lesion_fp); see docs/evaluation.md")
+    evaluate.add_argument("--lesion-challenge", metavar="NAME",
+                          help="lesion-wise settings of this BraTS 2023 challenge: GLI (default), SSA, PED (dilation "
+                               "3, lesions over 50 mm³), MEN (1, 50 mm³), MET (1, 2 mm³); implies --lesion-wise")
     evaluate.add_argument("--num-workers", type=positive_int, default=1, help="worker processes (default 1)")
     evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
     evaluate.set_defaults(handler=_evaluate)

@@ -24,6 +24,12 @@ Outputs
     One row per (case, region) in ``Evaluation.rows``; ``write_csv`` and ``write_summary_json`` write
     them atomically (temporary name, then rename), ``write`` both together (both or neither). Every CSV
     row and the JSON state the empty-mask convention, the NSD tolerance and the label convention.
+
+Lesion-wise scores (``lesion_challenge``)
+    With a BraTS 2023 challenge named, each row also holds the lesion-wise Dice and HD95 of
+    :mod:`medmamba.evaluation.lesionwise` (``LESION_CSV_COLUMNS``, after the usual columns, which stay as
+    they are) and the summary summarises ``lesion_dice`` and ``lesion_hd95`` like the other metrics. These
+    scores follow the challenge's own conventions for empty masks, whatever ``empty`` says.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from medmamba.data.brats import DatasetError, _ordered_map, discover
 from medmamba.data.labels import detect_convention, get_convention, present_values
 from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
 from medmamba.files import atomic_output_file, check_writable, lies_within, write_text_atomically
+from medmamba.evaluation.lesionwise import LESION_METRICS, get_challenge, lesion_wise_scores
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,
@@ -54,7 +61,7 @@ from medmamba.evaluation.metrics import (
 )
 
 __all__ = ["Evaluation", "evaluate_folder", "evaluate_to_files", "default_summary_path", "CSV_COLUMNS",
-           "SUMMARY_FORMAT"]
+           "LESION_CSV_COLUMNS", "SUMMARY_FORMAT"]
 
 SUMMARY_FORMAT = "medmamba-evaluation/1"
 CSV_COLUMNS: tuple[str, ...] = (
@@ -64,6 +71,13 @@ CSV_COLUMNS: tuple[str, ...] = (
 HD95_DEFINITION = ("MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed 95th "
                    "percentiles of surface-voxel distances, in mm (ground-truth voxel spacing)")
 NSD_DEFINITION = "MONAI compute_surface_dice(use_subvoxels=True): surface-area fraction within the tolerance"
+#: Columns the CSV gains with lesion-wise scores: the two scores, the counted lesions found (tp) and missed
+#: (fn), the false-positive predicted components (fp), and the challenge whose settings were used.
+LESION_CSV_COLUMNS: tuple[str, ...] = (*LESION_METRICS, "lesion_tp", "lesion_fn", "lesion_fp", "lesion_challenge")
+LESION_DEFINITION = ("BraTS 2023 lesion-wise scores: ground-truth lesions grouped by dilation, predicted 26-connected "
+                     "components matched by overlap with a lesion's dilated zone; missed lesions and false-positive "
+                     "components score Dice 0 and HD95 374 mm; lesions at or below the volume threshold are not "
+                     "scored; per case sum / (lesions + false positives), 1 / 0 when both are 0")
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | int]:
@@ -104,6 +118,8 @@ class Evaluation:
         label_convention_source: why that convention (given, the naming, or the detection rule).
         gt_without_prediction: ground-truth cases that had no prediction (not evaluated).
         pred_dir, gt: the inputs, for the record.
+        lesion_challenge: the ``CHALLENGES`` key whose lesion-wise scores the rows hold (``lesion_dice``,
+            ``lesion_hd95``, ``lesion_tp``, ``lesion_fn``, ``lesion_fp``); None when they were not computed.
     """
 
     rows: list[dict]
@@ -114,6 +130,12 @@ class Evaluation:
     gt_without_prediction: list[str] = field(default_factory=list)
     pred_dir: str | None = None
     gt: str | None = None
+    lesion_challenge: str | None = None
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The per-case metrics the rows hold: ``METRICS``, then ``LESION_METRICS`` when computed."""
+        return METRICS + (LESION_METRICS if self.lesion_challenge is not None else ())
 
     @property
     def cases(self) -> list[str]:
@@ -123,8 +145,8 @@ class Evaluation:
     def values(self, region: str, metric: str) -> np.ndarray:
         """One float per case (row order) of ``metric`` for ``region``; ``region="mean"`` gives each case's
         mean over the regions whose value is not NaN (NaN when all are)."""
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if metric not in self.metrics:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(self.metrics)}")
         if region == "mean":
             table = np.array([self.values(r, metric) for r in REGIONS])  # (regions, cases)
             counts = (~np.isnan(table)).sum(axis=0)
@@ -151,6 +173,20 @@ class Evaluation:
         for region in (*REGIONS, "mean"):
             row = stats[region]
             lines.append(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+        if self.lesion_challenge is not None:
+            settings = get_challenge(self.lesion_challenge)
+            lines.append(f"lesion-wise (BraTS 2023 {settings.name}: dilation {settings.dilation}, lesions over "
+                         f"{settings.min_volume_mm3:g} mm³)")
+            lines.append(f"{'region':<7}{'lesion Dice':<24}{'lesion HD95 (mm)':<24}lesions found/missed, FP")
+            for region in (*REGIONS, "mean"):
+                row = stats[region]
+                counts = ""
+                if region in REGIONS:
+                    picked = [r for r in self.rows if r["region"] == region]
+                    counts = "/".join(str(sum(int(r[k]) for r in picked)) for k in ("lesion_tp", "lesion_fn"))
+                    counts += f", {sum(int(r['lesion_fp']) for r in picked)}"
+                lines.append(f"{region:<7}{cell(row['lesion_dice'], 4):<24}{cell(row['lesion_hd95'], 2):<24}"
+                             f"{counts}".rstrip())
         if stats["gt_cases_without_prediction"]:
             missing = stats["gt_without_prediction"]
             lines.append(f"{len(missing)} ground-truth cases have no prediction and were not evaluated: "
@@ -181,10 +217,14 @@ class Evaluation:
             "pred_dir": self.pred_dir,
             "gt": self.gt,
         }
+        if self.lesion_challenge is not None:
+            settings = get_challenge(self.lesion_challenge)
+            out["lesion_wise"] = {"challenge": settings.name, "dilation": settings.dilation,
+                                  "min_volume_mm3": settings.min_volume_mm3, "definition": LESION_DEFINITION}
         for region in REGIONS:
-            out[region] = {m: _stats(self.values(region, m)) for m in METRICS}
+            out[region] = {m: _stats(self.values(region, m)) for m in self.metrics}
         out["mean"] = {}
-        for m in METRICS:
+        for m in self.metrics:
             stats = _stats(self.values("mean", m))
             stats["mean_of_region_means"] = float(np.mean([out[r][m]["mean"] for r in REGIONS]))
             out["mean"][m] = stats
@@ -195,11 +235,15 @@ class Evaluation:
         constant = {"empty_convention": self.empty_convention, "nsd_tolerance_mm": repr(float(self.nsd_tolerance_mm)),
                     "label_convention": self.label_convention or ""}
 
+        columns = list(CSV_COLUMNS)
+        if self.lesion_challenge is not None:
+            constant["lesion_challenge"] = self.lesion_challenge
+            columns += LESION_CSV_COLUMNS
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            cells = {k: (repr(float(v)) if k in METRICS else v) for k, v in row.items()}
+            cells = {k: (repr(float(v)) if k in self.metrics else v) for k, v in row.items()}
             writer.writerow({**cells, **constant})
         return write_text_atomically(path, text.getvalue())
 
@@ -234,22 +278,31 @@ class Evaluation:
         conventions = {r["empty_convention"] for r in raw}
         tolerances = {r["nsd_tolerance_mm"] for r in raw}
         labels = {r.get("label_convention", "") for r in raw}
-        if len(conventions) > 1 or len(tolerances) > 1 or len(labels) > 1:
-            raise DatasetError("rows mix empty-mask conventions, NSD tolerances or label conventions", path=path)
+        challenges = {r.get("lesion_challenge") or "" for r in raw}
+        if len(conventions) > 1 or len(tolerances) > 1 or len(labels) > 1 or len(challenges) > 1:
+            raise DatasetError("rows mix empty-mask conventions, NSD tolerances, label conventions or lesion-wise "
+                               "challenges", path=path)
+        challenge = challenges.pop() or None
         rows = []
         try:
             for r in raw:
                 row = {"case": r["case"], "region": r["region"], **{m: float(r[m]) for m in METRICS}}
+                if challenge is not None:
+                    row.update({m: float(r[m]) for m in LESION_METRICS})
+                    row.update({k: int(r[k]) for k in ("lesion_tp", "lesion_fn", "lesion_fp")})
                 for k in ("gt_voxels", "pred_voxels"):
                     if r.get(k) not in (None, ""):
                         row[k] = int(r[k])
                 row.update({k: r[k] for k in ("pred_file", "gt_file") if k in r})
                 rows.append(row)
             tolerance = float(tolerances.pop())
-        except ValueError as exc:
+            if challenge is not None:
+                challenge = get_challenge(challenge).name
+        except (ValueError, KeyError) as exc:
             raise DatasetError(f"bad value in metrics CSV ({exc})", path=path) from None
         return cls(rows=rows, empty_convention=conventions.pop(), nsd_tolerance_mm=tolerance,
-                   label_convention=labels.pop() or None, label_convention_source=f"read from {path}")
+                   label_convention=labels.pop() or None, label_convention_source=f"read from {path}",
+                   lesion_challenge=challenge)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -325,7 +378,7 @@ def _read_label(path: Path, what: str):
 
 
 def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str, empty: str,
-                   tolerance: float) -> list[dict]:
+                   tolerance: float, lesion_challenge: str | None = None) -> list[dict]:
     """Rows of one case (runs in a worker process when ``num_workers > 1``)."""
     gt = _read_label(gt_path, "ground truth")
     pred = _read_label(pred_path, "prediction")
@@ -346,16 +399,25 @@ def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str
         raise DatasetError(f"ground truth: {exc}", case=case_id, path=gt_path) from None
     del pred, gt
     metrics = _metrics_of_masks(masks["prediction"], masks["ground truth"], spacing, empty, tolerance)
-    return [{"case": case_id, "region": region, **metrics[region],
+    rows = [{"case": case_id, "region": region, **metrics[region],
              "gt_voxels": int(np.count_nonzero(masks["ground truth"][region])),
              "pred_voxels": int(np.count_nonzero(masks["prediction"][region])),
              "pred_file": str(pred_path), "gt_file": str(gt_path)} for region in REGIONS]
+    if lesion_challenge is not None:
+        settings = get_challenge(lesion_challenge)
+        for row in rows:
+            result = lesion_wise_scores(masks["prediction"][row["region"]], masks["ground truth"][row["region"]],
+                                        spacing, dilation=settings.dilation, min_volume_mm3=settings.min_volume_mm3)
+            row.update({"lesion_dice": result.dice, "lesion_hd95": result.hd95, "lesion_tp": result.tp,
+                        "lesion_fn": result.fn, "lesion_fp": result.fp})
+    return rows
 
 
 def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | None = None, empty: str = "brats",
                     nsd_tolerance_mm: float = 1.0, cases: Sequence[str] | None = None, allow_missing: bool = False,
                     num_workers: int = 1, modalities: Sequence[str] | None = None, label_suffix: str | None = None,
-                    progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
+                    progress: Callable[[int, int, str], None] | None = None,
+                    lesion_challenge: str | None = None) -> Evaluation:
     """Dice, HD95 and NSD for WT, TC and ET of every prediction in ``pred_dir`` (module docstring).
 
     Args:
@@ -371,14 +433,18 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
         num_workers: worker processes (one case in memory per worker: two label maps and six masks).
         modalities, label_suffix: for a ground-truth folder in a generic layout (see ``discover``).
         progress: called as ``progress(done, total, case_id)`` after each case.
+        lesion_challenge: also compute the BraTS 2023 lesion-wise Dice and HD95 with this challenge's
+            settings (a :data:`medmamba.evaluation.lesionwise.CHALLENGES` key, e.g. ``"GLI"``); None: not.
     Returns:
         the :class:`Evaluation`.
     Raises:
         DatasetError: any problem with the inputs, naming the file (module docstring).
-        ValueError: an unknown convention name or a bad tolerance.
+        ValueError: an unknown convention or challenge name or a bad tolerance.
     """
     empty = check_empty_convention(empty)
     tolerance = _check_tolerance(nsd_tolerance_mm)
+    if lesion_challenge is not None:
+        lesion_challenge = get_challenge(lesion_challenge).name
     if convention is not None:
         convention = get_convention(convention).name
     pred_dir = Path(pred_dir).expanduser().absolute()
@@ -417,7 +483,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
     if convention is None:
         convention, source = _detect([labels[c] for c in selected], [preds[c] for c in selected])
 
-    items = [(c, preds[c], labels[c], convention, empty, tolerance) for c in selected]
+    items = [(c, preds[c], labels[c], convention, empty, tolerance, lesion_challenge) for c in selected]
     rows: list[dict] = []
     for done, case_rows in enumerate(_ordered_map(_evaluate_case, items, num_workers), start=1):
         rows.extend(case_rows)
@@ -425,7 +491,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
             progress(done, len(items), case_rows[0]["case"])
     return Evaluation(rows=rows, empty_convention=empty, nsd_tolerance_mm=tolerance, label_convention=convention,
                       label_convention_source=source, gt_without_prediction=without, pred_dir=str(pred_dir),
-                      gt=str(gt))
+                      gt=str(gt), lesion_challenge=lesion_challenge)
 
 
 def default_summary_path(csv_path: str | Path) -> Path:
