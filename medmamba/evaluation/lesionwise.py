@@ -337,19 +337,10 @@ def case_lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     Raises:
         ValueError: shapes differ, label values outside the convention, a bad spacing or challenge.
     """
-    from medmamba.evaluation.metrics import region_masks
+    from medmamba.evaluation.metrics import paired_region_masks
 
     settings = get_challenge(challenge)
-    if np.shape(pred) != np.shape(gt):
-        raise ValueError(f"prediction shape {np.shape(pred)} differs from ground-truth shape {np.shape(gt)}")
-    try:
-        pred_masks = region_masks(pred, convention)
-    except ValueError as exc:
-        raise ValueError(f"prediction: {exc}") from None
-    try:
-        gt_masks = region_masks(gt, convention)
-    except ValueError as exc:
-        raise ValueError(f"ground truth: {exc}") from None
+    pred_masks, gt_masks = paired_region_masks(pred, gt, convention)
     return {region: lesion_wise_scores(pred_masks[region], gt_masks[region], spacing, dilation=settings.dilation,
                                        min_volume_mm3=settings.min_volume_mm3) for region in gt_masks}
 

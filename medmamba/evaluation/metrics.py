@@ -140,6 +140,23 @@ def region_masks(labels: np.ndarray, convention: str | LabelConvention) -> dict[
     return masks
 
 
+
+def paired_region_masks(pred: np.ndarray, gt: np.ndarray, convention: str | LabelConvention
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`region_masks` of a prediction and its ground truth (same shape), each error saying
+    which of the two it is about."""
+    if np.shape(pred) != np.shape(gt):
+        raise ValueError(f"prediction shape {np.shape(pred)} differs from ground-truth shape {np.shape(gt)}")
+    try:
+        pred_masks = region_masks(pred, convention)
+    except ValueError as exc:
+        raise ValueError(f"prediction: {exc}") from None
+    try:
+        gt_masks = region_masks(gt, convention)
+    except ValueError as exc:
+        raise ValueError(f"ground truth: {exc}") from None
+    return pred_masks, gt_masks
+
 def _union_box(masks: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...]:
     """Bounding box of the union of ``masks`` plus ``margin`` voxels, clipped to the array.
 
@@ -253,14 +270,5 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], con
     """
     empty = check_empty_convention(empty)
     tolerance = _check_tolerance(nsd_tolerance_mm)
-    if np.shape(pred) != np.shape(gt):
-        raise ValueError(f"prediction shape {np.shape(pred)} differs from ground-truth shape {np.shape(gt)}")
-    try:
-        pred_masks = region_masks(pred, convention)
-    except ValueError as exc:
-        raise ValueError(f"prediction: {exc}") from None
-    try:
-        gt_masks = region_masks(gt, convention)
-    except ValueError as exc:
-        raise ValueError(f"ground truth: {exc}") from None
+    pred_masks, gt_masks = paired_region_masks(pred, gt, convention)
     return _metrics_of_masks(pred_masks, gt_masks, spacing, empty, tolerance)
