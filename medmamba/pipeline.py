@@ -16,8 +16,9 @@ from medmamba.errors import CommandError
 from medmamba.files import atomic_output_file, write_json_atomically
 from medmamba.nnunet_folders import fold_folder, plans_identifier
 
-__all__ = ["COLLAPSE_HINT", "CPU_TIME_BUDGET_MINUTES", "PlanAndTrainResult", "plan_and_train", "plan_work_folder", "dataset_name",
-           "case_identifiers", "check_fold", "write_splits", "preprocessing_complete"]
+__all__ = ["COLLAPSE_HINT", "CPU_TIME_BUDGET_MINUTES", "TRAINABLE_CONFIGURATIONS", "PlanAndTrainResult",
+           "plan_and_train", "plan_work_folder", "dataset_name", "case_identifiers", "check_fold", "write_splits",
+           "preprocessing_complete", "describe_budget_plan"]
 
 
 def dataset_name(folder: str | Path) -> str:
