@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--baseline", help=f"architecture to test the others against (default: the first trained of "
                                         f"{', '.join(registry.baselines())})")
     cmp.add_argument("--test", type=Path, help="BraTS-style folder with labels to evaluate on instead of the "
-                                               "held-out fold (needed for models trained with --fold all)")
+                                               "held-out fold (needed for models trained with --fold all); a generic "
+                                               "layout is read with the training data's suffixes")
     cmp.add_argument("--arch", action="append",
                      help="only this architecture, as plan-and-train named it (repeatable); one trained under "
                           "several recipes: all of them, or NAME@RECIPE for one")

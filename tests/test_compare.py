@@ -503,3 +503,16 @@ def test_compare_single_architecture_test_data_skips_and_force(trained_work, cap
         assert not (trained_work / "r2").exists()
     finally:
         shutil.rmtree(unfinished)
+
+
+def test_test_folder_in_a_generic_layout_is_read_as_the_models_were_trained(tmp_path):
+    from medmamba.data import synth
+    from medmamba.evaluation.compare import CompareError, _test_cases
+
+    test = synth(tmp_path / "exports", cases=2, shape=(16, 16, 16), style="zscore-export", seed=0)
+    with pytest.raises(CompareError, match="--test"):
+        _test_cases(test)  # no BraTS naming, and nothing says which suffixes
+    record = {"source": {"naming": "generic", "modalities": ["FLAIR", "T1c"], "label_suffix": "seg"}}
+    cases, convention, channels = _test_cases(test, record)
+    assert [c.case_id for c in cases] == ["Export_00000", "Export_00001"]
+    assert [len(c.images) for c in cases] == [2, 2] and convention == "brats2015"

@@ -230,12 +230,17 @@ def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | 
     return out
 
 
-def _test_cases(test: Path) -> tuple[list[HeldOutCase], str, tuple[str, ...]]:
-    """(cases, label convention, channel names) of a BraTS-style folder with labels."""
+def _test_cases(test: Path, record: dict | None = None) -> tuple[list[HeldOutCase], str, tuple[str, ...]]:
+    """(cases, label convention, channel names) of a BraTS-style folder with labels; a generic
+    one-folder-per-case layout is read with the modality and label suffixes the models were trained
+    with (their conversion record)."""
     from medmamba.data import DatasetError, discover, validate
 
+    source = (record or {}).get("source", {})
+    layout = ({"modalities": source.get("modalities"), "label_suffix": source.get("label_suffix")}
+              if source.get("naming") == "generic" else {})
     try:
-        dataset = validate(discover(test), require_labels=True)
+        dataset = validate(discover(test, **layout), require_labels=True)
     except DatasetError as err:
         raise CompareError(f"--test: {err}") from None
     cases = [HeldOutCase(c.case_id, tuple(c.images), c.label) for c in dataset.cases]
@@ -383,7 +388,7 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     train_channels = models[0].channel_names
     notes: list[str] = []
     if test is not None:
-        cases, convention, channels = _test_cases(test)
+        cases, convention, channels = _test_cases(test, record)
         if len(channels) != len(train_channels):
             raise CompareError(f"--test {test} has {len(channels)} channels ({', '.join(channels)}); the models take "
                                f"{len(train_channels)} ({', '.join(train_channels)})")
