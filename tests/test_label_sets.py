@@ -177,6 +177,7 @@ def test_task_styles_end_to_end_plan_train_predict_evaluate_compare(tmp_path, ca
 
     case = sorted(p.name for p in data.iterdir() if p.is_dir())[0]
     out = tmp_path / "pred"
+    out.mkdir()
     main(["predict", "--model", str(work / arch), "-i", str(data / case), "-o", str(out / f"{case}.nii.gz"),
           "--device", "cpu"])
     written = nib.load(str(out / f"{case}.nii.gz"))
@@ -186,7 +187,8 @@ def test_task_styles_end_to_end_plan_train_predict_evaluate_compare(tmp_path, ca
 
     main(["evaluate", "--pred", str(out), "--gt", str(data), "--modalities", *task.modalities, "--label-suffix",
           task.label_suffix, "--label-names", *task.label_names, "--cases", case, "--out", str(tmp_path / "m.csv")])
-    assert all(name in capsys.readouterr().out for name in task.labels.values())
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in task.labels.values()), printed
 
     main(["compare", str(work), "--out", str(tmp_path / "report"), "--device", "cpu"])
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
