@@ -146,14 +146,27 @@ def _synth(args: argparse.Namespace) -> None:
     out = synth(args.out, cases=args.cases, shape=args.shape, style=args.style, seed=args.seed,
                 random_affine=args.random_affine, spacing=args.spacing)
     print(f"wrote {args.cases} synthetic {args.style} cases to {out}")
+    from medmamba.data.synth_tasks import TASK_STYLES
+
+    if args.style in TASK_STYLES:
+        print(f"a generic layout: plan or train it with {TASK_STYLES[args.style].command_hint()}")
     if args.style == "zscore-export":
         from medmamba.data.synth import EXPORT
 
         print(f"a generic layout: plan or train it with --modalities {' '.join(EXPORT.modalities)}")
 
 
+def _labels(args: argparse.Namespace):
+    """``--label-convention`` (a BraTS convention's name) or ``--label-names`` (a label set), or None."""
+    if getattr(args, "label_names", None):
+        from medmamba.data.labels import parse_label_names
+
+        return parse_label_names(args.label_names)
+    return args.label_convention
+
+
 def _dataset_options(args: argparse.Namespace) -> dict:
-    return dict(modalities=args.modalities, label_suffix=args.label_suffix, label_convention=args.label_convention,
+    return dict(modalities=args.modalities, label_suffix=args.label_suffix, label_convention=_labels(args),
                 skip_invalid=args.skip_invalid)
 
 
@@ -213,7 +226,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     evaluation, csv_path, summary = evaluate_to_files(
-        args.pred, args.gt, args.out, args.summary, force=args.force, convention=args.label_convention,
+        args.pred, args.gt, args.out, args.summary, force=args.force, convention=_labels(args),
         empty=args.empty_convention, nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
         modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
         allow_missing=args.allow_missing, progress=progress if sys.stderr.isatty() else None,
@@ -283,9 +296,15 @@ def _add_json_option(parser: argparse.ArgumentParser) -> None:
                         help="also write the rows as JSON to PATH (without PATH: to the standard output)")
 
 
-def _add_label_convention(parser: argparse.ArgumentParser, help: str, *old_spellings: str) -> None:
-    parser.add_argument("--label-convention", *old_spellings, dest="label_convention", metavar="CONVENTION",
-                        help=f"{help}: brats2021, brats2023, brats2015 (or 2021, 2023, 2015), msd_task01")
+def _add_label_convention(parser: argparse.ArgumentParser, help: str, *old_spellings: str,
+                          label_names: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--label-convention", *old_spellings, dest="label_convention", metavar="CONVENTION",
+                       help=f"{help}: brats2021, brats2023, brats2015 (or 2021, 2023, 2015), msd_task01")
+    if label_names:
+        group.add_argument("--label-names", nargs="+", metavar="NAME=VALUE",
+                           help="data that is not BraTS: name every label value, e.g. --label-names liver=1 "
+                                "spleen=2 (0 is the background); trained and scored per label")
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -317,17 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     synth = commands.add_parser(
-        "synth", help="write a synthetic BraTS-style dataset",
+        "synth", help="write a synthetic dataset (BraTS-style, CT organs or binary lesions)",
         description="Writes OUT/<case>/<case>_<modality>.nii.gz and the label in BraTS 2021 or 2023 naming and "
                     "label convention (or as a z-scored export, --style zscore-export): a head-like volume with a "
                     "tumour (edema, necrotic core, enhancing rim) whose contrast differs by modality as in real MRI, "
-                    "with noise and a bias field. The same "
+                    "with noise and a bias field. --style ct-organs: abdomen-like CT in Hounsfield units with liver, "
+                    "spleen and kidneys, thick slices; --style lesion: one MR channel with a binary lesion mask, "
+                    "4 mm slices (both in a generic layout; the command prints how to ingest them). The same "
                     "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--cases", type=positive_int, default=4, help="number of cases (default 4)")
     synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"),
                        help="voxels per case (default 64 64 64)")
-    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export"], default="brats2021",
+    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export", "ct-organs", "lesion"],
+                       default="brats2021",
                        help="naming and label convention (default brats2021); zscore-export: FLAIR and T1c "
                             "z-scored inside the head with a constant negative background, float32 labels of "
                             "BraTS 2013/2015, as many real exports come")
@@ -435,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("-o", "--output", type=Path, required=True,
                       help="output .nii.gz (or an existing folder) for one case; a new folder for a folder of cases")
     _add_label_convention(pred, "label convention of the output (default: the training data's)",
-                          "--labels")  # predict's earlier spelling
+                          "--labels", label_names=False)  # predict's earlier spelling
     pred.add_argument("--probabilities", action="store_true",
                       help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
     pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")

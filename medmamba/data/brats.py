@@ -14,7 +14,9 @@ Layouts (``discover``)
     files that are not NIfTI are ignored; subfolders that hold no NIfTI file are ignored.
 
 Label convention
-    ``label_convention=`` forces one of :data:`medmamba.data.labels.CONVENTIONS`. Otherwise: a BraTS naming
+    ``label_convention=`` forces one of :data:`medmamba.data.labels.CONVENTIONS`, or gives the labels of
+    data that is not BraTS (a :func:`medmamba.data.labels.label_set`, e.g. ``--label-names liver=1
+    spleen=2``: trained label-based, every label value checked against it). Otherwise: a BraTS naming
     fixes it (a 2021 folder is in the 2021 convention; a label outside it is a broken file, and the
     error says how to force another convention); the generic layout detects it from the label values of
     all valid cases (:func:`medmamba.data.labels.detect_convention`), falling back to ``brats2021`` with
@@ -62,6 +64,7 @@ from medmamba.data.background import Border, ChannelTreatment, DatasetBackground
 from medmamba.data.labels import (
     CONVENTIONS,
     LabelConvention,
+    convention_from_json,
     detect_convention,
     get_convention,
     present_values,
@@ -180,7 +183,8 @@ class Dataset:
             CT normalisation, anything else → z-score).
         label_suffix: suffix of the label files.
         cases: the cases, sorted by id.
-        label_convention: a ``CONVENTIONS`` key, or None until validation detects it.
+        label_convention: a ``CONVENTIONS`` key or a label set (:func:`medmamba.data.labels.label_set`), or
+            None until validation detects it.
         convention_source: why that convention (``"given"``, the naming, or the detection rule).
         validated: True once ``validate`` accepted every remaining case.
         skipped: (case id, reason) of cases dropped by ``validate(skip_invalid=True)``.
@@ -195,7 +199,7 @@ class Dataset:
     channel_names: tuple[str, ...]
     label_suffix: str
     cases: tuple[Case, ...]
-    label_convention: str | None = None
+    label_convention: str | LabelConvention | None = None
     convention_source: str = "to be detected from the label values"
     validated: bool = False
     skipped: tuple[tuple[str, str], ...] = field(default=())
@@ -211,8 +215,8 @@ class Dataset:
     def summary(self) -> str:
         """A few readable lines for the command line."""
         title = NAMINGS[self.naming].title + " naming" if self.naming in NAMINGS else "generic layout"
-        conv = (f"{self.label_convention} ({get_convention(self.label_convention).description}; "
-                f"{self.convention_source})" if self.label_convention else "to be detected")
+        known = get_convention(self.label_convention) if self.label_convention else None
+        conv = (f"{known.name} ({known.description}; {self.convention_source})" if known else "to be detected")
         lines = [f"{', '.join(map(str, self.roots))}: {title}, {len(self.cases)} cases"
                  + (f" ({len(self.skipped)} skipped)" if self.skipped else ""),
                  f"channels: {', '.join(f'{i}={n}' for i, n in enumerate(self.channel_names))}",
@@ -319,7 +323,7 @@ def _as_roots(folder: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:
 
 
 def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[str] | None = None,
-             label_suffix: str | None = None, label_convention: str | None = None) -> Dataset:
+             label_suffix: str | None = None, label_convention: str | LabelConvention | None = None) -> Dataset:
     """Find the cases of a BraTS-style folder (or several folders forming one dataset).
 
     Reads only folder listings; per-case problems (missing or unknown files, duplicate ids) are recorded
@@ -331,7 +335,9 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
         label_suffix: label suffix for the generic layout (default ``"seg"``); with a BraTS naming it must
             be None or ``"seg"``.
         label_convention: force a convention (``"brats2021"``, ``"brats2023"``, ``"brats2015"``,
-            ``"msd_task01"``); None: from the naming, or detected by ``validate`` for the generic layout.
+            ``"msd_task01"``), or give the labels of data that is not BraTS (a
+            :func:`medmamba.data.labels.label_set`, CLI ``--label-names``); None: from the naming, or
+            detected by ``validate`` for the generic layout.
     Returns:
         the ``Dataset`` (not yet validated).
     Raises:
@@ -457,6 +463,9 @@ def _label_values_problem(values: Iterable[int], conv: LabelConvention, source: 
     bad = sorted({int(v) for v in values} - set(conv.values))
     if not bad:
         return None
+    if conv.name not in CONVENTIONS:
+        return (f"label values {bad} are not among the named labels (0 background, {conv.description}); name "
+                f"every value that occurs (--label-names NAME=VALUE …)")
     hint = ""
     detected, _ = detect_convention(set(values))
     if detected and detected != conv.name and source != "given":
@@ -598,7 +607,8 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
                 warnings.warn(DatasetWarning(
                     f"{why}: assuming label convention brats2021 (1 and 2 mean the same in every BraTS "
                     f"convention, so the conversion is unaffected; predictions written back will use 4 for "
-                    f"enhancing tumour). Pass label_convention= to choose."), stacklevel=2)
+                    f"enhancing tumour). Pass label_convention= to choose; for data that is not BraTS, name "
+                    f"its labels (CLI: --label-names lesion=1 …)."), stacklevel=2)
             source = f"assumed: {why}"
         else:
             source = f"detected: {why}"
@@ -624,7 +634,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
 
 # ---------------------------------------------------------------------------------------- conversion
 
-def _convert_label(case: Case, out_file: Path, convention: str) -> None:
+def _convert_label(case: Case, out_file: Path, convention: LabelConvention) -> None:
     """Read, check and remap one label file into the temporary dataset folder."""
     try:
         vol = read_volume(case.label)
@@ -708,7 +718,7 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
     with atomic_output_folder(target, refuse_inside=dataset.roots, error=refuse) as tmp:
         labels_dir = tmp / "labelsTr"
         labels_dir.mkdir()
-        items = [(case, labels_dir / f"{case.case_id}{_FILE_ENDING}", conv.name) for case in dataset.cases]
+        items = [(case, labels_dir / f"{case.case_id}{_FILE_ENDING}", conv) for case in dataset.cases]
         for _ in _ordered_map(_convert_label, items, num_workers):
             pass
         background = treat_background(dataset.channel_names, {c.case_id: dataset.borders[c.case_id]
@@ -730,12 +740,12 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         dataset_json = {
             "name": target.name,
             "description": f"converted by medmamba from {', '.join(map(str, dataset.roots))} "
-                           f"({dataset.naming} naming, label convention {conv.name}); images referenced in place"
+                           f"({dataset.naming} naming, label convention {conv.title}); images referenced in place"
                            + (f", except {len(treated)} with a constant background, copied to imagesTr with it "
                               f"mapped to 0 (medmamba_dataset.json: background)" if treated else ""),
             "channel_names": {str(i): n for i, n in enumerate(dataset.channel_names)},
             "labels": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.nnunet_labels.items()},
-            "regions_class_order": list(conv.regions_class_order),
+            **({"regions_class_order": list(conv.regions_class_order)} if conv.region_based else {}),
             "numTraining": len(dataset.cases),
             "file_ending": _FILE_ENDING,
             "dataset": entries,
@@ -762,7 +772,8 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
 
 def ingest(folder: str | Path | Sequence[str | Path], raw_root: str | Path, dataset_id: int, name: str, *,
            modalities: Sequence[str] | None = None, label_suffix: str | None = None,
-           label_convention: str | None = None, skip_invalid: bool = False, num_workers: int = 1) -> Path:
+           label_convention: str | LabelConvention | None = None, skip_invalid: bool = False,
+           num_workers: int = 1) -> Path:
     """``discover`` + ``validate`` + ``convert_to_nnunet`` in one call (what ``plan-and-train`` needs).
 
     Returns:
@@ -797,12 +808,10 @@ def load_label_convention(dataset_folder: str | Path) -> LabelConvention:
     """The user's label convention of a converted dataset, for writing predictions back
     (``from_nnunet_labels(prediction, load_label_convention(folder))``)."""
     record = load_conversion_record(dataset_folder)["label_convention"]
-    conv = CONVENTIONS.get(record["name"])
-    stored = {int(k): int(v) for k, v in record["to_nnunet"].items()}
-    if conv is None or dict(conv.to_nnunet) != stored:
-        raise DatasetError(f"label convention {record['name']!r} recorded with mapping {stored} is not the one "
-                           f"this medmamba knows", path=Path(dataset_folder) / RECORD_NAME)
-    return conv
+    try:
+        return convention_from_json(record)
+    except ValueError as exc:
+        raise DatasetError(str(exc), path=Path(dataset_folder) / RECORD_NAME) from None
 
 
 def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str, **ingest_kwargs) -> Path:

@@ -31,18 +31,28 @@ Conventions (``CONVENTIONS``):
 - ``msd_task01`` (Medical Segmentation Decathlon Task01, the MONAI tutorial data): 1 edema, 2 non-enhancing
   tumour, 3 enhancing; already nnU-Net's space. Never auto-detected (its values are those of ``brats2023``
   with another meaning): pass it explicitly.
+
+Label sets (any other dataset)
+    Data that is not BraTS has its own labels, e.g. ``{0: background, 1: liver, 2: spleen}`` or a binary
+    ``{0: background, 1: lesion}``. :func:`label_set` makes a :class:`LabelConvention` of them: label-based
+    (no regions; nnU-Net trains softmax over the labels), its values mapped in increasing order onto
+    nnU-Net's consecutive ``0 … N-1`` (nnU-Net requires consecutive labels; the user's values are written
+    back). Names come from the user (``--label-names liver=1 spleen=2``) or from an nnU-Net
+    ``dataset.json`` (:func:`convention_of_dataset_json`). Every convention lists the regions it is scored
+    on (:attr:`LabelConvention.region_names`): WT, TC, ET for BraTS; each label of a label set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
     "CONVENTIONS", "CONVENTION_ALIASES", "LabelConvention", "get_convention", "to_nnunet_labels", "from_nnunet_labels",
-    "present_values", "detect_convention", "BRATS_REGIONS", "short_region_name",
+    "present_values", "detect_convention", "BRATS_REGIONS", "short_region_name", "label_set",
+    "parse_label_names", "convention_from_json", "convention_of_dataset_json",
 ]
 
 # nnU-Net label values shared by every convention (Dataset137's remapped space).
@@ -69,8 +79,9 @@ class LabelConvention:
         names: native label value → meaning, background included.
         to_nnunet: native label value → nnU-Net label value; a bijection onto ``range(len(to_nnunet))``.
         nnunet_labels: the ``labels`` entry of nnU-Net's dataset.json (name → region tuple).
-        regions_class_order: the ``regions_class_order`` entry of dataset.json.
-        et_label: the native value of enhancing tumour (MONAI's ``et_label``).
+        regions_class_order: the ``regions_class_order`` entry of dataset.json; empty for a label-based
+            convention (a label set).
+        et_label: the native value of enhancing tumour (MONAI's ``et_label``); None outside BraTS.
     """
 
     name: str
@@ -79,7 +90,36 @@ class LabelConvention:
     to_nnunet: Mapping[int, int]
     nnunet_labels: Mapping[str, tuple[int, ...] | int]
     regions_class_order: tuple[int, ...]
-    et_label: int
+    et_label: int | None
+
+    @property
+    def region_based(self) -> bool:
+        """Whether nnU-Net trains it on (overlapping) regions, sigmoid per region (BraTS), rather than on
+        its labels with a softmax."""
+        return bool(self.regions_class_order)
+
+    @property
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """What it is scored on: region (or label) short name → the nnU-Net labels it covers, in
+        dataset.json order, background left out (BraTS: ``{"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}``;
+        a label set: one entry per label)."""
+        out = {}
+        for name, members in self.nnunet_labels.items():
+            if name in ("background", "ignore"):
+                continue
+            out[short_region_name(name)] = (members,) if isinstance(members, int) else tuple(members)
+        return out
+
+    @property
+    def title(self) -> str:
+        """How reports name it: a BraTS convention's name (``brats2021``), or a label set with its labels
+        (``labels (1 liver, 2 spleen)``)."""
+        return self.name if CONVENTIONS.get(self.name) == self else f"{self.name} ({self.description})"
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """The names of :attr:`regions`, in order (the columns of every score table)."""
+        return tuple(self.regions)
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -103,6 +143,118 @@ class LabelConvention:
             "regions_class_order": list(self.regions_class_order),
             "et_label": self.et_label,
         }
+
+
+#: Name of every label-set convention (its labels are in its record, not in ``CONVENTIONS``).
+LABEL_SET = "labels"
+_NAME_RE = r"[A-Za-z][A-Za-z0-9_ .-]*"
+
+
+def label_set(names: Mapping[int, str], *, source: str = "") -> LabelConvention:
+    """A label-based convention for any dataset: ``{1: "liver", 2: "spleen"}`` (background 0 is added
+    when missing) → nnU-Net labels ``{"background": 0, "liver": 1, "spleen": 2}``.
+
+    The user's values map in increasing order onto ``0 … N-1``; 0 must be background.
+
+    Args:
+        names: label value → name; names are letters, digits, ``_ .-`` and start with a letter.
+        source: where the names come from, for messages (e.g. "--label-names").
+    Raises:
+        ValueError: a negative value, a value without a name, duplicate or invalid names, a name for 0
+            other than "background", or no foreground label.
+    """
+    import re
+
+    where = f" ({source})" if source else ""
+    names = {int(v): str(n).strip() for v, n in names.items()}
+    names.setdefault(0, "background")
+    if names[0] != "background":
+        raise ValueError(f"label 0 is the background, named {names[0]!r}{where}")
+    if any(v < 0 or v > 255 for v in names):
+        raise ValueError(f"label values must be 0-255, got {sorted(v for v in names if v < 0 or v > 255)}{where}")
+    if len(names) < 2:
+        raise ValueError(f"no foreground label named{where}")
+    bad = [n for v, n in names.items() if v and (not re.fullmatch(_NAME_RE, n) or n in ("background", "ignore"))]
+    if bad:
+        raise ValueError(f"label name {bad[0]!r} is not usable{where}: letters, digits, '_', ' ', '.', '-', "
+                         f"starting with a letter, not 'background' or 'ignore'")
+    if len(set(names.values())) != len(names):
+        dup = next(n for n in names.values() if list(names.values()).count(n) > 1)
+        raise ValueError(f"label name {dup!r} is given to two values{where}")
+    values = sorted(names)
+    to_nnunet = {v: i for i, v in enumerate(values)}
+    description = ", ".join(f"{v} {names[v]}" for v in values if v)
+    return LabelConvention(
+        name=LABEL_SET, description=description, names=dict(sorted(names.items())), to_nnunet=to_nnunet,
+        nnunet_labels={names[v]: to_nnunet[v] for v in values}, regions_class_order=(), et_label=None)
+
+
+def parse_label_names(items: Sequence[str]) -> LabelConvention:
+    """``["liver=1", "spleen=2"]`` (the ``--label-names`` of the command line) → :func:`label_set`.
+
+    Raises:
+        ValueError: an item that is not ``NAME=VALUE`` with an integer value, or what ``label_set`` refuses.
+    """
+    names: dict[int, str] = {}
+    for item in items:
+        name, sep, value = str(item).rpartition("=")
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if not sep or not name or number is None:
+            raise ValueError(f"--label-names: {item!r} is not NAME=VALUE (e.g. lesion=1)")
+        if number in names:
+            raise ValueError(f"--label-names: value {number} is named twice ({names[number]!r}, {name!r})")
+        names[number] = name
+    return label_set(names, source="--label-names")
+
+
+def convention_from_json(record: Mapping) -> LabelConvention:
+    """The convention of an :meth:`LabelConvention.as_json` record (as ``medmamba_dataset.json`` keeps it).
+
+    Raises:
+        ValueError: a BraTS convention whose stored mapping is not the one this medmamba knows, or a
+            record that is not a convention.
+    """
+    try:
+        name = record["name"]
+        stored = {int(k): int(v) for k, v in record["to_nnunet"].items()}
+        if name != LABEL_SET:
+            conv = CONVENTIONS.get(name)
+            if conv is None or dict(conv.to_nnunet) != stored:
+                raise ValueError(f"label convention {name!r} recorded with mapping {stored} is not the one this "
+                                 f"medmamba knows")
+            return conv
+        conv = label_set({int(k): v for k, v in record["names"].items()})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a label convention record ({exc!r})") from None
+    if dict(conv.to_nnunet) != stored:
+        raise ValueError(f"label set recorded with mapping {stored}, which is not its values in order")
+    return conv
+
+
+def convention_of_dataset_json(dataset_json: Mapping) -> LabelConvention:
+    """The convention of an nnU-Net raw dataset that medmamba did not convert: its labels as they are
+    (nnU-Net's values are the user's). Label-based: a :func:`label_set`; region-based: the regions of
+    its ``labels``, each label value (``regions_class_order``) kept as it is.
+
+    Raises:
+        ValueError: labels nnU-Net would refuse (not consecutive from 0, no background).
+    """
+    labels = dict(dataset_json["labels"])
+    order = tuple(int(v) for v in dataset_json.get("regions_class_order") or ())
+    if not order:
+        return label_set({int(v): n for n, v in labels.items() if n != "ignore"}, source="dataset.json")
+    values = (0, *order)
+    name = "dataset.json regions"
+    names = {0: "background", **{v: f"label {v}" for v in order}}
+    regions = {n: tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for n, v in labels.items()
+               if n not in ("background", "ignore")}
+    return LabelConvention(
+        name=name, description=", ".join(f"{short_region_name(n)} = labels {list(m)}" for n, m in regions.items()),
+        names=names, to_nnunet={v: v for v in values},
+        nnunet_labels={"background": 0, **regions}, regions_class_order=order, et_label=None)
 
 
 _REGIONS_137 = {"background": 0, "whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}

@@ -76,9 +76,10 @@ from scipy import ndimage
 from medmamba.data.brats import NAMINGS, DatasetError
 from medmamba.data.labels import CONVENTIONS
 from medmamba.data.nifti import write_volume
+from medmamba.data.synth_tasks import TASK_STYLES, generate_task_case
 from medmamba.files import atomic_output_folder
 
-__all__ = ["synth", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
+__all__ = ["synth", "STYLES", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
            "DEFAULT_SHAPE"]
 
 DEFAULT_SHAPE = (64, 64, 64)
@@ -104,6 +105,8 @@ _T = {name: i for i, name in enumerate(TISSUES)}
 _HEAD_RADII = np.array([0.86, 0.98, 0.92])  # left-right, anterior-posterior, superior-inferior (normalised)
 _MIN_LABEL_VOXELS = 4
 _STYLES = ("brats2021", "brats2023", "zscore-export")
+#: Every style ``synth`` writes: the BraTS ones here and the other tasks of :mod:`medmamba.data.synth_tasks`.
+STYLES = (*_STYLES, *TASK_STYLES)
 
 
 @dataclass(frozen=True)
@@ -399,7 +402,8 @@ def generate_case(index: int, *, seed: int = 0, shape: Sequence[int] = DEFAULT_S
 def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SHAPE, style: str = "brats2021",
           seed: int = 0, random_affine: bool = False, spacing: Sequence[float] | str | None = None,
           skull_stripped: bool = True) -> Path:
-    """Write a synthetic BraTS-style folder (``medmamba synth OUT --cases N``).
+    """Write a synthetic BraTS-style folder, or one of the other tasks of :mod:`medmamba.data.synth_tasks`
+    (``medmamba synth OUT --cases N [--style S]``).
 
     ``out_dir/<case>/<case>{_,-}<modality>.nii.gz`` and ``…seg.nii.gz`` in the style's naming, plus
     ``medmamba_synth.json`` with the parameters and the intensity table. Written to a temporary folder
@@ -411,10 +415,13 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
         shape: (X, Y, Z) voxels per case, each ≥ 16; default 64³.
         style: ``"brats2021"`` (t1, t1ce, t2, flair; labels 1, 2, 4), ``"brats2023"`` (t1n, t1c, t2w, t2f;
             labels 1, 2, 3) or ``"zscore-export"`` (FLAIR, T1c z-scored with a constant negative
-            background; float32 labels 1, 2, 3, 4 of BraTS 2013/2015; module docstring).
+            background; float32 labels 1, 2, 3, 4 of BraTS 2013/2015; module docstring), or a task that
+            is not BraTS: ``"ct-organs"`` (CT, liver/spleen/kidney) or ``"lesion"`` (one channel, binary
+            lesion mask, thick slices) (:mod:`medmamba.data.synth_tasks`).
         seed: same seed and parameters → same bytes.
         random_affine: random flips/permutations, oblique rotation and shift per case.
-        spacing: None (1 mm), three numbers (mm), or ``"random"`` (per case, anisotropic).
+        spacing: None (1 mm; a task style's own default), three numbers (mm), or ``"random"`` (per case,
+            anisotropic; BraTS styles only).
         skull_stripped: zero outside the brain (BraTS-like); False keeps skull and scalp.
     Returns:
         ``out_dir``.
@@ -422,8 +429,10 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
         DatasetError: ``out_dir`` exists and is not empty.
         ValueError: bad parameters.
     """
-    if style not in _STYLES:
-        raise ValueError(f"style must be one of {', '.join(_STYLES)}, got {style!r}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if style in TASK_STYLES:
+        return _synth_task(Path(out_dir), cases, shape, style, seed, spacing)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ValueError(f"cases must be a positive integer, got {cases!r}")
     shape = check_shape(shape)
@@ -451,6 +460,39 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
             "channels": list(modalities),
             "intensity_table": {"sequences": list(SEQUENCES),
                                 **{t: list(v) for t, v in INTENSITY_TABLE.items()}},
+        }
+        (tmp / "medmamba_synth.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def _synth_task(out: Path, cases: int, shape: Sequence[int], style: str, seed: int,
+                spacing: Sequence[float] | str | None) -> Path:
+    """``synth`` for a style of :mod:`medmamba.data.synth_tasks`: the generic layout
+    ``out/<case>/<case>_<channel>.nii.gz`` and ``…_<label suffix>.nii.gz``."""
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise ValueError(f"cases must be a positive integer, got {cases!r}")
+    shape = check_shape(shape)
+    if isinstance(spacing, str):
+        raise ValueError(f"spacing 'random' is for the BraTS styles; style {style} has its own "
+                         f"({' x '.join(map(str, TASK_STYLES[style].spacing))} mm) or three numbers")
+    sp = None if spacing is None else _spacing_for(np.random.default_rng(0), spacing)
+    task = TASK_STYLES[style]
+    with atomic_output_folder(out, error=lambda msg: DatasetError(msg)) as tmp:
+        for index in range(int(cases)):
+            case_id, images, label, affine = generate_task_case(style, index, seed=seed, shape=shape, spacing=sp)
+            folder = tmp / case_id
+            folder.mkdir()
+            for suffix, image in images.items():
+                write_volume(folder / f"{case_id}_{suffix}.nii.gz", image, affine)
+            write_volume(folder / f"{case_id}_{task.label_suffix}.nii.gz", label, affine)
+        manifest = {
+            "generator": "medmamba.data.synth_tasks",
+            "parameters": {"cases": int(cases), "shape": list(shape), "style": style, "seed": int(seed),
+                           "spacing": list(task.spacing) if sp is None else [float(s) for s in sp]},
+            "label_names": task.label_names,
+            "channels": list(task.modalities),
+            "label_suffix": task.label_suffix,
+            "ingest_options": task.command_hint(),
         }
         (tmp / "medmamba_synth.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return out

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from medmamba.data.labels import LabelConvention
 from medmamba.files import atomic_output_folder
 from medmamba.models import registry
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
@@ -230,15 +231,18 @@ def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | 
     return out
 
 
-def _test_cases(test: Path, record: dict | None = None) -> tuple[list[HeldOutCase], str, tuple[str, ...]]:
+def _test_cases(test: Path, record: dict | None = None, trained: LabelConvention | None = None
+                ) -> tuple[list[HeldOutCase], LabelConvention | str, tuple[str, ...]]:
     """(cases, label convention, channel names) of a BraTS-style folder with labels; a generic
     one-folder-per-case layout is read with the modality and label suffixes the models were trained
-    with (their conversion record)."""
-    from medmamba.data import DatasetError, discover, validate
+    with (their conversion record), and with their labels when they are not BraTS's (a label set)."""
+    from medmamba.data import CONVENTIONS, DatasetError, discover, validate
 
     source = (record or {}).get("source", {})
     layout = ({"modalities": source.get("modalities"), "label_suffix": source.get("label_suffix")}
               if source.get("naming") == "generic" else {})
+    if layout and trained is not None and trained.name not in CONVENTIONS:
+        layout["label_convention"] = trained
     try:
         dataset = validate(discover(test, **layout), require_labels=True)
     except DatasetError as err:
@@ -317,7 +321,7 @@ class Selection:
     fold: str
     cases: list[HeldOutCase]
     source: str
-    convention: str | None
+    convention: LabelConvention | None
     channels: tuple[str, ...]
     baseline: str | None
     notes: list[str]
@@ -384,11 +388,11 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
                            f"on different cases. Compare models of one fold (--arch) or train the others on it")
     dataset, fold = datasets[0], folds[0]
     record = models[0].record
-    train_convention = models[0].label_convention.name if models[0].label_convention else None
+    train_convention = models[0].label_convention
     train_channels = models[0].channel_names
     notes: list[str] = []
     if test is not None:
-        cases, convention, channels = _test_cases(test, record)
+        cases, convention, channels = _test_cases(test, record, train_convention)
         if len(channels) != len(train_channels):
             raise CompareError(f"--test {test} has {len(channels)} channels ({', '.join(channels)}); the models take "
                                f"{len(train_channels)} ({', '.join(train_channels)})")
@@ -400,9 +404,13 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
         cases = held_out_cases(results, dataset, fold, record)
         convention, channels = train_convention, train_channels
         source = f"the {len(cases)} validation cases of fold {fold} in {_splits_file(results, dataset)}"
+    if convention is not None:
+        from medmamba.data import get_convention
+
+        convention = get_convention(convention)
     if convention != train_convention:
-        notes.append(f"predictions written in the test data's label convention {convention} (training data: "
-                     f"{train_convention or 'unknown'})")
+        notes.append(f"predictions written in the test data's label convention {convention.title if convention else 'unknown'} "
+                     f"(training data: {train_convention.title if train_convention else 'unknown'})")
     if overlay_case is not None and overlay_case not in [c.case_id for c in cases]:
         raise CompareError(f"--overlay-case {overlay_case} is not a held-out case "
                            f"({', '.join(c.case_id for c in cases)})")
@@ -419,7 +427,7 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
 
 
 def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], predictions: Path, ground_truth: Path, *,
-                      device, tta: bool, convention: str | None, empty: str, final_predictions: Path,
+                      device, tta: bool, convention: LabelConvention | None, empty: str, final_predictions: Path,
                       log: Callable[[str], None] = print) -> tuple[ArchitectureResult, list[str]]:
     """Predict ``cases`` with one model into ``predictions``, score them against ``ground_truth`` (a
     folder of label maps ``<case_id>.nii.gz``) and measure its costs.
@@ -557,7 +565,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                                {r.name: tmp / "predictions" / r.name / f"{overlay_id}.nii.gz" for r in evaluated})
         settings: dict[str, Any] = {
             "results": str(chosen.results), "dataset": chosen.dataset,
-            "cases": f"{len(chosen.cases)} ({chosen.source})", "label convention": chosen.convention,
+            "cases": f"{len(chosen.cases)} ({chosen.source})", "label convention": chosen.convention.title if chosen.convention else None,
             "empty-mask convention": empty, "baseline": baseline or "none", "device": str(dev),
             "test-time augmentation": "mirroring" if tta else "off",
             "architectures": ", ".join(r.name for r in evaluated),

@@ -7,10 +7,15 @@ Inputs
       ``modalities``/``label_suffix``; :func:`medmamba.data.discover` finds each case's label file; only
       the label is read), or a plain folder of label maps ``<case_id>.nii.gz`` (e.g. another model's
       predictions). A folder holding NIfTI files directly is taken as a plain folder.
-    - Label convention: given, else that of the BraTS naming, else detected from the ground-truth values
-      (:func:`medmamba.data.labels.detect_convention`; when no enhancing label occurs there, from the
-      predictions' values too; when none occurs anywhere, ``brats2021``, whose regions are then the same
-      as every other convention's).
+      An nnU-Net raw dataset that medmamba did not convert (``dataset.json`` with ``labelsTr``; its labels
+      are the user's) or its ``labelsTr`` folder is a ground truth too, scored on its ``dataset.json``
+      labels (or regions).
+    - Label convention: given (a BraTS convention, or a label set such as ``--label-names liver=1
+      spleen=2``), else that of the BraTS naming or of the nnU-Net ``dataset.json``, else detected from
+      the ground-truth values (:func:`medmamba.data.labels.detect_convention`; when no enhancing label
+      occurs there, from the predictions' values too; when none occurs anywhere, ``brats2021``, whose
+      regions are then the same as every other convention's). Scores are per region for BraTS (WT, TC,
+      ET) and per label for a label set (``Evaluation.regions``).
 
 Checks (each a :class:`medmamba.data.DatasetError` naming the file)
     a prediction without ground truth; a case listed in ``cases`` without prediction or ground truth; a
@@ -45,14 +50,20 @@ from pathlib import Path
 import numpy as np
 
 from medmamba.data.brats import DatasetError, _ordered_map, discover
-from medmamba.data.labels import detect_convention, get_convention, present_values
+from medmamba.data.brats import RECORD_NAME
+from medmamba.data.labels import (
+    LabelConvention,
+    convention_of_dataset_json,
+    detect_convention,
+    get_convention,
+    present_values,
+)
 from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
 from medmamba.files import atomic_output_file, check_writable, lies_within, write_text_atomically
 from medmamba.evaluation.lesionwise import LESION_METRICS, get_challenge, lesion_wise_scores
 from medmamba.evaluation.metrics import (
     EMPTY_CONVENTIONS,
     METRICS,
-    REGIONS,
     _check_tolerance,
     _metrics_of_masks,
     check_empty_convention,
@@ -109,7 +120,8 @@ class Evaluation:
     """The result of :func:`evaluate_folder`.
 
     Attributes:
-        rows: one dict per (case, region), sorted by case then WT, TC, ET: ``case``, ``region``, ``dice``,
+        rows: one dict per (case, region), sorted by case then region (WT, TC, ET; or the labels in
+            order): ``case``, ``region``, ``dice``,
             ``hd95`` (mm), ``nsd`` (floats, NaN where the convention says so), ``gt_voxels``,
             ``pred_voxels`` (region sizes), ``pred_file``, ``gt_file``.
         empty_convention: the ``EMPTY_CONVENTIONS`` key used.
@@ -138,6 +150,11 @@ class Evaluation:
         return METRICS + (LESION_METRICS if self.lesion_challenge is not None else ())
 
     @property
+    def regions(self) -> tuple[str, ...]:
+        """The scored regions (BraTS: WT, TC, ET) or labels, in row order."""
+        return tuple(dict.fromkeys(row["region"] for row in self.rows))
+
+    @property
     def cases(self) -> list[str]:
         """The evaluated case ids, in row order."""
         return list(dict.fromkeys(row["case"] for row in self.rows))
@@ -148,13 +165,13 @@ class Evaluation:
         if metric not in self.metrics:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(self.metrics)}")
         if region == "mean":
-            table = np.array([self.values(r, metric) for r in REGIONS])  # (regions, cases)
+            table = np.array([self.values(r, metric) for r in self.regions])  # (regions, cases)
             counts = (~np.isnan(table)).sum(axis=0)
             sums = np.nansum(table, axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        if region not in REGIONS:
-            raise ValueError(f"unknown region {region!r}; known: {', '.join(REGIONS)}, mean")
+        if region not in self.regions:
+            raise ValueError(f"unknown region {region!r}; known: {', '.join(self.regions)}, mean")
         return np.array([row[metric] for row in self.rows if row["region"] == region], dtype=np.float64)
 
     def describe(self) -> str:
@@ -167,25 +184,26 @@ class Evaluation:
             sd = "" if s["n"] < 2 else f" ± {s['sd']:.{digits}f}"
             return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n_nan']} NaN)" if s["n_nan"] else "")
 
+        width = max(7, *(len(r) + 2 for r in self.regions))
         lines = [f"{stats['cases']} cases, label convention {self.label_convention} ({self.label_convention_source}); "
                  f"empty masks: {self.empty_convention} ({stats['empty_convention_description']})",
-                 f"{'region':<7}{'Dice':<24}{'HD95 (mm)':<24}NSD@{self.nsd_tolerance_mm:g}mm"]
-        for region in (*REGIONS, "mean"):
+                 f"{'region':<{width}}{'Dice':<24}{'HD95 (mm)':<24}NSD@{self.nsd_tolerance_mm:g}mm"]
+        for region in (*self.regions, "mean"):
             row = stats[region]
-            lines.append(f"{region:<7}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
+            lines.append(f"{region:<{width}}{cell(row['dice'], 4):<24}{cell(row['hd95'], 2):<24}{cell(row['nsd'], 4)}")
         if self.lesion_challenge is not None:
             settings = get_challenge(self.lesion_challenge)
             lines.append(f"lesion-wise (BraTS 2023 {settings.name}: dilation {settings.dilation}, lesions over "
                          f"{settings.min_volume_mm3:g} mm³)")
-            lines.append(f"{'region':<7}{'lesion Dice':<24}{'lesion HD95 (mm)':<24}lesions found/missed, FP")
-            for region in (*REGIONS, "mean"):
+            lines.append(f"{'region':<{width}}{'lesion Dice':<24}{'lesion HD95 (mm)':<24}lesions found/missed, FP")
+            for region in (*self.regions, "mean"):
                 row = stats[region]
                 counts = ""
-                if region in REGIONS:
+                if region in self.regions:
                     picked = [r for r in self.rows if r["region"] == region]
                     counts = "/".join(str(sum(int(r[k]) for r in picked)) for k in ("lesion_tp", "lesion_fn"))
                     counts += f", {sum(int(r['lesion_fp']) for r in picked)}"
-                lines.append(f"{region:<7}{cell(row['lesion_dice'], 4):<24}{cell(row['lesion_hd95'], 2):<24}"
+                lines.append(f"{region:<{width}}{cell(row['lesion_dice'], 4):<24}{cell(row['lesion_hd95'], 2):<24}"
                              f"{counts}".rstrip())
         if stats["gt_cases_without_prediction"]:
             missing = stats["gt_without_prediction"]
@@ -199,8 +217,9 @@ class Evaluation:
 
         ``sd`` is the sample standard deviation (ddof 1; NaN below two values); NaN values are left out
         of the statistics and counted in ``n_nan``. ``"mean"`` summarises each case's mean over the
-        regions that are not NaN in that case, and adds ``mean_of_region_means`` (the average of the WT,
-        TC and ET means, the number papers usually quote; equal to ``mean`` when nothing is NaN).
+        regions that are not NaN in that case, and adds ``mean_of_region_means`` (the average of the
+        regions' means, e.g. WT, TC and ET, the number papers usually quote; equal to ``mean`` when nothing
+        is NaN). ``regions`` lists the regions (or labels) in order.
         """
         out: dict = {
             "format": SUMMARY_FORMAT,
@@ -216,17 +235,18 @@ class Evaluation:
             "gt_without_prediction": list(self.gt_without_prediction),
             "pred_dir": self.pred_dir,
             "gt": self.gt,
+            "regions": list(self.regions),
         }
         if self.lesion_challenge is not None:
             settings = get_challenge(self.lesion_challenge)
             out["lesion_wise"] = {"challenge": settings.name, "dilation": settings.dilation,
                                   "min_volume_mm3": settings.min_volume_mm3, "definition": LESION_DEFINITION}
-        for region in REGIONS:
+        for region in self.regions:
             out[region] = {m: _stats(self.values(region, m)) for m in self.metrics}
         out["mean"] = {}
         for m in self.metrics:
             stats = _stats(self.values("mean", m))
-            stats["mean_of_region_means"] = float(np.mean([out[r][m]["mean"] for r in REGIONS]))
+            stats["mean_of_region_means"] = float(np.mean([out[r][m]["mean"] for r in self.regions]))
             out["mean"][m] = stats
         return out
 
@@ -323,8 +343,32 @@ def _nifti_listing(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
+def _nnunet_raw_labels(dataset: Path, convention: LabelConvention | None
+                       ) -> tuple[dict[str, Path], LabelConvention, str, str]:
+    """The ground truth of an nnU-Net raw dataset folder: its ``labelsTr`` and the labels (or regions)
+    of its ``dataset.json``."""
+    if (dataset / RECORD_NAME).is_file():
+        raise DatasetError("this nnU-Net raw dataset was converted by medmamba: its labelsTr are in nnU-Net's "
+                           "label space, not the user's; give the original folder it was converted from",
+                           path=dataset)
+    try:
+        dataset_json = json.loads((dataset / "dataset.json").read_text())
+        own = convention_of_dataset_json(dataset_json)
+        ending = str(dataset_json.get("file_ending", ".nii.gz"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"dataset.json cannot be used ({exc})", path=dataset / "dataset.json") from None
+    labels = {p.name[: -len(ending)]: p for p in sorted((dataset / "labelsTr").glob(f"*{ending}"))
+              if not p.name.startswith(".")} if (dataset / "labelsTr").is_dir() else {}
+    if not labels:
+        raise DatasetError(f"no label files labelsTr/*{ending} in this nnU-Net raw dataset", path=dataset)
+    if convention is not None:
+        return labels, convention, "given", "nnU-Net raw dataset"
+    return labels, own, f"the labels of {dataset / 'dataset.json'}", "nnU-Net raw dataset"
+
+
 def _ground_truth(gt: Path, modalities: Sequence[str] | None, label_suffix: str | None,
-                  convention: str | None) -> tuple[dict[str, Path], str | None, str, str]:
+                  convention: LabelConvention | None
+                  ) -> tuple[dict[str, Path], LabelConvention | str | None, str, str]:
     """(case id → label file, convention or None, its source, a description of the layout)."""
     if not gt.exists():
         raise DatasetError("ground-truth folder does not exist", path=gt)
@@ -332,14 +376,11 @@ def _ground_truth(gt: Path, modalities: Sequence[str] | None, label_suffix: str 
         raise DatasetError("ground truth must be a folder (BraTS-style dataset or label maps <case>.nii.gz)",
                            path=gt)
     if (gt / "dataset.json").is_file():
-        raise DatasetError("this is an nnU-Net raw dataset: its labelsTr are in nnU-Net's label space, not the "
-                           "user's; give the original BraTS-style folder", path=gt)
+        return _nnunet_raw_labels(gt, convention)
+    if gt.name == "labelsTr" and (gt.parent / "dataset.json").is_file():
+        return _nnunet_raw_labels(gt.parent, convention)
     plain = _nifti_listing(gt, "ground-truth")
     if plain:
-        if convention is None and gt.name == "labelsTr" and (gt.parent / "dataset.json").is_file():
-            raise DatasetError("labels of an nnU-Net raw dataset are in nnU-Net's label space (1 edema, 2 "
-                               "non-enhancing core, 3 enhancing): give the original BraTS-style folder, or name "
-                               "the convention of both folders (msd_task01 has these values)", path=gt)
         source = "given" if convention is not None else "to be detected from the label values"
         return plain, convention, source, "label maps"
     dataset = discover(gt, modalities=modalities, label_suffix=label_suffix, label_convention=convention)
@@ -362,8 +403,9 @@ def _detect(files: Sequence[Path], more: Sequence[Path]) -> tuple[str, str]:
         name, why = detect_convention(values)
         if name is not None:
             return name, f"detected from the {what}: {why}"
-    return "brats2021", (f"assumed: {why}; WT, TC and ET are then the same in every convention "
-                         f"(ET is empty throughout)")
+    return "brats2021", (f"assumed: {why}; WT, TC and ET are then the same in every BraTS convention "
+                         f"(ET is empty throughout); for data that is not BraTS name its labels "
+                         f"(--label-names lesion=1 …)")
 
 
 def _read_label(path: Path, what: str):
@@ -377,7 +419,7 @@ def _read_label(path: Path, what: str):
     return vol
 
 
-def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str, empty: str,
+def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: LabelConvention, empty: str,
                    tolerance: float, lesion_challenge: str | None = None) -> list[dict]:
     """Rows of one case (runs in a worker process when ``num_workers > 1``)."""
     gt = _read_label(gt_path, "ground truth")
@@ -402,7 +444,7 @@ def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str
     rows = [{"case": case_id, "region": region, **metrics[region],
              "gt_voxels": int(np.count_nonzero(masks["ground truth"][region])),
              "pred_voxels": int(np.count_nonzero(masks["prediction"][region])),
-             "pred_file": str(pred_path), "gt_file": str(gt_path)} for region in REGIONS]
+             "pred_file": str(pred_path), "gt_file": str(gt_path)} for region in convention.region_names]
     if lesion_challenge is not None:
         settings = get_challenge(lesion_challenge)
         for row in rows:
@@ -413,18 +455,22 @@ def _evaluate_case(case_id: str, pred_path: Path, gt_path: Path, convention: str
     return rows
 
 
-def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | None = None, empty: str = "brats",
+def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | LabelConvention | None = None,
+                    empty: str = "brats",
                     nsd_tolerance_mm: float = 1.0, cases: Sequence[str] | None = None, allow_missing: bool = False,
                     num_workers: int = 1, modalities: Sequence[str] | None = None, label_suffix: str | None = None,
                     progress: Callable[[int, int, str], None] | None = None,
                     lesion_challenge: str | None = None) -> Evaluation:
-    """Dice, HD95 and NSD for WT, TC and ET of every prediction in ``pred_dir`` (module docstring).
+    """Dice, HD95 and NSD per region (BraTS: WT, TC and ET) or label of every prediction in ``pred_dir``
+    (module docstring).
 
     Args:
         pred_dir: folder of predicted label maps ``<case_id>.nii.gz``.
-        gt: BraTS-style dataset folder, or a folder of label maps ``<case_id>.nii.gz``.
-        convention: label convention of predictions and ground truth (``CONVENTIONS`` key); None: from the
-            BraTS naming or detected from the values.
+        gt: BraTS-style dataset folder, an nnU-Net raw dataset (or its ``labelsTr``), or a folder of label
+            maps ``<case_id>.nii.gz``.
+        convention: label convention of predictions and ground truth (``CONVENTIONS`` key or a
+            ``LabelConvention`` such as a ``label_set``); None: from the BraTS naming or the dataset.json,
+            or detected from the values.
         empty: empty-mask convention, an ``EMPTY_CONVENTIONS`` key (default ``"brats"``).
         nsd_tolerance_mm: NSD tolerance in mm (default 1).
         cases: evaluate only these case ids; each must have a prediction and ground truth.
@@ -446,7 +492,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
     if lesion_challenge is not None:
         lesion_challenge = get_challenge(lesion_challenge).name
     if convention is not None:
-        convention = get_convention(convention).name
+        convention = get_convention(convention)
     pred_dir = Path(pred_dir).expanduser().absolute()
     gt = Path(gt).expanduser().absolute()
     if not pred_dir.is_dir():
@@ -482,6 +528,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
 
     if convention is None:
         convention, source = _detect([labels[c] for c in selected], [preds[c] for c in selected])
+    convention = get_convention(convention)
 
     items = [(c, preds[c], labels[c], convention, empty, tolerance, lesion_challenge) for c in selected]
     rows: list[dict] = []
@@ -489,7 +536,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | N
         rows.extend(case_rows)
         if progress is not None:
             progress(done, len(items), case_rows[0]["case"])
-    return Evaluation(rows=rows, empty_convention=empty, nsd_tolerance_mm=tolerance, label_convention=convention,
+    return Evaluation(rows=rows, empty_convention=empty, nsd_tolerance_mm=tolerance,
+                      label_convention=convention.title,
                       label_convention_source=source, gt_without_prediction=without, pred_dir=str(pred_dir),
                       gt=str(gt), lesion_challenge=lesion_challenge)
 

@@ -1,10 +1,13 @@
-"""Dice, HD95 and normalised surface Dice per BraTS region, with explicit conventions for empty masks.
+"""Dice, HD95 and normalised surface Dice per region (BraTS) or per label, with explicit conventions for
+empty masks.
 
 Regions
-    WT (whole tumour), TC (tumour core) and ET (enhancing tumour) are built from a label map in the
-    user's label convention (:data:`medmamba.data.labels.CONVENTIONS`) through nnU-Net's region space, so
-    the region definitions live in one place (``LabelConvention.nnunet_labels``): e.g. BraTS 2017–2021
-    WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; BraTS 2023 WT = {1, 2, 3}, TC = {1, 3}, ET = {3}.
+    The masks scored are those of the label convention's :attr:`~medmamba.data.labels.LabelConvention.regions`,
+    built from a label map in the user's values through nnU-Net's label space, so the definitions live in
+    one place (``LabelConvention.nnunet_labels``). BraTS: WT (whole tumour), TC (tumour core) and ET
+    (enhancing tumour), e.g. BraTS 2017–2021 WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; BraTS 2023
+    WT = {1, 2, 3}, TC = {1, 3}, ET = {3}. Any other dataset (a label set, e.g. ``liver=1 spleen=2``): one
+    mask per label, named by it.
 
 Metrics (MONAI, physical units)
     - Dice: ``monai.metrics.compute_dice`` (2·|P∩G| / (|P| + |G|)).
@@ -47,13 +50,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from medmamba.data.labels import BRATS_REGIONS, LabelConvention, get_convention, to_nnunet_labels
+from medmamba.data.labels import LabelConvention, get_convention, to_nnunet_labels
 
 __all__ = [
     "REGIONS", "METRICS", "EMPTY_CONVENTIONS", "BRATS_EMPTY_HD95_MM", "SEGMAMBA_EMPTY_HD95_MM",
     "region_masks", "mask_metrics", "case_metrics", "spacing_from_affine", "check_empty_convention",
 ]
 
+#: The BraTS regions, in the order tables show them (other datasets: ``LabelConvention.region_names``).
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 METRICS: tuple[str, ...] = ("dice", "hd95", "nsd")
 
@@ -117,24 +121,23 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def region_masks(labels: np.ndarray, convention: str | LabelConvention) -> dict[str, np.ndarray]:
-    """The WT, TC and ET masks of a label map.
+    """The masks of a label map's regions (BraTS: WT, TC and ET) or labels (a label set).
 
     Args:
         labels: label map (X, Y, Z) (any shape works) with integer values of ``convention``.
         convention: a ``CONVENTIONS`` key (``"brats2021"``, ``"brats2023"``, ``"brats2015"``,
-            ``"msd_task01"``) or a ``LabelConvention``.
+            ``"msd_task01"``) or a ``LabelConvention`` (e.g. a ``label_set``).
     Returns:
-        ``{"WT": mask, "TC": mask, "ET": mask}``, bool arrays of the shape of ``labels``.
+        ``{"WT": mask, "TC": mask, "ET": mask}`` (``{"liver": mask, …}`` for a label set), bool arrays
+        of the shape of ``labels``, in ``convention.region_names`` order.
     Raises:
         ValueError: a value outside the convention (the message lists them), or non-integer values.
     """
     conv = get_convention(convention)
     nnunet = to_nnunet_labels(labels, conv)  # validates the values
     masks = {}
-    for region in REGIONS:
-        members = conv.nnunet_labels[BRATS_REGIONS[region]]
-        members = (members,) if isinstance(members, int) else tuple(members)
-        lut = np.zeros(max(len(conv.to_nnunet), max(members) + 1), dtype=bool)
+    for region, members in conv.regions.items():
+        lut = np.zeros(max(max(conv.to_nnunet.values()) + 1, max(members) + 1), dtype=bool)
         lut[list(members)] = True
         masks[region] = lut[nnunet]
     return masks
@@ -254,7 +257,7 @@ def mask_metrics(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], s
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], convention: str | LabelConvention, *,
                  empty: str = "brats", nsd_tolerance_mm: float = 1.0) -> dict[str, dict[str, float]]:
-    """Dice, HD95 and NSD of one case for WT, TC and ET.
+    """Dice, HD95 and NSD of one case for each region (BraTS: WT, TC and ET) or label of ``convention``.
 
     Args:
         pred: predicted label map (X, Y, Z) in ``convention``.

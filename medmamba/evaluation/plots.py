@@ -89,7 +89,7 @@ def _finite(values) -> np.ndarray:
 
 
 def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | Path,
-                       baseline: str | None = None) -> Path:
+                       baseline: str | None = None, regions: Sequence[str] = ("WT", "TC", "ET")) -> Path:
     """Mean Dice (over regions and cases) against the parameter count, log x axis.
 
     Args:
@@ -97,6 +97,7 @@ def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | P
             or non-finite) coordinate are left out.
         path: the PNG to write.
         baseline: drawn as a horizontal reference line when given and present.
+        regions: the regions (or labels) the mean is over, for the axis label.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
@@ -115,7 +116,8 @@ def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | P
         pad = max(0.01, 0.15 * (max(dice) - min(dice)))  # room above the top point's name
         ax.set_ylim(min(dice) - pad, max(dice) + pad)
     ax.set_xlabel("parameters", fontsize=_AXIS_LABEL)
-    ax.set_ylabel("mean Dice (WT, TC, ET)", fontsize=_AXIS_LABEL)
+    shown = ", ".join(regions) if len(", ".join(regions)) <= 30 else f"{len(regions)} labels"
+    ax.set_ylabel(f"mean Dice ({shown})", fontsize=_AXIS_LABEL)
     ax.tick_params(which="both", labelsize=_TICK)
     ax.grid(alpha=0.3, which="both")
     if baseline in {n for n, _, _ in kept}:
@@ -144,9 +146,9 @@ def _canonical(path: Path):
 
 
 def overlay_case(background: str | Path, ground_truth: str | Path, predictions: Mapping[str, str | Path],
-                 path: str | Path, *, case_id: str = "", count: int = 3) -> Path:
-    """Axial slices of one case with the whole-tumour contour of the ground truth and of each
-    architecture's prediction in distinct colours.
+                 path: str | Path, *, case_id: str = "", count: int = 3, foreground: str = "Whole-tumour") -> Path:
+    """Axial slices of one case with the whole-tumour (foreground) contour of the ground truth and of
+    each architecture's prediction in distinct colours.
 
     All volumes are reoriented to RAS+ with ``nibabel.as_closest_canonical`` (axial = third voxel
     axis) and must then share the background's shape. Slices: :func:`axial_slices` of the ground
@@ -160,6 +162,7 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
         path: the PNG to write.
         case_id: for the title.
         count: number of slices.
+        foreground: what the contour is, for the title ("Whole-tumour" for BraTS, "Foreground" otherwise).
     """
     plt = _pyplot()
     from matplotlib.lines import Line2D
@@ -199,7 +202,7 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
                         frameon=True)
     legend.get_frame().set_facecolor("0.6")
     rows = -(-len(handles) // 4)  # legend rows at the bottom
-    fig.suptitle(f"Whole-tumour contours{f', {case_id}' if case_id else ''} (axial, RAS, neurological view)",
+    fig.suptitle(f"{foreground} contours{f', {case_id}' if case_id else ''} (axial, RAS, neurological view)",
                  fontsize=_FIGURE_TITLE)
     fig.tight_layout(rect=(0, 0.06 * rows, 1, 0.95))
     return _save(fig, Path(path))

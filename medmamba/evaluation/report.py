@@ -37,7 +37,6 @@ from medmamba.models import registry
 
 from . import plots
 from .folders import Evaluation
-from .metrics import REGIONS
 from .stats import MIN_CASES_TO_CONCLUDE, TOO_FEW_WARNING, PairedComparison, compare_to_baseline
 
 __all__ = ["ArchitectureResult", "OverlayInput", "Report", "ReportFiles", "MEAN_REGION", "NOISE_NOTE",
@@ -142,11 +141,19 @@ class ReportFiles:
 
 def per_case_values(evaluation: Evaluation, metrics: Sequence[str] = ("dice", "hd95")
                     ) -> dict[tuple[str, str], dict[str, float]]:
-    """(region, metric) → case id → value, for WT, TC, ET and :data:`MEAN_REGION` (evaluate's per-case
-    mean over the regions whose value is not NaN; see ``Evaluation.values``)."""
+    """(region, metric) → case id → value, for each region (WT, TC, ET; or each label) and
+    :data:`MEAN_REGION` (evaluate's per-case mean over the regions whose value is not NaN; see
+    ``Evaluation.values``)."""
     cases = evaluation.cases
     return {(region, metric): dict(zip(cases, (float(v) for v in evaluation.values(region, metric))))
-            for metric in metrics for region in (*REGIONS, MEAN_REGION)}
+            for metric in metrics for region in (*evaluation.regions, MEAN_REGION)}
+
+
+def table_regions(table: Sequence[dict]) -> list[str]:
+    """The regions (or labels) a :func:`table_rows` table holds, in order."""
+    keys = table[0] if table else {}
+    return [k[len("dice_"):-len("_mean")] for k in keys
+            if k.startswith("dice_") and k.endswith("_mean") and k != f"dice_{MEAN_REGION}_mean"]
 
 
 def _median(values) -> float:
@@ -155,8 +162,8 @@ def _median(values) -> float:
 
 
 def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = ("dice", "hd95")) -> list[dict]:
-    """One flat dict per architecture: ``<metric>_<region>_mean/_sd/_n/_nan`` for WT, TC, ET and the
-    per-case mean over regions, taken as they are from ``Evaluation.summary()`` (sample sd; NaN values
+    """One flat dict per architecture: ``<metric>_<region>_mean/_sd/_n/_nan`` for each region (WT, TC,
+    ET; or each label) and the per-case mean over regions, taken as they are from ``Evaluation.summary()`` (sample sd; NaN values
     counted in ``_nan``, not in the statistics), then the costs. Units: Dice as a fraction, HD95 in mm,
     times in seconds, memory in GiB."""
     table = []
@@ -164,7 +171,7 @@ def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = (
         row: dict[str, Any] = {"architecture": res.name, "cases": len(res.cases)}
         summary = res.evaluation.summary()
         for metric in metrics:
-            for region in (*REGIONS, MEAN_REGION):
+            for region in (*res.evaluation.regions, MEAN_REGION):
                 s = summary[region][metric]
                 key = f"{metric}_{region}"
                 row.update({f"{key}_mean": s["mean"], f"{key}_sd": s["sd"], f"{key}_n": s["n"],
@@ -184,7 +191,7 @@ def table_rows(results: Sequence[ArchitectureResult], metrics: Sequence[str] = (
             "training_memory_gib_estimated": res.training_memory_gib,
             "recipe": res.recipe,
         })
-        for region in REGIONS:
+        for region in res.evaluation.regions:
             row[f"validation_dice_{region}"] = res.validation.mean(region) if res.validation is not None and \
                 region in res.validation.regions else None
         row["validation_cases"] = (f"{len(res.validation.cases)} {res.validation.cases_source}"
@@ -251,7 +258,7 @@ def _md_escape(text: str) -> str:
 
 def markdown_table(table: Sequence[dict]) -> str:
     """The table as GitHub Markdown: mean ± sd per region (Dice in %, HD95 in mm) and the costs."""
-    cols = _columns(table, list(REGIONS))
+    cols = _columns(table, table_regions(table))
     lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_md_escape(f(row)) for _, f in cols) + " |" for row in table]
     return "\n".join(lines)
@@ -399,7 +406,10 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
     if baseline is not None and baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the evaluated architectures {names}")
     notes = list(notes)
-    regions = [*REGIONS, MEAN_REGION]
+    regions = [*results[0].evaluation.regions, MEAN_REGION]
+    if len({r.evaluation.regions for r in results}) > 1:
+        raise ValueError(f"the architectures were scored on different regions: "
+                         f"{sorted({r.evaluation.regions for r in results})}")
     per_case = {r.name: per_case_values(r.evaluation) for r in results}
     if len({tuple(sorted(r.cases)) for r in results}) > 1:
         notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
@@ -518,7 +528,7 @@ def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
     """The report as one self-contained HTML page (plots embedded). Its first screen holds the
     headline and the results table; the statistics, plots, notes and the full setting follow."""
     esc = html.escape
-    cols = _columns(report.table, list(REGIONS))
+    cols = _columns(report.table, table_regions(report.table))
     context = ", ".join(f"{k}: {report.settings[k]}" for k in ("dataset", "cases", "baseline") if k in report.settings)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(report.title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{esc(report.title)}</h1>"]
@@ -560,7 +570,7 @@ def report_json(report: Report, files: Mapping[str, Any]) -> dict:
     """The report as ``summary.json``'s content (``files``: the written files, relative paths)."""
     return {
         "format": "medmamba-compare/1", "settings": dict(report.settings), "baseline": report.baseline,
-        "regions": list(REGIONS), "cases": report.cases, "headline": list(report.headline), "table": report.table,
+        "regions": table_regions(report.table), "cases": report.cases, "headline": list(report.headline), "table": report.table,
         "statistics": [c.as_dict() for c in report.stats],
         "bootstrap": {"seed": report.seed, "resamples": report.n_resamples},
         "skipped": [{"architecture": a, "reason": r} for a, r in report.skipped], "notes": report.notes,
@@ -607,7 +617,7 @@ def _safe_name(name: str) -> str:
 def _write_plots(out: Path, report: Report, overlay: OverlayInput | None) -> dict[str, Path]:
     plot_files: dict[str, Path] = {}
     plot_dir = out / "plots"
-    regions = list(REGIONS)
+    regions = table_regions(report.table)
     for metric in ("dice", "hd95"):
         if all((regions[0], metric) in values for values in report.per_case.values()):
             plot_files[f"box_{metric}"] = plots.box_plots(report.per_case, metric, regions,
@@ -615,11 +625,12 @@ def _write_plots(out: Path, report: Report, overlay: OverlayInput | None) -> dic
     mean_dice = {row["architecture"]: row.get(f"dice_{MEAN_REGION}_mean") for row in report.table}
     plot_files["dice_vs_params"] = plots.dice_vs_parameters(
         [(r.name, r.params, mean_dice[r.name]) for r in report.results], plot_dir / "dice_vs_params.png",
-        report.baseline)
+        report.baseline, regions)
     if overlay is not None:
         key = f"overlay_{_safe_name(overlay.case_id)}"
         plot_files[key] = plots.overlay_case(overlay.background, overlay.ground_truth, overlay.predictions,
-                                             plot_dir / f"{key}.png", case_id=overlay.case_id)
+                                             plot_dir / f"{key}.png", case_id=overlay.case_id,
+                                             foreground="Whole-tumour" if "WT" in regions else "Foreground")
     return plot_files
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from medmamba.data import RECORD_NAME, DatasetError, LabelConvention, get_convention
+from medmamba.data import RECORD_NAME, DatasetError, LabelConvention
+from medmamba.data.labels import convention_from_json, convention_of_dataset_json
 from medmamba.data.background import DatasetBackground
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
@@ -77,8 +78,15 @@ class TrainedModel:
 
     @property
     def label_convention(self) -> LabelConvention | None:
-        """The training data's label convention (the default for written predictions)."""
-        return get_convention(self.record["label_convention"]["name"]) if self.record else None
+        """The training data's label convention (the default for written predictions): the one its
+        conversion recorded, or for an nnU-Net raw dataset that medmamba did not convert the labels of its
+        dataset.json, whose values are the user's; None when neither can be read."""
+        try:
+            if self.record:
+                return convention_from_json(self.record["label_convention"])
+            return convention_of_dataset_json(self.dataset_json)
+        except (KeyError, ValueError):
+            return None
 
     @property
     def background(self) -> DatasetBackground | None:
