@@ -342,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "tumour (edema, necrotic core, enhancing rim) whose contrast differs by modality as in real MRI, "
                     "with noise and a bias field. --style ct-organs: abdomen-like CT in Hounsfield units with liver, "
                     "spleen and kidneys, thick slices; --style lesion: one MR channel with a binary lesion mask, "
-                    "4 mm slices (both in a generic layout; the command prints how to ingest them). The same "
+                    "4 mm slices (both in a generic layout; the command prints how to ingest them); --style skin: "
+                    "2D RGB skin-lesion PNGs written as an nnU-Net raw dataset (X Y of --shape). The same "
                     "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--cases", type=positive_int, default=4, help="number of cases (default 4)")
     synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"),
                        help="voxels per case (default 64 64 64)")
-    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export", "ct-organs", "lesion"],
+    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export", "ct-organs", "lesion", "skin"],
                        default="brats2021",
                        help="naming and label convention (default brats2021); zscore-export: FLAIR and T1c "
                             "z-scored inside the head with a constant negative background, float32 labels of "
