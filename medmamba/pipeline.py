@@ -311,10 +311,11 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
     name = name or dataset_name(data)
     raw, presets = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
-    two_d = is_2d_dataset(data if (data / "dataset.json").is_file() else raw)
+    given_raw = data if (data / "dataset.json").is_file() else raw  # raw may be a link to data, made later
+    two_d = is_2d_dataset(given_raw)
     if two_d:
         if configuration not in (None, "2d"):
-            raise PlanningError(f"{raw} holds 2D images ({_file_ending(raw)}): nnU-Net plans only the 2d "
+            raise PlanningError(f"{given_raw} holds 2D images ({_file_ending(given_raw)}): nnU-Net plans only the 2d "
                                 f"configuration for them, not {configuration}")
         configuration = "2d"
         _check_configuration(configuration, archs)
