@@ -240,7 +240,7 @@ def _demo(args: argparse.Namespace) -> None:
     from medmamba.locks import output_lock
 
     given = {k: getattr(args, k)
-             for k in ("train_cases", "test_cases", "shape", "epochs", "iters_per_epoch", "arch", "recipe")
+             for k in ("train_cases", "test_cases", "shape", "epochs", "iters_per_epoch", "arch", "recipe", "task")
              if getattr(args, k) is not None}
     settings = DemoSettings(**{"archs" if k == "arch" else k: v for k, v in given.items()}, seed=args.seed)
     with output_lock(args.out):  # beside the folder: the demo refuses a non-empty folder it did not make
@@ -342,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "tumour (edema, necrotic core, enhancing rim) whose contrast differs by modality as in real MRI, "
                     "with noise and a bias field. --style ct-organs: abdomen-like CT in Hounsfield units with liver, "
                     "spleen and kidneys, thick slices; --style lesion: one MR channel with a binary lesion mask, "
-                    "4 mm slices (both in a generic layout; the command prints how to ingest them). The same "
+                    "4 mm slices (both in a generic layout; the command prints how to ingest them); --style skin: "
+                    "2D RGB skin-lesion PNGs written as an nnU-Net raw dataset (X Y of --shape). The same "
                     "seed gives the same bytes. OUT must not exist or be empty; it appears complete or not at all.")
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--cases", type=positive_int, default=4, help="number of cases (default 4)")
     synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"),
                        help="voxels per case (default 64 64 64)")
-    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export", "ct-organs", "lesion"],
+    synth.add_argument("--style", choices=["brats2021", "brats2023", "zscore-export", "ct-organs", "lesion", "skin"],
                        default="brats2021",
                        help="naming and label convention (default brats2021); zscore-export: FLAIR and T1c "
                             "z-scored inside the head with a constant negative background, float32 labels of "
@@ -559,12 +560,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "takes about 8½ minutes on a 2-core CPU; the options scale it up. Running it again "
                     "with the same --out continues where it stopped.")
     demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
+    demo.add_argument("--task", choices=["brats", "ct", "lesion"], default="brats",
+                      help="the data: brats (BraTS-like MRI, WT/TC/ET; default), ct (abdomen-like CT, liver, spleen, "
+                           "kidney) or lesion (one MR channel, binary lesion mask)")
     _add_device_option(demo)
     _add_arch_choice(demo, "only these architectures besides the baseline unet")
     demo.add_argument("--train-cases", type=positive_int, help="synthetic training cases (default 10)")
     demo.add_argument("--test-cases", type=positive_int, help="synthetic test cases (default 4)")
     demo.add_argument("--shape", type=positive_int, nargs=3, metavar=("X", "Y", "Z"),
-                      help="case size (default 32 32 32)")
+                      help="case size (default 32 32 32; ct 48 48 20; lesion 48 48 16)")
     demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 7)")
     demo.add_argument("--iters-per-epoch", type=positive_int, help="iterations per epoch (default 40)")
     demo.add_argument("--recipe", type=_recipe_name,

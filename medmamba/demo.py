@@ -1,5 +1,10 @@
 """``medmamba demo``: the whole toolkit on synthetic data, in one command.
 
+``--task`` picks the data (:data:`DEMO_TASKS`): ``brats`` (the default: BraTS 2021-style MRI, four
+channels, regions WT/TC/ET), ``ct`` (abdomen-like CT, liver/spleen/kidney, thick slices) or ``lesion``
+(one MR channel, a binary lesion mask, 4 mm slices); the latter two are ingested with their own labels
+(``--label-names``) and trained label-based.
+
 synth (training and test cases) → plan-and-train (``unet`` and every Mamba architecture, one shared
 split, the shared recipe) → compare on the test cases (predict, evaluate, statistics, plots, HTML).
 The default budget is sized for a 2-core CPU (8½ minutes, measured on an idle one); ``DemoSettings`` fields
@@ -18,7 +23,23 @@ from typing import Callable, Sequence
 
 from medmamba.models import registry
 
-__all__ = ["DEMO_ARCHS", "DemoSettings", "demo_architectures", "run_demo"]
+__all__ = ["DEMO_ARCHS", "DEMO_TASKS", "DemoTask", "DemoSettings", "demo_architectures", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One kind of demo data: the synth style and the default case size."""
+
+    style: str
+    shape: tuple[int, int, int]
+
+
+#: ``--task`` → its data. The CT and lesion volumes are anisotropic (thick slices), so fewer slices.
+DEMO_TASKS: dict[str, DemoTask] = {
+    "brats": DemoTask("brats2021", (32, 32, 32)),
+    "ct": DemoTask("ct-organs", (48, 48, 20)),
+    "lesion": DemoTask("lesion", (48, 48, 16)),
+}
 
 
 def demo_architectures(chosen: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -54,8 +75,8 @@ class DemoSettings:
 
     train_cases: int = 10
     test_cases: int = 4
-    shape: tuple[int, int, int] = (32, 32, 32)
-    style: str = "brats2021"
+    shape: tuple[int, int, int] | None = None
+    task: str = "brats"
     epochs: int = 7
     iters_per_epoch: int = 40
     recipe: str = "nnunet_adamw"
@@ -68,8 +89,15 @@ class DemoSettings:
         for name in ("train_cases", "test_cases", "epochs", "iters_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        self.shape = check_shape(self.shape)
+        if self.task not in DEMO_TASKS:
+            raise ValueError(f"task must be one of {', '.join(DEMO_TASKS)}, got {self.task!r}")
+        self.shape = check_shape(self.shape if self.shape is not None else DEMO_TASKS[self.task].shape)
         self.archs = demo_architectures(self.archs)
+
+    @property
+    def style(self) -> str:
+        """The synth style of the task."""
+        return DEMO_TASKS[self.task].style
 
     def as_json(self) -> dict:
         return {**asdict(self), "shape": list(self.shape), "archs": list(self.archs)}
@@ -86,7 +114,7 @@ def _check_settings(out: Path, settings: DemoSettings) -> bool:
     record = out / _SETTINGS_FILE
     if record.is_file():
         earlier = json.loads(record.read_text())
-        data_keys = ("train_cases", "test_cases", "shape", "style", "seed")
+        data_keys = ("train_cases", "test_cases", "shape", "task", "seed")
         if any(earlier.get(k) != settings.as_json()[k] for k in data_keys):
             raise ValueError(f"{out} holds a demo with other data settings ({record}); choose another --out")
         return True
@@ -99,7 +127,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: s
              log: Callable[[str], None] = print) -> Path:
     """Run the demo into ``out`` (``data/``, ``work/``, ``report/``); returns the report folder.
     ``verbose``: nnU-Net's own output on the console too (:func:`medmamba.pipeline.plan_and_train`)."""
+    from medmamba.data.labels import parse_label_names
     from medmamba.data.synth import synth
+    from medmamba.data.synth_tasks import TASK_STYLES
     from medmamba.evaluation.compare import compare
     from medmamba.pipeline import plan_and_train
 
@@ -114,11 +144,16 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: s
         if not folder.is_dir():  # synth writes a folder completely or not at all
             synth(folder, cases=cases, shape=settings.shape, style=settings.style, seed=seed)
             log(f"wrote {cases} synthetic {settings.style} cases to {folder}")
+    ingest = {}
+    if settings.style in TASK_STYLES:  # a generic layout with its own labels
+        task = TASK_STYLES[settings.style]
+        ingest = {"modalities": task.modalities, "label_suffix": task.label_suffix,
+                  "label_convention": parse_label_names(task.label_names)}
     log(f"training {', '.join(settings.archs)}: {settings.epochs} epochs × {settings.iters_per_epoch} iterations "
         f"each, recipe {settings.recipe}{' (continuing)' if resuming else ''}")
     plan_and_train(train, settings.archs, out / "work", fold="all", device=device, epochs=settings.epochs,
                    iters_per_epoch=settings.iters_per_epoch, recipe=settings.recipe, seed=settings.seed,
-                   continue_training=resuming, name="demo", verbose=verbose, log=log)
+                   continue_training=resuming, name="demo", verbose=verbose, log=log, **ingest)
     report = out / "report"
     result = compare(out / "work", report, test=test, device=device, force=True, seed=settings.seed, log=log)
     log(result.describe())

@@ -110,8 +110,9 @@ def _discovered_cases(data: Path, raw: Path, ingest_kwargs: dict) -> list[str]:
     later are still counted; the fold is checked again after ingestion)."""
     from medmamba.data import discover
 
-    if (raw / "dataset.json").is_file():
-        return case_identifiers(raw)
+    for folder in (raw, data):  # data itself may be a raw dataset that raw will link to
+        if (folder / "dataset.json").is_file():
+            return case_identifiers(folder)
     options = {k: ingest_kwargs.get(k) for k in ("modalities", "label_suffix", "label_convention")}
     return [case.case_id for case in discover(data, **options).cases]
 
@@ -185,6 +186,40 @@ def describe_budget_plan(arch: str, config: dict) -> str:
             f"({budget['epochs']} epochs × {budget['iterations_per_epoch']})")
 
 
+#: Training iterations per epoch of a time-budgeted 2D run (its epochs are then fitted to the time).
+BUDGET_2D_ITERATIONS_PER_EPOCH = 50
+
+
+def is_2d_dataset(raw: str | Path) -> bool:
+    """Whether the nnU-Net raw dataset ``raw`` holds 2D images: nnU-Net reads them with its
+    natural-image reader (PNG, BMP, 2D TIFF), whose only configuration is ``2d``. False when ``raw`` is
+    not (yet) a raw dataset: medmamba converts only 3D volumes."""
+    import json
+
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    raw = Path(raw)
+    try:
+        dataset_json = json.loads((raw / "dataset.json").read_text())
+        ending = dataset_json["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    example = next((str(p) for p in sorted((raw / "imagesTr").glob(f"*{ending}"))), None) \
+        if (raw / "imagesTr").is_dir() else None
+    try:
+        reader = determine_reader_writer_from_dataset_json(dataset_json, example, verbose=False)
+    except RuntimeError:
+        return False
+    return issubclass(reader, NaturalImage2DIO)
+
+
+def _file_ending(raw: Path) -> str:
+    import json
+
+    return str(json.loads((Path(raw) / "dataset.json").read_text()).get("file_ending", ""))
+
+
 def _check_configuration(configuration: str | None, archs: Sequence[str]) -> None:
     """Refuse a configuration medmamba does not train, or an architecture without its form."""
     from medmamba.planning import PlanningError, load_presets
@@ -232,8 +267,11 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     the budget is :data:`CPU_TIME_BUDGET_MINUTES`. The budget is per architecture and counts the
     training loop; planning, preprocessing and the final validation come on top.
 
-    ``configuration``: "3d_fullres" (the default without a budget) or "2d" (slices of 3D data too,
-    for every architecture with a 2D form), trained and predicted as nnU-Net does.
+    ``configuration``: "3d_fullres" (the default without a budget for 3D data) or "2d" (the default for
+    2D images, :func:`is_2d_dataset`; slices of 3D data too), for every architecture with that form,
+    trained and predicted as nnU-Net does. A time budget on 2D images trains ``2d`` with nnU-Net's
+    planned patch and batch, :data:`BUDGET_2D_ITERATIONS_PER_EPOCH` iterations per epoch, and as many
+    epochs as the measured epoch time fits in the budget.
 
     ``continue_training``: every architecture resumes from its last checkpoint (see
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
@@ -259,7 +297,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     """
     from medmamba.devices import resolve_device
     from medmamba.locks import folder_lock
-    from medmamba.planning import BUDGET_CONFIGURATION
+    from medmamba.planning import BUDGET_CONFIGURATION, PlanningError
     from medmamba.training import resolve_recipe
     from medmamba.training.trainers import trainer_class
 
@@ -273,13 +311,21 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     data, out = Path(data).expanduser().absolute(), Path(out).expanduser().absolute()
     name = name or dataset_name(data)
     raw, presets = _check_before_writing(data, archs, out, dataset_id, name, ingest_kwargs, gpu_memory_gb)
+    given_raw = data if (data / "dataset.json").is_file() else raw  # raw may be a link to data, made later
+    two_d = is_2d_dataset(given_raw)
+    if two_d:
+        if configuration not in (None, "2d"):
+            raise PlanningError(f"{given_raw} holds 2D images ({_file_ending(given_raw)}): nnU-Net plans only the 2d "
+                                f"configuration for them, not {configuration}")
+        configuration = "2d"
+        _check_configuration(configuration, archs)
     trainers = {arch: trainer_class(resolve_recipe(recipe, p.architecture)).__name__ for arch, p in presets.items()}
     if fold != "all":
         fold = int(fold)
         splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
         check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
     with folder_lock(out):
-        configuration = BUDGET_CONFIGURATION if budget is not None else configuration or "3d_fullres"
+        configuration = BUDGET_CONFIGURATION if budget is not None and not two_d else configuration or "3d_fullres"
         trained = _trained_folds(out, raw.name, trainers, configuration, fold)
         if trained and not (continue_training or restart):
             _refuse_to_replace(trained)
@@ -290,6 +336,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                 load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
         return _plan_and_train_locked(data, presets, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
                                       budget=budget, configuration=configuration, fold=fold, device=device,
+                                      two_d=two_d,
                                       epochs=epochs,
                                       iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
@@ -298,14 +345,15 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
 
 
 def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
-                           gpu_memory_gb: float | None, budget, configuration: str, fold: int | str,
+                           gpu_memory_gb: float | None, budget, configuration: str, fold: int | str, two_d: bool,
                            device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
     ``presets``: preset name → preset; ``discard``: arch → fold folder of a model to throw away
-    (``restart``) before training it; ``budget``: a :class:`medmamba.planning.TimeBudget` or None."""
+    (``restart``) before training it; ``budget``: a :class:`medmamba.planning.TimeBudget` or None;
+    ``two_d``: the data are 2D images (a budget then fits the epochs of the 2d configuration)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from medmamba.data import prepare
@@ -329,11 +377,15 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
         log(f"--continue: reusing the plans of {', '.join(reuse)}")
     missing = [arch for arch in identifiers if arch not in reuse]
     if missing:
-        if budget is not None:
+        if budget is not None and not two_d:
             log(f"time budget: {budget.minutes:g} min of training per architecture on {budget.device}; measuring "
                 f"training steps to choose each one's resolution")
         plan(raw, [presets[arch] for arch in missing], gpu_memory_gb=gpu_memory_gb, preprocessed_root=preprocessed_root,
-             time_budget=budget)
+             time_budget=None if two_d else budget, **({"configurations": ("2d",)} if two_d else {}))
+    if budget is not None and two_d:
+        log(f"time budget: {budget.minutes:g} min of training per architecture on {budget.device}, in the 2d "
+            f"configuration (2D images): {BUDGET_2D_ITERATIONS_PER_EPOCH} iterations per epoch, as many epochs "
+            f"as the measured epoch time fits")
     configs = {}
     for arch, identifier in identifiers.items():
         planned = load_json(preprocessed / f"{identifier}.json")["configurations"]
@@ -341,7 +393,7 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
             raise PlanningError(f"{arch}: its plans have no {configuration} configuration (they have "
                                 f"{', '.join(planned)}); for 2D data use --configuration 2d with --epochs")
         configs[arch] = planned[configuration]
-    if budget is not None:
+    if budget is not None and not two_d:
         for arch, config in configs.items():
             log(describe_budget_plan(arch, config))
     # Plans of one spacing share their preprocessed data (nnU-Net's data identifier).
@@ -373,7 +425,10 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
             shutil.rmtree(discard[arch])
         log(f"training {arch} ({identifier}, fold {fold})")
         arch_epochs, arch_iters, arch_val_iters = epochs, iters_per_epoch, val_iters
-        if budget is not None:
+        if budget is not None and two_d:  # the trainer recounts the epochs from the first one's time
+            arch_epochs, arch_iters = 1000, BUDGET_2D_ITERATIONS_PER_EPOCH
+            arch_val_iters = val_iters or max(1, arch_iters // 5)
+        elif budget is not None:
             planned = configs[arch]["medmamba"]["budget"]
             arch_epochs, arch_iters = planned["epochs"], planned["iterations_per_epoch"]
             arch_val_iters = val_iters or max(1, arch_iters // 5)

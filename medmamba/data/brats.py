@@ -817,7 +817,9 @@ def load_label_convention(dataset_folder: str | Path) -> LabelConvention:
 def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str, **ingest_kwargs) -> Path:
     """The nnU-Net raw dataset for ``folder``, for commands that may run more than once:
 
-    - ``folder`` itself when it already is an nnU-Net raw dataset (has a ``dataset.json``);
+    - ``folder`` itself when it already is an nnU-Net raw dataset (has a ``dataset.json``) named as
+      nnU-Net needs (``DatasetXXX_Name``); a raw dataset with another folder name gets a link
+      ``<raw_root>/DatasetXXX_<name>`` to it (nothing is copied or written into it);
     - the dataset ``<raw_root>/DatasetXXX_<name>`` converted earlier from the same folder (its
       ``medmamba_dataset.json`` names it as the source), so a second run does not convert again;
     - otherwise a fresh :func:`ingest` with ``ingest_kwargs``.
@@ -826,6 +828,15 @@ def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str
     target = raw_dataset_folder(folder, raw_root, dataset_id, name)
     if target == folder:
         return folder
+    if (folder / "dataset.json").is_file():  # an nnU-Net raw dataset whose folder name nnU-Net cannot use
+        if target.is_symlink() and target.resolve() == folder.resolve():
+            return target
+        if target.exists() or target.is_symlink():
+            raise DatasetError(f"{target} already exists and is not a link to {folder}; choose another "
+                               f"--dataset-id or output", path=target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(folder, target_is_directory=True)
+        return target
     if (target / RECORD_NAME).is_file():
         if load_conversion_record(target)["source"]["roots"] == [str(folder)]:
             return target
@@ -836,13 +847,13 @@ def prepare(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str
 
 def raw_dataset_folder(folder: str | Path, raw_root: str | Path, dataset_id: int, name: str) -> Path:
     """Where :func:`prepare` finds or puts the nnU-Net raw dataset of ``folder``: ``folder`` itself when
-    it is one, else ``<raw_root>/DatasetXXX_<name>``. Reads and writes nothing, so commands call it to
+    it is one named ``DatasetXXX_Name``, else ``<raw_root>/DatasetXXX_<name>``. Reads and writes nothing, so commands call it to
     check the id and the name before their first write.
 
     Raises:
         DatasetError: an id outside 1-999 or a name nnU-Net cannot use.
     """
     folder = Path(folder).expanduser().absolute()
-    if (folder / "dataset.json").is_file():
+    if (folder / "dataset.json").is_file() and re.fullmatch(r"Dataset\d{3}_.+", folder.name):
         return folder
     return Path(raw_root).expanduser().absolute() / _dataset_folder_name(dataset_id, name)

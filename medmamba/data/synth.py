@@ -76,7 +76,7 @@ from scipy import ndimage
 from medmamba.data.brats import NAMINGS, DatasetError
 from medmamba.data.labels import CONVENTIONS
 from medmamba.data.nifti import write_volume
-from medmamba.data.synth_tasks import TASK_STYLES, generate_task_case
+from medmamba.data.synth_tasks import SKIN_STYLE, TASK_STYLES, generate_task_case, write_skin_dataset
 from medmamba.files import atomic_output_folder
 
 __all__ = ["synth", "STYLES", "generate_case", "check_shape", "SynthCase", "INTENSITY_TABLE", "TISSUES", "SEQUENCES",
@@ -106,7 +106,7 @@ _HEAD_RADII = np.array([0.86, 0.98, 0.92])  # left-right, anterior-posterior, su
 _MIN_LABEL_VOXELS = 4
 _STYLES = ("brats2021", "brats2023", "zscore-export")
 #: Every style ``synth`` writes: the BraTS ones here and the other tasks of :mod:`medmamba.data.synth_tasks`.
-STYLES = (*_STYLES, *TASK_STYLES)
+STYLES = (*_STYLES, *TASK_STYLES, SKIN_STYLE)
 
 
 @dataclass(frozen=True)
@@ -417,7 +417,8 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
             labels 1, 2, 3) or ``"zscore-export"`` (FLAIR, T1c z-scored with a constant negative
             background; float32 labels 1, 2, 3, 4 of BraTS 2013/2015; module docstring), or a task that
             is not BraTS: ``"ct-organs"`` (CT, liver/spleen/kidney) or ``"lesion"`` (one channel, binary
-            lesion mask, thick slices) (:mod:`medmamba.data.synth_tasks`).
+            lesion mask, thick slices), or ``"skin"`` (2D RGB PNG skin lesions written as an nnU-Net raw
+            dataset; only ``shape[:2]`` is used) (:mod:`medmamba.data.synth_tasks`).
         seed: same seed and parameters → same bytes.
         random_affine: random flips/permutations, oblique rotation and shift per case.
         spacing: None (1 mm; a task style's own default), three numbers (mm), or ``"random"`` (per case,
@@ -433,6 +434,8 @@ def synth(out_dir: str | Path, cases: int = 4, shape: Sequence[int] = DEFAULT_SH
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if style in TASK_STYLES:
         return _synth_task(Path(out_dir), cases, shape, style, seed, spacing)
+    if style == SKIN_STYLE:
+        return _synth_skin(Path(out_dir), cases, shape, seed)
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ValueError(f"cases must be a positive integer, got {cases!r}")
     shape = check_shape(shape)
@@ -495,4 +498,18 @@ def _synth_task(out: Path, cases: int, shape: Sequence[int], style: str, seed: i
             "ingest_options": task.command_hint(),
         }
         (tmp / "medmamba_synth.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def _synth_skin(out: Path, cases: int, shape: Sequence[int], seed: int) -> Path:
+    """``synth`` for the 2D ``skin`` style: an nnU-Net raw dataset of PNG files."""
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise ValueError(f"cases must be a positive integer, got {cases!r}")
+    size = check_shape([*list(shape)[:2], 16])[:2]
+    with atomic_output_folder(out, error=lambda msg: DatasetError(msg)) as tmp:
+        dataset_json = write_skin_dataset(tmp, cases, seed=seed, size=size)
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        manifest = {"generator": "medmamba.data.synth_tasks",
+                    "parameters": {"cases": int(cases), "size": list(size), "style": SKIN_STYLE, "seed": int(seed)}}
+        (tmp / "medmamba_synth.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out

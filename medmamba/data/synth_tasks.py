@@ -1,8 +1,11 @@
-"""Synthetic data for tasks that are not BraTS: a CT-like multi-organ style and a binary lesion style.
+"""Synthetic data for tasks that are not BraTS: a CT-like multi-organ style, a binary lesion style and a
+2D skin-lesion style.
 
-Both are written in the generic one-folder-per-case layout with their own labels, so they are ingested
-with ``--modalities`` and ``--label-names`` (:data:`TASK_STYLES` holds both for each style) and trained
-label-based (softmax over the labels), as nnU-Net trains any dataset that is not region-based.
+The two 3D styles are written in the generic one-folder-per-case layout with their own labels, so they
+are ingested with ``--modalities`` and ``--label-names`` (:data:`TASK_STYLES` holds both for each style);
+the 2D style is written as an nnU-Net raw dataset of PNG files (:func:`write_skin_dataset`), which
+every command takes as it is. All are trained label-based (softmax over the labels), as nnU-Net trains
+any dataset that is not region-based.
 
 ``ct-organs`` (3D abdomen-like CT)
     One channel ``CT`` in Hounsfield units (int16, so nnU-Net's CT normalisation applies: the channel is
@@ -21,6 +24,14 @@ label-based (softmax over the labels), as nnU-Net trains any dataset that is not
     tissue); decoys that are not lesions: a few bright, thin elongated vessels and a bright rim at the
     tissue's edge. Small lesions span one or two slices only.
 
+``skin`` (2D RGB, binary, PNG)
+    Dermoscopy-like images (ISIC, MHS-VM's data): skin of a random tone with a smooth texture and
+    vignetting, one pigmented **lesion** (1) with an irregular, partly fuzzy border and darker blotches
+    inside it, dark hairs crossing the image (decoys as dark as the lesion, but thin), Gaussian noise.
+    ``imagesTr/Skin_XXXXX_0000.png`` (RGB: nnU-Net's natural-image reader makes it three channels R, G,
+    B) and ``labelsTr/Skin_XXXXX.png`` (0/1), ``dataset.json`` with ``file_ending`` ``.png``. Only the
+    first two numbers of a shape are used (a 2D image has no third axis).
+
 Determinism as :mod:`medmamba.data.synth`: case ``k`` of seed ``s`` draws from
 ``SeedSequence(s, spawn_key=(k,))``, and files are written with a fixed gzip header.
 """
@@ -33,7 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TaskStyle", "TASK_STYLES", "generate_task_case"]
+__all__ = ["TaskStyle", "TASK_STYLES", "generate_task_case", "SKIN_STYLE", "skin_image", "write_skin_dataset"]
 
 
 @dataclass(frozen=True)
@@ -204,3 +215,71 @@ def generate_task_case(style: str, index: int, *, seed: int, shape: tuple[int, i
     affine[:3, :3] = np.diag([-sp[0], -sp[1], sp[2]])
     affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     return f"{task.prefix}{index:05d}", images, label, affine
+
+
+#: The 2D style's name (``medmamba synth --style skin``; ``demo --task 2d``).
+SKIN_STYLE = "skin"
+SKIN_LABELS = {0: "background", 1: "lesion"}
+
+
+def skin_image(index: int, *, seed: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB image (X, Y, 3), uint8 label (X, Y)) of case ``index`` (module docstring, ``skin``)."""
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+    nx, ny = size
+    x = (np.arange(nx, dtype=np.float32)[:, None] - (nx - 1) / 2) / np.float32(min(nx, ny) / 2)
+    y = (np.arange(ny, dtype=np.float32)[None, :] - (ny - 1) / 2) / np.float32(min(nx, ny) / 2)
+    tone = np.array([rng.uniform(0.78, 0.95), rng.uniform(0.55, 0.72), rng.uniform(0.45, 0.62)], np.float32)
+    texture = ndimage.gaussian_filter(rng.standard_normal((nx, ny)).astype(np.float32), 2.0) * np.float32(0.6)
+    image = tone[None, None, :] * (1 + np.float32(0.08) * texture[..., None])
+    # the lesion: an ellipse with a wavy, partly fuzzy border, darker blotches inside
+    cx, cy = rng.uniform(-0.35, 0.35, 2)
+    rx, ry = rng.uniform(0.2, 0.45, 2)
+    angle = rng.uniform(0, np.pi)
+    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    u, v = c * (x - np.float32(cx)) + s * (y - np.float32(cy)), -s * (x - np.float32(cx)) + c * (y - np.float32(cy))
+    theta = np.arctan2(v, u)
+    wave = sum(np.float32(rng.uniform(0.02, 0.08)) * np.cos(k * theta + np.float32(rng.uniform(0, 6.3)))
+               for k in (2, 3, 5, 7))
+    radius = np.sqrt((u / np.float32(rx)) ** 2 + (v / np.float32(ry)) ** 2) - wave
+    label = (radius < 1.0).astype(np.uint8)
+    fuzz = np.float32(rng.uniform(0.04, 0.15))  # how gradual the border is
+    weight = np.clip((1.0 - radius) / fuzz + 0.5, 0, 1)[..., None]
+    pigment = np.array([rng.uniform(0.25, 0.5), rng.uniform(0.15, 0.3), rng.uniform(0.1, 0.22)], np.float32)
+    blotches = ndimage.gaussian_filter(rng.standard_normal((nx, ny)).astype(np.float32), 4.0)
+    inside = pigment[None, None, :] * (1 + np.float32(1.5) * blotches[..., None])
+    image = image * (1 - weight * np.float32(rng.uniform(0.5, 0.8))) + weight * inside * np.float32(0.5)
+    # hairs: thin dark curves, as dark as the lesion
+    for _ in range(int(rng.integers(2, 7))):
+        a, b, bend = rng.uniform(-1.2, 1.2, 2), rng.uniform(-1.2, 1.2, 2), rng.uniform(-0.3, 0.3)
+        ab = b - a
+        t = np.clip(((x - np.float32(a[0])) * np.float32(ab[0]) + (y - np.float32(a[1])) * np.float32(ab[1]))
+                    / np.float32(ab @ ab), 0, 1)
+        px, py = a[0] + t * ab[0] - bend * t * (1 - t) * ab[1], a[1] + t * ab[1] + bend * t * (1 - t) * ab[0]
+        dist = np.sqrt((x - px) ** 2 + (y - py) ** 2) * np.float32(min(nx, ny) / 2)
+        image = image * (1 - np.float32(0.75) * np.exp(-(dist / np.float32(rng.uniform(0.5, 1.0))) ** 2)[..., None])
+    vignette = 1 - np.float32(rng.uniform(0.1, 0.3)) * np.clip(x ** 2 + y ** 2 - 0.6, 0, None)[..., None]
+    image = image * vignette + rng.standard_normal(image.shape).astype(np.float32) * np.float32(0.02)
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), label
+
+
+def write_skin_dataset(folder, cases: int, *, seed: int, size: tuple[int, int]) -> dict:
+    """Write the ``skin`` style into ``folder`` (which exists and is empty) as an nnU-Net raw dataset;
+    returns its dataset.json."""
+    from pathlib import Path
+
+    from skimage import io
+
+    folder = Path(folder)
+    (folder / "imagesTr").mkdir()
+    (folder / "labelsTr").mkdir()
+    for index in range(int(cases)):
+        image, label = skin_image(index, seed=seed, size=size)
+        case_id = f"Skin_{index:05d}"
+        # skimage writes (rows, columns): nnU-Net's reader reads the file back as (X, Y) = (rows, columns)
+        io.imsave(folder / "imagesTr" / f"{case_id}_0000.png", image, check_contrast=False)
+        io.imsave(folder / "labelsTr" / f"{case_id}.png", label, check_contrast=False)
+    dataset_json = {"name": "SyntheticSkin", "description": "medmamba synth --style skin (2D RGB, binary lesion)",
+                    "channel_names": {"0": "R", "1": "G", "2": "B"},
+                    "labels": {name: value for value, name in SKIN_LABELS.items()},
+                    "numTraining": int(cases), "file_ending": ".png"}
+    return dataset_json

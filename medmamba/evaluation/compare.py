@@ -199,7 +199,8 @@ def _splits_file(results: Path, dataset: str) -> Path:
 
 def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | None) -> list[HeldOutCase]:
     """The validation cases of ``fold`` in the work folder's ``splits_final.json``, with the user's
-    image and label files from the conversion record (``medmamba_dataset.json``)."""
+    image and label files from the conversion record (``medmamba_dataset.json``), or from the raw
+    dataset itself when the input was an nnU-Net raw dataset."""
     results = Path(results)
     if fold == "all":
         raise CompareError("the models were trained on every case (fold 'all'), so no case is held out; give "
@@ -215,8 +216,7 @@ def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | 
     if not val:
         raise CompareError(f"{splits_file}: fold {fold} holds out no case; give --test DATA")
     if record is None:
-        raise CompareError(f"no conversion record (medmamba_dataset.json) under {results / 'nnUNet_raw' / dataset}: "
-                           f"cannot find the held-out cases' original files; give --test DATA")
+        return _raw_dataset_cases(results / "nnUNet_raw" / dataset, val, splits_file)
     out = []
     for case_id in val:
         entry = record.get("cases", {}).get(case_id)
@@ -227,6 +227,29 @@ def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | 
             if not path.is_file():
                 raise CompareError(f"case {case_id}: {path} is missing (the work folder references the user's files "
                                    f"in place)")
+        out.append(case)
+    return out
+
+
+def _raw_dataset_cases(raw: Path, val: Sequence[str], splits_file: Path) -> list[HeldOutCase]:
+    """The held-out cases of an nnU-Net raw dataset that medmamba did not convert (its files are the
+    user's, in the user's labels), found as nnU-Net finds them."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    try:
+        dataset_json = json.loads((raw / "dataset.json").read_text())
+        files = get_filenames_of_train_images_and_targets(str(raw), dataset_json)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CompareError(f"{raw}: cannot list the raw dataset's cases ({err}); give --test DATA") from None
+    out = []
+    for case_id in val:
+        entry = files.get(case_id)
+        if entry is None:
+            raise CompareError(f"case {case_id} of {splits_file} is not in the raw dataset {raw}")
+        case = HeldOutCase(case_id, tuple(Path(p) for p in entry["images"]), Path(entry["label"]))
+        for path in (*case.images, case.label):
+            if not path.is_file():
+                raise CompareError(f"case {case_id}: {path} is missing")
         out.append(case)
     return out
 

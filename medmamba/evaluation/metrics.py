@@ -20,6 +20,9 @@ Metrics (MONAI, physical units)
       definition).
     The voxel spacing is that of the ground truth (the column norms of its affine, so oblique grids are
     measured correctly).
+    2D images are scored in 2D, in their pixel spacing: 2D masks (X, Y), and 3D arrays of a single
+    slice (as nnU-Net reads a 2D image: one slice, spacing 999 across it), whose slice axis is dropped —
+    a one-slice 3D mask would otherwise have surfaces on its two faces, and distances across the slice.
 
 Empty masks (``EMPTY_CONVENTIONS``; "one empty" = exactly one of prediction and ground truth is empty)
 
@@ -108,11 +111,11 @@ def _check_tolerance(nsd_tolerance_mm: float) -> float:
     return tol
 
 
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def _check_spacing(spacing: Sequence[float], ndim: int = 3) -> tuple[float, ...]:
     values = tuple(float(s) for s in np.asarray(spacing, dtype=np.float64).ravel())
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"voxel spacing must be three positive numbers (mm), got {list(spacing)}")
-    return values  # type: ignore[return-value]
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"voxel spacing must be {ndim} positive numbers (mm), got {list(spacing)}")
+    return values
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -177,10 +180,18 @@ def _union_box(masks: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...
     return tuple(box)
 
 
-def _monai_raw(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float],
+def _in_plane_axes(shape: Sequence[int]) -> tuple[int, ...]:
+    """The axes a mask is scored on: all of them, except the one of a 3D array holding a single slice
+    (a 2D image as nnU-Net reads it, one slice with spacing 999 across it), which is scored in 2D."""
+    if len(shape) == 3 and sorted(shape)[0] == 1 and sorted(shape)[1] > 1:
+        return tuple(a for a in range(3) if a != list(shape).index(1))
+    return tuple(range(len(shape)))
+
+
+def _monai_raw(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                tolerance: float, metrics: Sequence[str] = METRICS) -> dict[str, np.ndarray]:
-    """MONAI's raw Dice (ignore_empty=True), HD95 and NSD of (C, X, Y, Z) bool stacks, one value per
-    channel; only ``metrics`` are computed (the surface metrics cost far more than Dice)."""
+    """MONAI's raw Dice (ignore_empty=True), HD95 and NSD of (C, X, Y, Z) or (C, X, Y) bool stacks, one
+    value per channel; only ``metrics`` are computed (the surface metrics cost far more than Dice)."""
     from monai.metrics import (
         compute_dice,
         compute_hausdorff_distance,
@@ -213,12 +224,17 @@ def _metrics_of_masks(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarra
     shapes = {tuple(np.shape(m)) for m in list(pred.values()) + list(gt.values())}
     if len(shapes) != 1:
         raise ValueError(f"masks differ in shape: {sorted(shapes)}")
-    if len(next(iter(shapes))) != 3:
-        raise ValueError(f"masks must be 3D (X, Y, Z), got shape {next(iter(shapes))}")
-    spacing = _check_spacing(spacing)
+    shape = next(iter(shapes))
+    if len(shape) not in (2, 3):
+        raise ValueError(f"masks must be 3D (X, Y, Z) or 2D (X, Y), got shape {shape}")
+    spacing = _check_spacing(spacing, len(shape))
+    keep = _in_plane_axes(shape)
     box = _union_box([*pred.values(), *gt.values()])
-    p = np.stack([np.asarray(pred[n], bool)[box] for n in names])
-    g = np.stack([np.asarray(gt[n], bool)[box] for n in names])
+    p = np.stack([np.asarray(pred[n], bool)[box].squeeze(tuple(a for a in range(len(shape)) if a not in keep))
+                  for n in names])
+    g = np.stack([np.asarray(gt[n], bool)[box].squeeze(tuple(a for a in range(len(shape)) if a not in keep))
+                  for n in names])
+    spacing = tuple(spacing[a] for a in keep)
     raw = _monai_raw(p, g, spacing, tolerance, metrics)
     both, one = _OVERRIDES[empty]
     out = {}

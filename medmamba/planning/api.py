@@ -53,7 +53,7 @@ def resolve_dataset(dataset: str | os.PathLike | int) -> tuple[Path, str]:
                                 f"DatasetXXX_Name (three-digit ID)")
         if not (path / "dataset.json").is_file():
             raise PlanningError(f"dataset folder {path} has no dataset.json (not an nnU-Net raw dataset)")
-        return path.resolve().parent, path.name
+        return path.absolute().parent.resolve(), path.name  # the folder itself may be a link (prepare)
     raw = os.environ.get("nnUNet_raw")
     if not raw:
         raise PlanningError(f"dataset {text!r} is not a folder, and nnUNet_raw is not set to look it up in")
