@@ -173,6 +173,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=args.fold, device=args.device,
                    epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                    time_budget_minutes=args.time_budget, configuration=args.configuration, recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
+                   postprocessing=args.postprocessing,
                    dataset_id=args.dataset_id, name=args.name, verbose=args.verbose, **_dataset_options(args))
 
 
@@ -386,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--restart", action="store_true",
                      help="discard the trained or interrupted models of these architectures (these folds) in OUT and "
                           "train them again (without --continue or --restart such a model stops the run)")
+    pat.add_argument("--postprocessing", action="store_true",
+                     help="after training, decide nnU-Net's postprocessing for each architecture (keep only the "
+                          "largest connected component of the foreground, then of each region, where that raised "
+                          "the Dice on the cross-validation of its trained folds); predict applies it")
     pat.set_defaults(handler=_plan_and_train, on_interrupt="stopped; resume with --continue")
 
     cmp = commands.add_parser(

@@ -212,7 +212,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                    time_budget_minutes: float | None = None, configuration: str | None = None,
                    recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
-                   dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
+                   postprocessing: bool = False, dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
     """Ingest ``data`` (once), plan every architecture, preprocess once (all plans share nnU-Net's
     preprocessed data identifier, so every network sees the same arrays and split), then train each
@@ -253,6 +253,10 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     locked for the run (:mod:`medmamba.locks`), and every checkpoint ``--continue`` would resume
     from is read before the first training starts.
 
+    ``postprocessing``: after training, decide nnU-Net's postprocessing (keep the largest connected
+    component where that raised the Dice) for each architecture on the cross-validation of its
+    trained numbered folds (:mod:`medmamba.inference.postprocessing`); ``predict`` applies it.
+
     ``verbose``: nnU-Net's own output on the console too; without it, it goes to its log files
     (preprocessing: ``preprocessing_log.txt`` in the preprocessed dataset; training: the fold's
     ``training_log_*.txt``) and the console shows a header per stage, one progress bar per training
@@ -282,6 +286,9 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     folds = training_folds(fold)
     splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
     numbered = [f for f in folds if f != "all"]
+    if postprocessing and not numbered:
+        raise ValueError("--postprocessing is decided on the cases the folds held out, and fold 'all' holds none "
+                         "out: train numbered folds (--fold 0 1 2 3 4)")
     if numbered:
         cases = _discovered_cases(data, raw, ingest_kwargs)
         for f in numbered:
@@ -302,7 +309,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                                       epochs=epochs,
                                       iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
-                                      continue_training=continue_training, dataset_id=dataset_id, name=name,
+                                      continue_training=continue_training, postprocessing=postprocessing,
+                                      dataset_id=dataset_id, name=name,
                                       num_processes=num_processes, verbose=verbose, log=log, **ingest_kwargs)
 
 
@@ -311,6 +319,7 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[t
                            device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
+                           postprocessing: bool = False,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
     ``presets``: preset name → preset; ``discard``: (arch, fold) → fold folder of a model to throw
@@ -403,7 +412,29 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[t
             log(f"  {arch}: {validation.describe()}")
             if validation.collapsed:
                 log(f"  {arch}: {COLLAPSE_HINT}")
+    if postprocessing:
+        for arch, result in trained.items():
+            if not isinstance(arch, tuple) or arch[1] == folds[0]:
+                _decide_postprocessing(arch[0] if isinstance(arch, tuple) else arch,
+                                       Path(result.output_folder).parent, raw.parent, preprocessed, log)
     return PlanAndTrainResult(raw, preprocessed, trained)
+
+
+def _decide_postprocessing(arch: str, model_folder: Path, raw_root: Path, preprocessed: Path,
+                           log: Callable[[str], None]) -> None:
+    """nnU-Net's postprocessing decision for one model, on every numbered fold it has validation
+    predictions of (those of earlier runs too)."""
+    from medmamba.inference.postprocessing import determine_postprocessing
+
+    folds = sorted(int(p.name[len("fold_"):]) for p in model_folder.glob("fold_*")
+                   if p.name[len("fold_"):].isdigit() and (p / "validation").is_dir())
+    if not folds:
+        raise CommandError(f"{arch}: --postprocessing is decided on the cases the folds held out, and "
+                           f"{model_folder} has no numbered fold with validation predictions (fold 'all' holds "
+                           f"no case out): train --fold 0 1 2 3 4")
+    log(f"postprocessing of {arch}: on the cross-validation of folds {', '.join(map(str, folds))}")
+    determine_postprocessing(model_folder, preprocessed / "gt_segmentations", folds, raw_root=raw_root,
+                             log=lambda line: log(f"  {arch}:{line[1:] if line.startswith(' ') else line}"))
 
 
 #: What a user reads when a trained network predicts background everywhere.

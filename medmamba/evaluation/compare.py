@@ -487,8 +487,9 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
             wanted = case_models[case.case_id] if case_models else None
             if predictor is None or wanted is not loaded:  # one fold's network at a time
                 predictor = None
+                # the raw networks: a postprocessing decision was tuned on these very cases
                 predictor = Predictor(wanted if wanted is not None else members, device=device, tta=tta,
-                                      labels=convention, show_progress=False)
+                                      labels=convention, show_progress=False, postprocessing=False)
                 loaded = wanted
             with PeakMemory(device) as memory:
                 start = time.perf_counter()

@@ -115,11 +115,14 @@ class Predictor:
         labels: label convention of the written maps; default: the training data's.
         probabilities: also compute region probabilities.
         show_progress: tqdm bar over the windows of each case.
+        postprocessing: apply the model's postprocessing decision (``plan-and-train
+            --postprocessing``: :mod:`medmamba.inference.postprocessing`) to the label maps, when it
+            has one; not for an ensemble of several models (each decision was made for one model).
     """
 
     def __init__(self, model: TrainedModel | Sequence[TrainedModel], *, device: str | torch.device = "auto", tta: bool = False,
                  step_size: float = 0.5, labels: str | LabelConvention | None = None,
-                 probabilities: bool = False, show_progress: bool = True):
+                 probabilities: bool = False, show_progress: bool = True, postprocessing: bool = True):
         if not 0 < step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {step_size}")
         members = [model] if isinstance(model, TrainedModel) else list(model)
@@ -146,6 +149,9 @@ class Predictor:
         self.reader, self.background, self.engine = first.reader, first.background, first.engine
         self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
         self.regions = self._region_sets(model.dataset_json)
+        from .postprocessing import read_postprocessing
+
+        self.postprocessing = read_postprocessing(model.folder) if postprocessing and len(self.members) == 1 else None
 
     def _load(self, folds: list[TrainedModel], tta: bool, step_size: float, show_progress: bool) -> _Member:
         """nnU-Net's predictor for one trainer folder's network, with every fold's weights read."""
@@ -185,8 +191,10 @@ class Predictor:
         return _Member(model, engine, [c["network_weights"] for c in checkpoints], reader(), model.background)
 
     def describe(self) -> str:
-        """What predicts: one fold, or the ensemble and its averaging rule."""
-        return describe_members(self.models)
+        """What predicts: one fold, or the ensemble and its averaging rule; the postprocessing."""
+        text = describe_members(self.models)
+        return f"{text}; {self.postprocessing.describe()}" if self.postprocessing is not None and \
+            self.postprocessing.steps else text
 
     @staticmethod
     def _region_sets(dataset_json: dict) -> dict[str, tuple[int, ...]]:
@@ -234,6 +242,10 @@ class Predictor:
             probabilities = self.ensemble_probabilities(images)
             segmentation = self.label_manager.convert_probabilities_to_segmentation(probabilities)
             probabilities = probabilities if self.probabilities else None
+        if self.postprocessing is not None:
+            from .postprocessing import apply_postprocessing
+
+            segmentation = apply_postprocessing(np.asarray(segmentation), self.postprocessing)
         reference = nib.load(str(images[0]))
         labels = from_nnunet_labels(np.asarray(segmentation).transpose(2, 1, 0), self.convention).astype(np.uint8)
         if labels.shape != reference.shape[:3]:
@@ -474,9 +486,9 @@ def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str |
             raise DatasetError("output folder does not exist", path=out_file.parent)
         check_writable(out_file.parent)
         with output_lock(out_file):
-            log(f"model: {describe_members(models)}")
             predictor = Predictor(models, device=device, tta=tta, step_size=step_size, labels=labels,
                                   probabilities=probabilities, show_progress=show_progress)
+            log(f"model: {predictor.describe()}")
             predictor.check_case(cases[0])
             prediction = predictor.predict_case(cases[0].images, cases[0].case_id)
             Predictor.write(prediction, out_file, targets[1] if probabilities else None)
@@ -489,9 +501,9 @@ def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str |
     written = []
     with output_lock(output), atomic_output_folder(output, refuse_inside=(input_folder,), error=DatasetError,
                                                   replace=overwrite) as tmp:
-        log(f"model: {describe_members(models)}")
         predictor = Predictor(models, device=device, tta=tta, step_size=step_size, labels=labels,
                               probabilities=probabilities, show_progress=False)
+        log(f"model: {predictor.describe()}")
         for case in cases:
             predictor.check_case(case)
         for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
