@@ -62,7 +62,8 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("folds")
     main(["synth", str(root / "data"), "--cases", "2", "--shape", *SHAPE, "--seed", "0"])
     main(["plan-and-train", str(root / "data"), "--arch", "unet", "--arch", "lightm_unet", "--out", str(root / "work"),
-          "--fold", "0", "1", "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "1", "--seed", "0"])
+          "--fold", "0", "1", "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "1", "--seed", "0",
+          "--postprocessing"])
     return root
 
 
@@ -108,7 +109,8 @@ def test_compare_scores_every_case_by_the_fold_that_held_it_out(work, capsys, tm
         (case_id,) = split["val"]
         for arch in ("unet", "lightm_unet"):
             # the prediction compare scored is the one of the fold that held the case out, not the other's
-            mine = Predictor(load_model(work / "work" / arch, fold=fold), device="cpu", show_progress=False)
+            mine = Predictor(load_model(work / "work" / arch, fold=fold), device="cpu", show_progress=False,
+                             postprocessing=False)  # compare scores the networks themselves
             expected = mine.predict_case(_images(work, case_id)).labels
             scored = _labels(report / "predictions" / arch / f"{case_id}.nii.gz")
             assert np.array_equal(scored, expected), (arch, case_id)
@@ -133,7 +135,7 @@ def test_fold_ensemble_is_the_mean_of_the_folds_probabilities(work):
     assert [m.fold for m in members] == ["0", "1"]
     single = [Predictor(load_model(work / "work" / "unet", fold=f), device="cpu", probabilities=True,
                         show_progress=False).predict_case(images) for f in (0, 1)]
-    ensemble = Predictor(members, device="cpu", probabilities=True, show_progress=False)
+    ensemble = Predictor(members, device="cpu", probabilities=True, show_progress=False, postprocessing=False)
     assert "ensemble of folds 0, 1" in ensemble.describe()
     result = ensemble.predict_case(images)
     mean = (single[0].probabilities + single[1].probabilities) / 2
@@ -160,7 +162,8 @@ def test_predict_ensembles_folds_by_default_picks_one_with_fold_and_ensembles_mo
     main(["predict", "--model", str(unet), "--fold", "1", "-i", str(case), "-o", str(tmp_path / "f1.nii.gz"),
           "--device", "cpu"])
     model_line = capsys.readouterr().out.splitlines()[0]
-    assert model_line == "model: unet (nnUNetTrainerMedMamba, fold 1, checkpoint_final.pth)"
+    assert model_line.startswith("model: unet (nnUNetTrainerMedMamba, fold 1, checkpoint_final.pth)")
+    assert "ensemble" not in model_line
     one = Predictor(load_model(unet, fold=1), device="cpu", show_progress=False).predict_case(images)
     assert np.array_equal(_labels(tmp_path / "f1.nii.gz"), one.labels)
 
@@ -179,3 +182,49 @@ def test_predict_ensembles_folds_by_default_picks_one_with_fold_and_ensembles_mo
     with pytest.raises(SystemExit, match="no fold_3"):
         main(["predict", "--model", str(unet), "--fold", "3", "-i", str(case), "-o", str(tmp_path / "x.nii.gz"),
               "--device", "cpu"])
+
+
+def test_keeping_the_largest_component_replays_nnunets_steps():
+    from medmamba.inference.postprocessing import Postprocessing, apply_postprocessing
+
+    seg = np.zeros((10, 10, 10), np.uint8)
+    seg[1:4, 1:4, 1:4] = 1  # the large blob: edema around ...
+    seg[2, 2, 2:4] = 3  # ... two enhancing voxels
+    seg[7:9, 7:9, 7:9] = 2  # a small separate blob
+    seg[8, 1, 8] = 3
+    whole = apply_postprocessing(seg, Postprocessing(steps=[[1, 2, 3]]))  # the whole foreground
+    assert whole[1:4, 1:4, 1:4].tolist() == seg[1:4, 1:4, 1:4].tolist() and whole[7:9, 7:9, 7:9].max() == 0
+    assert whole[8, 1, 8] == 0
+    only_et = apply_postprocessing(seg, Postprocessing(steps=[[3]]))  # a region: the largest ET blob stays
+    assert only_et[7:9, 7:9, 7:9].min() == 2 and (only_et == 3).sum() == 2 and only_et[8, 1, 8] == 0
+    assert apply_postprocessing(seg, None) is seg and np.array_equal(apply_postprocessing(seg, Postprocessing()), seg)
+
+
+@pytest.mark.slow
+def test_postprocessing_is_decided_on_the_cross_validation_and_applied_by_predict(work, tmp_path, capsys):
+    from medmamba.inference import Predictor, load_ensemble
+    from medmamba.inference.postprocessing import POSTPROCESSING_FILE, apply_postprocessing, read_postprocessing
+
+    members = load_ensemble(work / "work" / "unet")
+    folder = members[0].folder
+    decision = read_postprocessing(folder)
+    assert decision["folds"] == [0, 1] and decision["cases"] == 2
+    assert (folder / "crossval_results_folds_0_1" / "postprocessing.json").is_file()  # nnU-Net's own record
+    original = (folder / POSTPROCESSING_FILE).read_text()
+    images = _images(work, "BraTS2021_00000")
+    try:  # a decision with a step, to see predict apply it whatever this tiny training decided
+        (folder / POSTPROCESSING_FILE).write_text(json.dumps(dict(decision, steps=[[1, 2, 3]])))
+        raw = Predictor(members, device="cpu", show_progress=False, postprocessing=False).predict_case(images)
+        main(["predict", "--model", str(work / "work" / "unet"), "-i", str(_case_folder(work, "BraTS2021_00000")),
+              "-o", str(tmp_path / "pp.nii.gz"), "--device", "cpu"])
+        assert "keep the largest connected component of labels 1, 2, 3" in capsys.readouterr().out
+        from medmamba.data import from_nnunet_labels, to_nnunet_labels
+
+        expected = from_nnunet_labels(apply_postprocessing(to_nnunet_labels(raw.labels, raw.convention),
+                                                           read_postprocessing(folder)), raw.convention)
+        assert np.array_equal(_labels(tmp_path / "pp.nii.gz"), expected)
+    finally:
+        (folder / POSTPROCESSING_FILE).write_text(original)
+    with pytest.raises(SystemExit, match="fold 'all' holds none"):
+        main(["plan-and-train", str(work / "data"), "--arch", "unet", "--out", str(tmp_path / "w"), "--fold", "all",
+              "--postprocessing"])
