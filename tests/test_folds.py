@@ -105,6 +105,12 @@ def test_compare_scores_every_case_by_the_fold_that_held_it_out(work, capsys, tm
     assert summary["settings"]["folds"].startswith("2-fold cross-validation")
     assert "2-fold cross-validation" in (report / "table.md").read_text()
     assert "2-fold cross-validation" in (report / "report.html").read_text()
+    import csv
+
+    with (report / "table.csv").open() as f:
+        rows = {row["architecture"]: row for row in csv.DictReader(f)}
+    for arch in ("unet", "lightm_unet"):  # the training runs' own validation, pooled over both folds
+        assert rows[arch]["cases"] == "2" and rows[arch]["validation_cases"] == "2 held-out validation cases of folds 0, 1"
     for fold, split in enumerate(_splits(work)):
         (case_id,) = split["val"]
         for arch in ("unet", "lightm_unet"):

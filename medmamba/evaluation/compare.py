@@ -475,7 +475,8 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
     peak = 0
     stage, predictor, loaded = "prediction", None, None
     members = list(model) if isinstance(model, (list, tuple)) else [model]
-    used = list({case_models[c.case_id].fold: case_models[c.case_id] for c in cases}.values()) if case_models \
+    used = sorted({case_models[c.case_id].fold: case_models[c.case_id] for c in cases}.values(),
+                  key=lambda m: (not m.fold.isdigit(), int(m.fold) if m.fold.isdigit() else 0)) if case_models \
         else members
     model = members[0]
     order = sorted(cases, key=lambda c: case_models[c.case_id].fold) if case_models else list(cases)
@@ -518,7 +519,7 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
         spacing=configuration_spacing(model.plans, model.configuration), training_seconds=train_s, epochs=epochs, inference_seconds=seconds, inference_peak_bytes=peak,
         inference_device=device.type, training_memory_gib=planned_training_memory(model.plans, model.configuration),
         recipe=_recipe(model.trainer), trainer_folder=str(model.folder), checkpoint=str(model.checkpoint),
-        validation=_training_validation(model.checkpoint))
+        validation=_pooled_validation(used))
     return result, notes
 
 
@@ -626,6 +627,23 @@ def _mean_training_time(models: Sequence) -> tuple[float | None, int | None]:
     if not seconds:
         return None, None
     return sum(seconds) / len(seconds), (round(sum(epochs) / len(epochs)) if epochs else None)
+
+
+def _pooled_validation(models: Sequence):
+    """The training runs' own whole-volume validation of the folds ``models``, pooled over their
+    cases (one fold: its own); None when a fold has none."""
+    from dataclasses import replace as with_fields
+
+    found = [_training_validation(m.checkpoint) for m in models]
+    if not found or any(v is None for v in found):
+        return None
+    if len(found) == 1:
+        return found[0]
+    folds = ", ".join(v.fold for v in found)
+    return with_fields(found[0], fold=folds, cases_source=f"held-out validation cases of folds {folds}",
+                       per_case={c: s for v in found for c, s in v.per_case.items()},
+                       foreground_in_truth={c: s for v in found for c, s in v.foreground_in_truth.items()},
+                       seconds=sum(v.seconds for v in found))
 
 
 def _training_validation(checkpoint: Path):

@@ -105,7 +105,7 @@ def determine_postprocessing(trainer_folder: str | Path, gt_segmentations: str |
     write_json_atomically(trainer_folder / POSTPROCESSING_FILE, dict(result))
     shutil.rmtree(merged / "postprocessed", ignore_errors=True)
     log(f"  {result.describe()} (decided on the cross-validation of folds {', '.join(map(str, folds))}, "
-        f"{len(cases)} cases: mean Dice {result['dice_before']:.4f} → {result['dice_after']:.4f})")
+        f"{len(cases)} cases: mean Dice {result['dice_before']:.5f} → {result['dice_after']:.5f})")
     return result
 
 
