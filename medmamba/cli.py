@@ -396,8 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = commands.add_parser(
         "compare", help="predict and evaluate every trained architecture on the same held-out cases; report",
         description="Finds every architecture trained in RESULTS (a `plan-and-train --out` folder; unfinished "
-                    "ones are skipped with the reason), predicts the validation cases of the trained fold (or "
-                    "every case of --test), evaluates them with BraTS conventions and writes OUT: table.md/.csv "
+                    "ones are skipped with the reason), predicts the validation cases of the trained fold (with "
+                    "several folds trained: every case, each by the fold that held it out; or every case of --test, "
+                    "by the ensemble of the folds), evaluates them with BraTS conventions and writes OUT: "
+                    "table.md/.csv "
                     "(Dice and HD95 per region, parameters, FLOPs, training time, inference time and memory), "
                     "stats.csv (paired Wilcoxon tests and bootstrap CIs against the baseline), plots and "
                     "report.html. OUT appears complete or not at all.")
@@ -411,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--arch", action="append",
                      help="only this architecture, as plan-and-train named it (repeatable); one trained under "
                           "several recipes: all of them, or NAME@RECIPE for one")
-    cmp.add_argument("--fold", help="the fold to compare where several were trained (default: the only one)")
+    cmp.add_argument("--fold", help="compare this fold only, on its held-out cases (default: every fold all "
+                                    "architectures trained: with several, a cross-validation over every case, each "
+                                    "scored by the fold that held it out)")
     _add_device_option(cmp)
     cmp.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
     cmp.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",

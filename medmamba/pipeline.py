@@ -212,7 +212,8 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
                    time_budget_minutes: float | None = None, configuration: str | None = None,
                    recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
-                   postprocessing: bool = False, dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
+                   postprocessing: bool = False, dataset_id: int = 500, name: str | None = None, num_processes: int = 2,
+                   verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
     """Ingest ``data`` (once), plan every architecture, preprocess once (all plans share nnU-Net's
     preprocessed data identifier, so every network sees the same arrays and split), then train each

@@ -110,7 +110,8 @@ def test_compare_scores_every_case_by_the_fold_that_held_it_out(work, capsys, tm
     with (report / "table.csv").open() as f:
         rows = {row["architecture"]: row for row in csv.DictReader(f)}
     for arch in ("unet", "lightm_unet"):  # the training runs' own validation, pooled over both folds
-        assert rows[arch]["cases"] == "2" and rows[arch]["validation_cases"] == "2 held-out validation cases of folds 0, 1"
+        assert rows[arch]["cases"] == "2"
+        assert rows[arch]["validation_cases"] == "2 held-out validation cases of folds 0, 1"
     for fold, split in enumerate(_splits(work)):
         (case_id,) = split["val"]
         for arch in ("unet", "lightm_unet"):

@@ -542,7 +542,9 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             for models trained on fold "all").
         archs: only these (names as ``--arch`` of plan-and-train named them; a name trained under
             several recipes selects all of them, ``name@recipe`` one).
-        fold: the fold to compare where a trainer folder holds several (default: each folder's only one).
+        fold: compare this fold only; None: every numbered fold all the architectures finished
+            (:func:`choose_folds`): several make a cross-validation over every case they held out
+            (or, with ``test``, each architecture's fold ensemble), else the one fold, or fold "all".
         device: "auto", "cpu" or "cuda", for prediction.
         tta: mirroring test-time augmentation.
         empty: evaluate's empty-mask convention ("brats", …).

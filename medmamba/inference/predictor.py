@@ -120,7 +120,8 @@ class Predictor:
             has one; not for an ensemble of several models (each decision was made for one model).
     """
 
-    def __init__(self, model: TrainedModel | Sequence[TrainedModel], *, device: str | torch.device = "auto", tta: bool = False,
+    def __init__(self, model: TrainedModel | Sequence[TrainedModel], *, device: str | torch.device = "auto",
+                 tta: bool = False,
                  step_size: float = 0.5, labels: str | LabelConvention | None = None,
                  probabilities: bool = False, show_progress: bool = True, postprocessing: bool = True):
         if not 0 < step_size <= 1:
