@@ -186,6 +186,7 @@ def _plan_and_train(args: argparse.Namespace) -> None:
     plan_and_train(args.data, args.arch, args.out, gpu_memory_gb=args.gpu_memory, fold=args.fold, device=args.device,
                    epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                    time_budget_minutes=args.time_budget, configuration=args.configuration, recipe=args.recipe, seed=args.seed, continue_training=args.continue_training, restart=args.restart,
+                   postprocessing=args.postprocessing,
                    dataset_id=args.dataset_id, name=args.name, verbose=args.verbose, **_dataset_options(args))
 
 
@@ -199,10 +200,10 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from medmamba.inference import load_model, predict
+    from medmamba.inference import load_ensemble, predict
 
-    model = load_model(args.model, fold=args.fold, checkpoint=args.checkpoint)
-    predict(model, args.input, args.output, labels=args.label_convention, probabilities=args.probabilities,
+    models = load_ensemble(args.model, fold=args.fold, checkpoint=args.checkpoint)
+    predict(models, args.input, args.output, labels=args.label_convention, probabilities=args.probabilities,
             tta=args.tta, device=args.device, step_size=args.step_size, overwrite=args.overwrite)
 
 
@@ -378,9 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(nnUNet_raw, nnUNet_preprocessed, nnUNet_results); --continue resumes after a kill, "
                     "--restart discards earlier models of these architectures. OUT is locked while it runs.")
     _add_dataset_options(pat)
-    pat.add_argument("--fold", type=_fold, default=0,
+    pat.add_argument("--fold", type=_fold, nargs="+", default=[0], metavar="FOLD",
                      help="fold 0-4 of nnU-Net's 5-fold split (one fold per case for 2-4 cases), or 'all' to "
-                          "train on every case (default 0)")
+                          "train on every case; several (--fold 0 1 2 3 4) train each in turn, for a "
+                          "cross-validation that `medmamba compare` scores on every case (default 0)")
     _add_device_option(pat)
     pat.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
                      help="train each architecture for this many minutes: its planner measures training steps on "
@@ -406,15 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume every architecture from its last checkpoint, with the plans and preprocessed "
                           "data the interrupted run made")
     pat.add_argument("--restart", action="store_true",
-                     help="discard the trained or interrupted models of these architectures (this fold) in OUT and "
+                     help="discard the trained or interrupted models of these architectures (these folds) in OUT and "
                           "train them again (without --continue or --restart such a model stops the run)")
+    pat.add_argument("--postprocessing", action="store_true",
+                     help="after training, decide nnU-Net's postprocessing for each architecture (keep only the "
+                          "largest connected component of the foreground, then of each region, where that raised "
+                          "the Dice on the cross-validation of its trained folds); predict applies it")
     pat.set_defaults(handler=_plan_and_train, on_interrupt="stopped; resume with --continue")
 
     cmp = commands.add_parser(
         "compare", help="predict and evaluate every trained architecture on the same held-out cases; report",
         description="Finds every architecture trained in RESULTS (a `plan-and-train --out` folder; unfinished "
-                    "ones are skipped with the reason), predicts the validation cases of the trained fold (or "
-                    "every case of --test), evaluates them with BraTS conventions and writes OUT: table.md/.csv "
+                    "ones are skipped with the reason), predicts the validation cases of the trained fold (with "
+                    "several folds trained: every case, each by the fold that held it out; or every case of --test, "
+                    "by the ensemble of the folds), evaluates them with BraTS conventions and writes OUT: "
+                    "table.md/.csv "
                     "(Dice and HD95 per region, parameters, FLOPs, training time, inference time and memory), "
                     "stats.csv (paired Wilcoxon tests and bootstrap CIs against the baseline), plots and "
                     "report.html. OUT appears complete or not at all.")
@@ -428,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--arch", action="append",
                      help="only this architecture, as plan-and-train named it (repeatable); one trained under "
                           "several recipes: all of them, or NAME@RECIPE for one")
-    cmp.add_argument("--fold", help="the fold to compare where several were trained (default: the only one)")
+    cmp.add_argument("--fold", help="compare this fold only, on its held-out cases (default: every fold all "
+                                    "architectures trained: with several, a cross-validation over every case, each "
+                                    "scored by the fold that held it out)")
     _add_device_option(cmp)
     cmp.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
     cmp.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
@@ -448,11 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "of cases (OUTPUT is then a folder with one <case>.nii.gz each). The model's own nnU-Net "
                     "preprocessing is applied and inverted (Gaussian sliding window, optional mirroring), and the "
                     "label map is written in the training data's BraTS label convention with exactly the input's "
-                    "shape, affine and qform/sform. Inputs are never overwritten; outputs are complete or absent.")
-    pred.add_argument("--model", "-m", type=Path, required=True,
+                    "shape, affine and qform/sform. A model trained on several folds predicts as the ensemble of "
+                    "its folds (the mean of their probabilities) unless --fold picks one; several --model "
+                    "ensemble architectures; the first line says which. Inputs are never overwritten; outputs "
+                    "are complete or absent.")
+    pred.add_argument("--model", "-m", type=Path, required=True, action="append",
                       help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
                            "folder, a fold folder, or a folder holding one trained model (as medmamba import "
-                           "writes)")
+                           "writes); repeat it to ensemble architectures (the mean of their probabilities)")
     pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
                       help="a case folder, the modality files of one case, or a folder of case folders")
     pred.add_argument("-o", "--output", type=Path, required=True,
@@ -463,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
     pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
     _add_device_option(pred)
-    pred.add_argument("--fold", help="fold to use when the model folder holds several")
+    pred.add_argument("--fold", help="use this fold only (default: the ensemble of every numbered fold trained, "
+                                     "the mean of their probabilities, as nnU-Net; a model with no numbered fold: "
+                                     "its fold 'all')")
     pred.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
                       help="checkpoint to use (default final)")
     pred.add_argument("--step-size", type=_fraction, default=0.5,

@@ -17,7 +17,8 @@ from medmamba.files import atomic_output_file, write_json_atomically
 from medmamba.nnunet_folders import fold_folder, plans_identifier
 
 __all__ = ["COLLAPSE_HINT", "CPU_TIME_BUDGET_MINUTES", "TRAINABLE_CONFIGURATIONS", "PlanAndTrainResult",
-           "plan_and_train", "plan_work_folder", "dataset_name", "case_identifiers", "check_fold", "write_splits",
+           "plan_and_train", "plan_work_folder", "dataset_name", "case_identifiers", "check_fold", "training_folds",
+           "write_splits",
            "preprocessing_complete", "describe_budget_plan"]
 
 
@@ -30,8 +31,9 @@ def dataset_name(folder: str | Path) -> str:
 
 @dataclass
 class PlanAndTrainResult:
-    """Where everything went: the raw and preprocessed dataset folders and one training result per
-    architecture (``medmamba.training.run.TrainResult``)."""
+    """Where everything went: the raw and preprocessed dataset folders and one training result
+    (``medmamba.training.run.TrainResult``) per architecture, or per (architecture, fold) when
+    several folds were trained."""
 
     raw_dataset: Path
     preprocessed_dataset: Path
@@ -129,11 +131,11 @@ def _trained_folds(out: Path, raw_name: str, trainers: dict[str, str], configura
     return found
 
 
-def _refuse_to_replace(trained: dict[str, Path]) -> None:
-    arch, folder = next(iter(trained.items()))
+def _refuse_to_replace(trained: dict[tuple[str, int | str], Path]) -> None:
+    (arch, _), folder = next(iter(trained.items()))
     done = (folder / "checkpoint_final.pth").is_file()
     present = ", ".join(sorted(p.name for p in folder.glob("checkpoint_*.pth")))
-    more = f" (and {len(trained) - 1} more architecture(s))" if len(trained) > 1 else ""
+    more = f" (and {len(trained) - 1} more model(s): architectures or folds)" if len(trained) > 1 else ""
     raise CommandError(f"{folder}: holds {'a trained' if done else 'an interrupted training of a'} {arch} model "
                        f"({present}){more}; resume it with --continue, or discard it and train again with --restart")
 
@@ -240,12 +242,13 @@ def _check_configuration(configuration: str | None, archs: Sequence[str]) -> Non
 
 
 def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, gpu_memory_gb: float | None = None,
-                   fold: int | str = 0, device: str = "auto", epochs: int | None = None,
+                   fold: int | str | Sequence[int | str] = 0, device: str = "auto", epochs: int | None = None,
                    iters_per_epoch: int | None = None, val_iters: int | None = None,
                    time_budget_minutes: float | None = None, configuration: str | None = None,
                    recipe: str | None = None,
                    seed: int | None = None, continue_training: bool = False, restart: bool = False,
-                   dataset_id: int = 500, name: str | None = None, num_processes: int = 2, verbose: bool = False,
+                   postprocessing: bool = False, dataset_id: int = 500, name: str | None = None, num_processes: int = 2,
+                   verbose: bool = False,
                    log: Callable[[str], None] = print, **ingest_kwargs) -> PlanAndTrainResult:
     """Ingest ``data`` (once), plan every architecture, preprocess once (all plans share nnU-Net's
     preprocessed data identifier, so every network sees the same arrays and split), then train each
@@ -254,7 +257,10 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     ``fold``: ``"all"`` trains and validates on every case (works with a single case); a number
     picks a fold of ``splits_final.json``, which is written here when absent: nnU-Net's seeded
     5-fold split, or one fold per case for 2-4 cases (nnU-Net's own split needs 5). A fold the
-    split does not have is an error (nnU-Net would silently train on a random 80:20 split).
+    split does not have is an error (nnU-Net would silently train on a random 80:20 split). Several
+    folds (a sequence, e.g. ``[0, 1, 2, 3, 4]``) are trained one after the other, every architecture
+    on a fold before the next fold starts, so that an interrupted cross-validation leaves whole folds
+    that compare the architectures on the same cases (:func:`training_folds`).
 
     ``epochs``, ``iters_per_epoch``: nnU-Net's 1000 × 250 when ``None``. ``val_iters`` (validation
     batches per epoch) defaults to nnU-Net's ratio of one per five training iterations (its 50 per
@@ -277,7 +283,7 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     :func:`medmamba.training.run.train`), and the plans files and preprocessed data an earlier run
     finished are reused rather than made again: a checkpoint only fits the plans it was trained
     with (re-planning with another ``gpu_memory_gb`` would build another network).
-    ``restart``: the trained or interrupted models of these architectures (this fold) are discarded
+    ``restart``: the trained or interrupted models of these architectures (these folds) are discarded
     and trained again. With neither, a work folder that holds such a model is refused: no run
     replaces another's model unasked.
 
@@ -285,6 +291,10 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
     convention, dataset id and name, the fold against the discovered cases), the work folder is
     locked for the run (:mod:`medmamba.locks`), and every checkpoint ``--continue`` would resume
     from is read before the first training starts.
+
+    ``postprocessing``: after training, decide nnU-Net's postprocessing (keep the largest connected
+    component where that raised the Dice) for each architecture on the cross-validation of its
+    trained numbered folds (:mod:`medmamba.inference.postprocessing`); ``predict`` applies it.
 
     ``verbose``: nnU-Net's own output on the console too; without it, it goes to its log files
     (preprocessing: ``preprocessing_log.txt`` in the preprocessed dataset; training: the fold's
@@ -320,13 +330,20 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
         configuration = "2d"
         _check_configuration(configuration, archs)
     trainers = {arch: trainer_class(resolve_recipe(recipe, p.architecture)).__name__ for arch, p in presets.items()}
-    if fold != "all":
-        fold = int(fold)
-        splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
-        check_fold(fold, _discovered_cases(data, raw, ingest_kwargs), splits, data)
+    folds = training_folds(fold)
+    splits = out / "nnUNet_preprocessed" / raw.name / SPLITS_FILE
+    numbered = [f for f in folds if f != "all"]
+    if postprocessing and not numbered:
+        raise ValueError("--postprocessing is decided on the cases the folds held out, and fold 'all' holds none "
+                         "out: train numbered folds (--fold 0 1 2 3 4)")
+    if numbered:
+        cases = _discovered_cases(data, raw, ingest_kwargs)
+        for f in numbered:
+            check_fold(f, cases, splits, data)
     with folder_lock(out):
         configuration = BUDGET_CONFIGURATION if budget is not None and not two_d else configuration or "3d_fullres"
-        trained = _trained_folds(out, raw.name, trainers, configuration, fold)
+        trained = {(arch, f): folder for f in folds
+                   for arch, folder in _trained_folds(out, raw.name, trainers, configuration, f).items()}
         if trained and not (continue_training or restart):
             _refuse_to_replace(trained)
         if continue_training:
@@ -335,25 +352,29 @@ def plan_and_train(data: str | Path, archs: Sequence[str], out: str | Path, *, g
             for folder in trained.values():
                 load_resume_checkpoint(folder)  # a damaged checkpoint stops the run before any training
         return _plan_and_train_locked(data, presets, out, trained if restart else {}, gpu_memory_gb=gpu_memory_gb,
-                                      budget=budget, configuration=configuration, fold=fold, device=device,
+                                      budget=budget, configuration=configuration, folds=folds, device=device,
                                       two_d=two_d,
                                       epochs=epochs,
                                       iters_per_epoch=iters_per_epoch,
                                       val_iters=val_iters, recipe=recipe, seed=seed,
-                                      continue_training=continue_training, dataset_id=dataset_id, name=name,
+                                      continue_training=continue_training, postprocessing=postprocessing,
+                                      dataset_id=dataset_id, name=name,
                                       num_processes=num_processes, verbose=verbose, log=log, **ingest_kwargs)
 
 
-def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[str, Path], *,
-                           gpu_memory_gb: float | None, budget, configuration: str, fold: int | str, two_d: bool,
+def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[tuple[str, int | str], Path], *,
+                           gpu_memory_gb: float | None, budget, configuration: str, folds: Sequence[int | str],
+                           two_d: bool,
                            device: str, epochs: int | None,
                            iters_per_epoch: int | None, val_iters: int | None, recipe: str | None, seed: int | None,
                            continue_training: bool, dataset_id: int, name: str, num_processes: int, verbose: bool,
+                           postprocessing: bool = False,
                            log: Callable[[str], None], **ingest_kwargs) -> PlanAndTrainResult:
     """:func:`plan_and_train` once its arguments are checked and the work folder is locked;
-    ``presets``: preset name → preset; ``discard``: arch → fold folder of a model to throw away
-    (``restart``) before training it; ``budget``: a :class:`medmamba.planning.TimeBudget` or None;
-    ``two_d``: the data are 2D images (a budget then fits the epochs of the 2d configuration)."""
+    ``presets``: preset name → preset; ``discard``: (arch, fold) → fold folder of a model to throw
+    away (``restart``) before training it; ``folds``: trained in this order, every architecture on
+    each; ``budget``: a :class:`medmamba.planning.TimeBudget` or None; ``two_d``: the data are 2D
+    images (a budget then fits the epochs of the 2d configuration)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from medmamba.data import prepare
@@ -367,8 +388,9 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
     log(f"dataset: {raw}")
     _tell_background(raw, log)
     cases = case_identifiers(raw)
-    if fold != "all":
-        check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
+    for fold in folds:
+        if fold != "all":
+            check_fold(fold, cases, preprocessed / SPLITS_FILE, raw)
     identifiers = {arch: plans_identifier(arch) for arch in presets}
     reuse = [arch for arch, identifier in identifiers.items()
              if continue_training and (preprocessed / f"{identifier}.json").is_file()
@@ -414,15 +436,15 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
                 preprocess_dataset(int(raw.name[len("Dataset"):len("Dataset") + 3]), identifier, (configuration,),
                                    (num_processes,), verbose=False)
             _record_preprocessing(preprocessed, data_identifier, identifier, cases)
-    if fold != "all":
+    if any(fold != "all" for fold in folds):
         write_splits(preprocessed / SPLITS_FILE, cases)
     if val_iters is None and iters_per_epoch is not None:
         val_iters = max(1, iters_per_epoch // 5)
     trained = {}
-    for arch, identifier in identifiers.items():
-        if arch in discard:
-            log(f"--restart: discarding the earlier model in {discard[arch]}")
-            shutil.rmtree(discard[arch])
+    for fold, (arch, identifier) in ((f, item) for f in folds for item in identifiers.items()):
+        if (arch, fold) in discard:
+            log(f"--restart: discarding the earlier model in {discard[arch, fold]}")
+            shutil.rmtree(discard[arch, fold])
         log(f"training {arch} ({identifier}, fold {fold})")
         arch_epochs, arch_iters, arch_val_iters = epochs, iters_per_epoch, val_iters
         if budget is not None and two_d:  # the trainer recounts the epochs from the first one's time
@@ -432,21 +454,44 @@ def _plan_and_train_locked(data: Path, presets: dict, out: Path, discard: dict[s
             planned = configs[arch]["medmamba"]["budget"]
             arch_epochs, arch_iters = planned["epochs"], planned["iterations_per_epoch"]
             arch_val_iters = val_iters or max(1, arch_iters // 5)
-        trained[arch] = train(preprocessed, identifier, configuration, fold, device=device, epochs=arch_epochs,
+        result = train(preprocessed, identifier, configuration, fold, device=device, epochs=arch_epochs,
                               iters_per_epoch=arch_iters, val_iters=arch_val_iters, seed=seed,
                               time_budget_minutes=budget.minutes if budget is not None else None,
                               continue_training=continue_training, recipe=recipe,
                               architecture=presets[arch].architecture,
                               output_folder=out / "nnUNet_results", verbose=verbose)
-        _keep_record_with_model(raw, Path(trained[arch].output_folder).parent)
-        log(f"  {arch}: {trained[arch].epochs_completed} epochs, checkpoint {trained[arch].checkpoint}")
-        validation = trained[arch].validation
+        trained[arch if len(folds) == 1 else (arch, fold)] = result
+        _keep_record_with_model(raw, Path(result.output_folder).parent)
+        log(f"  {arch}: {result.epochs_completed} epochs, checkpoint {result.checkpoint}")
+        validation = result.validation
         if validation is not None:
-            _record_validation(out, arch, trained[arch], validation)
+            _record_validation(out, arch, result, validation)
             log(f"  {arch}: {validation.describe()}")
             if validation.collapsed:
                 log(f"  {arch}: {COLLAPSE_HINT}")
+    if postprocessing:
+        for arch, result in trained.items():
+            if not isinstance(arch, tuple) or arch[1] == folds[0]:
+                _decide_postprocessing(arch[0] if isinstance(arch, tuple) else arch,
+                                       Path(result.output_folder).parent, raw.parent, preprocessed, log)
     return PlanAndTrainResult(raw, preprocessed, trained)
+
+
+def _decide_postprocessing(arch: str, model_folder: Path, raw_root: Path, preprocessed: Path,
+                           log: Callable[[str], None]) -> None:
+    """nnU-Net's postprocessing decision for one model, on every numbered fold it has validation
+    predictions of (those of earlier runs too)."""
+    from medmamba.inference.postprocessing import determine_postprocessing
+
+    folds = sorted(int(p.name[len("fold_"):]) for p in model_folder.glob("fold_*")
+                   if p.name[len("fold_"):].isdigit() and (p / "validation").is_dir())
+    if not folds:
+        raise CommandError(f"{arch}: --postprocessing is decided on the cases the folds held out, and "
+                           f"{model_folder} has no numbered fold with validation predictions (fold 'all' holds "
+                           f"no case out): train --fold 0 1 2 3 4")
+    log(f"postprocessing of {arch}: on the cross-validation of folds {', '.join(map(str, folds))}")
+    determine_postprocessing(model_folder, preprocessed / "gt_segmentations", folds, raw_root=raw_root,
+                             log=lambda line: log(f"  {arch}:{line[1:] if line.startswith(' ') else line}"))
 
 
 #: What a user reads when a trained network predicts background everywhere.
@@ -490,6 +535,27 @@ def case_identifiers(raw_dataset: str | Path) -> list[str]:
     raw_dataset = Path(raw_dataset)
     return sorted(get_filenames_of_train_images_and_targets(str(raw_dataset),
                                                             load_json(str(raw_dataset / "dataset.json"))))
+
+
+def training_folds(fold: int | str | Sequence[int | str]) -> list[int | str]:
+    """The folds a run trains, in order, without repeats: numbers as ``int``, ``"all"`` as is.
+
+    Raises:
+        ValueError: an empty list, or a fold that is neither a whole number nor "all".
+    """
+    given = [fold] if isinstance(fold, (int, str)) else list(fold)
+    if not given:
+        raise ValueError("no fold given: name at least one (0-4 or 'all')")
+    folds: list[int | str] = []
+    for f in given:
+        if f != "all":
+            try:
+                f = int(f)
+            except (TypeError, ValueError):
+                raise ValueError(f"fold must be a number or 'all', got {f!r}") from None
+        if f not in folds:
+            folds.append(f)
+    return folds
 
 
 def check_fold(fold: int, cases: Sequence[str], splits_file: str | Path, dataset: str | Path) -> None:

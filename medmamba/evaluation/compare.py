@@ -6,9 +6,12 @@ What is compared, and how:
 - the architectures: every ``nnUNet_results/Dataset*/<Trainer>__<plans>__<configuration>/fold_*`` with a
   final checkpoint (:func:`medmamba.inference.list_trained_models`); unfinished or unreadable ones and
   those whose prediction fails are skipped with the reason;
-- the cases: the validation cases of the trained fold in ``splits_final.json`` (the same for every
-  architecture, since all share one split), or every case of ``test`` (a BraTS-style folder with
-  labels). A model trained on fold "all" has no held-out case and needs ``test``;
+- the cases: with several folds trained, every case held out by one of them, each predicted by the
+  fold that held it out (cross-validation, as nnU-Net reports it: :func:`choose_folds`,
+  :func:`cross_validation_cases`); with one fold, its validation cases in ``splits_final.json``
+  (the same for every architecture, since all share one split); or every case of ``test`` (a
+  BraTS-style folder with labels), predicted by the ensemble of the trained folds. A model trained
+  on fold "all" only has no held-out case and needs ``test``;
 - the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case>.nii.gz`` in the
   ground truth's label convention, timed per case (``time.perf_counter``) with the peak memory
   measured (:class:`medmamba.benchmarks.memory.PeakMemory`);
@@ -44,7 +47,8 @@ from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
 
 __all__ = ["CompareError", "CompareResult", "HeldOutCase", "Selection", "compare", "choose_models", "select_models",
            "predict_and_score", "choose_baseline", "held_out_cases", "network_costs", "training_time",
-           "planned_training_memory", "report_folder", "MIN_RESAMPLES"]
+           "planned_training_memory", "report_folder", "MIN_RESAMPLES", "FoldChoice", "list_trained_fold_sets",
+           "choose_folds", "cross_validation_cases", "describe_folds"]
 
 #: The fewest bootstrap resamples a comparison accepts (fewer make the confidence intervals noisy).
 MIN_RESAMPLES = 1000
@@ -334,6 +338,8 @@ class Selection:
         notes: lines for the report.
         inputs: folders the report must not be written into (the work folder, the test data, the
             training data the work folder references).
+        folds: the folds used and, per model, its trained fold of each (:func:`choose_folds`); None
+            with ``--fold``, where ``models`` are the folds.
     """
 
     results: Path
@@ -349,6 +355,7 @@ class Selection:
     baseline: str | None
     notes: list[str]
     inputs: list[Path]
+    folds: "FoldChoice | None" = None
 
 
 def select_models(models: Sequence, skipped: Sequence[tuple[str, str]], archs: Sequence[str] | None,
@@ -391,7 +398,12 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     test = Path(test).expanduser().absolute() if test is not None else None
     if test is not None and not test.is_dir():
         raise CompareError(f"--test {test} is not a folder")
-    models, skipped_folders = list_trained_models(results, fold=None if fold is None else str(fold))
+    fold_sets = None
+    if fold is None:
+        fold_sets, skipped_folders = list_trained_fold_sets(results)
+        models = [next(iter(folds.values())) for folds in fold_sets]
+    else:
+        models, skipped_folders = list_trained_models(results, fold=str(fold))
     models, names, skipped = select_models(models, [(_name_of_folder(f), r) for f, r in skipped_folders], archs,
                                            where=f"in {results}")
     for name, reason in skipped:
@@ -404,6 +416,13 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     if len(datasets) > 1:
         raise CompareError(f"the models belong to different datasets ({', '.join(datasets)}); compare one at a time "
                            f"with --arch")
+    notes: list[str] = []
+    choice = None
+    if fold_sets is not None:
+        by_folder = {(f[next(iter(f))].folder): f for f in fold_sets}
+        choice = choose_folds([by_folder[m.folder] for m in models], names)
+        notes += choice.notes
+        models = [next(iter(choice.per_model[n].values())) for n in names]
     folds = sorted({str(m.fold) for m in models})
     if len(folds) > 1:
         by_fold = ", ".join(f"{n}: fold {m.fold}" for n, m in zip(names, models))
@@ -413,7 +432,6 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     record = models[0].record
     train_convention = models[0].label_convention
     train_channels = models[0].channel_names
-    notes: list[str] = []
     if test is not None:
         cases, convention, channels = _test_cases(test, record, train_convention)
         if len(channels) != len(train_channels):
@@ -423,6 +441,14 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
             notes.append(f"test channels {', '.join(channels)} are fed in that order as the training channels "
                          f"{', '.join(train_channels)}")
         source = f"every case of {test}"
+        if choice is not None and len(choice.folds) > 1:
+            notes.append(f"each architecture predicts the test cases as the ensemble of its folds "
+                         f"{', '.join(choice.folds)} (the mean of their probabilities)")
+    elif choice is not None and len(choice.folds) > 1:
+        cases, choice.case_folds = cross_validation_cases(results, dataset, choice.folds, record)
+        convention, channels = train_convention, train_channels
+        source = (f"{describe_folds(choice.folds, len(cases), _split_count(results, dataset))}, from "
+                  f"{_splits_file(results, dataset)}")
     else:
         cases = held_out_cases(results, dataset, fold, record)
         convention, channels = train_convention, train_channels
@@ -445,15 +471,23 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
         models, names = [models[i] for i in order], [names[i] for i in order]
     inputs = [results, *([test] if test is not None else []),
               *(Path(r) for r in (record or {}).get("source", {}).get("roots", []))]
+    if choice is not None and len(choice.folds) > 1:
+        fold = ",".join(choice.folds)
     return Selection(results, models, names, skipped, dataset, fold, cases, source, convention, tuple(channels),
-                     chosen, notes, inputs)
+                     chosen, notes, inputs, choice)
 
 
 def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], predictions: Path, ground_truth: Path, *,
                       device, tta: bool, convention: LabelConvention | None, empty: str, final_predictions: Path,
-                      log: Callable[[str], None] = print) -> tuple[ArchitectureResult, list[str]]:
+                      log: Callable[[str], None] = print,
+                      case_models: dict | None = None) -> tuple[ArchitectureResult, list[str]]:
     """Predict ``cases`` with one model into ``predictions``, score them against ``ground_truth`` (a
     folder of label maps ``<case_id>.nii.gz``) and measure its costs.
+
+    ``model``: one trained fold, or a list of them (their ensemble predicts every case); with
+    ``case_models`` (case id → trained fold: cross-validation) each case is predicted by its own
+    fold and ``model`` only stands for the architecture's costs. Training time is the mean over
+    the folds used.
 
     Returns:
         (the architecture's result, notes for the report). The rows name the prediction files as
@@ -470,13 +504,25 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
 
     seconds: dict[str, float] = {}
     peak = 0
-    stage, predictor = "prediction", None
+    stage, predictor, loaded = "prediction", None, None
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    used = sorted({case_models[c.case_id].fold: case_models[c.case_id] for c in cases}.values(),
+                  key=lambda m: (not m.fold.isdigit(), int(m.fold) if m.fold.isdigit() else 0)) if case_models \
+        else members
+    model = members[0]
+    order = sorted(cases, key=lambda c: case_models[c.case_id].fold) if case_models else list(cases)
     try:
-        predictor = Predictor(model, device=device, tta=tta, labels=convention, show_progress=False)
         # a bar while the cases are predicted, gone afterwards (and none off a terminal): the line
         # that stays is the model's mean Dice
-        for case in tqdm(cases, desc=f"  {name}: predicting", unit="case", leave=False, file=sys.stderr,
+        for case in tqdm(order, desc=f"  {name}: predicting", unit="case", leave=False, file=sys.stderr,
                          disable=None):
+            wanted = case_models[case.case_id] if case_models else None
+            if predictor is None or wanted is not loaded:  # one fold's network at a time
+                predictor = None
+                # the raw networks: a postprocessing decision was tuned on these very cases
+                predictor = Predictor(wanted if wanted is not None else members, device=device, tta=tta,
+                                      labels=convention, show_progress=False, postprocessing=False)
+                loaded = wanted
             with PeakMemory(device) as memory:
                 start = time.perf_counter()
                 prediction = predictor.predict_case(list(case.images))
@@ -498,13 +544,13 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
         params, gflops, scan, patch = network_costs(model.plans, model.dataset_json, model.configuration)
     except Exception as err:  # noqa: BLE001 - the scores stand without the cost figures
         notes.append(f"{name}: parameters and FLOPs not computed ({type(err).__name__}: {err})")
-    train_s, epochs = training_time(model.checkpoint)
+    train_s, epochs = _mean_training_time(used)
     result = ArchitectureResult(
         name=name, evaluation=evaluation, params=params, gflops=gflops, scan_gflops=scan, patch_size=patch,
         spacing=configuration_spacing(model.plans, model.configuration), training_seconds=train_s, epochs=epochs, inference_seconds=seconds, inference_peak_bytes=peak,
         inference_device=device.type, training_memory_gib=planned_training_memory(model.plans, model.configuration),
         recipe=_recipe(model.trainer), trainer_folder=str(model.folder), checkpoint=str(model.checkpoint),
-        validation=_training_validation(model.checkpoint))
+        validation=_pooled_validation(used))
     return result, notes
 
 
@@ -527,7 +573,9 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             for models trained on fold "all").
         archs: only these (names as ``--arch`` of plan-and-train named them; a name trained under
             several recipes selects all of them, ``name@recipe`` one).
-        fold: the fold to compare where a trainer folder holds several (default: each folder's only one).
+        fold: compare this fold only; None: every numbered fold all the architectures finished
+            (:func:`choose_folds`): several make a cross-validation over every case they held out
+            (or, with ``test``, each architecture's fold ensemble), else the one fold, or fold "all".
         device: "auto", "cpu" or "cuda", for prediction.
         tta: mirroring test-time augmentation.
         empty: evaluate's empty-mask convention ("brats", …).
@@ -559,9 +607,11 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             pred_dir = tmp / "predictions" / name
             pred_dir.mkdir(parents=True)
             try:
+                predicting, case_models = _fold_models(chosen, name, model)
                 result, model_notes = predict_and_score(
-                    model, name, chosen.cases, pred_dir, gt_dir, device=dev, tta=tta, convention=chosen.convention,
-                    empty=empty, final_predictions=final / "predictions" / name, log=log)
+                    predicting, name, chosen.cases, pred_dir, gt_dir, device=dev, tta=tta,
+                    convention=chosen.convention, empty=empty, final_predictions=final / "predictions" / name,
+                    log=log, case_models=case_models)
             except ModelFailure as err:  # one architecture's failure must not stop the others
                 shutil.rmtree(pred_dir, ignore_errors=True)
                 reason = str(err)
@@ -588,7 +638,8 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                                {r.name: tmp / "predictions" / r.name / f"{overlay_id}.nii.gz" for r in evaluated})
         settings: dict[str, Any] = {
             "results": str(chosen.results), "dataset": chosen.dataset,
-            "cases": f"{len(chosen.cases)} ({chosen.source})", "label convention": chosen.convention.title if chosen.convention else None,
+            "cases": f"{len(chosen.cases)} ({chosen.source})", "folds": _folds_setting(chosen),
+            "label convention": chosen.convention.title if chosen.convention else None,
             "empty-mask convention": empty, "baseline": baseline or "none", "device": str(dev),
             "test-time augmentation": "mirroring" if tta else "off",
             "architectures": ", ".join(r.name for r in evaluated),
@@ -599,6 +650,33 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     report = _relocate(report, tmp, final)
     return CompareResult(final, report, [r.name for r in evaluated], skipped, baseline,
                          [c.case_id for c in chosen.cases], notes)
+
+
+def _mean_training_time(models: Sequence) -> tuple[float | None, int | None]:
+    """(seconds, epochs) of training one model: the mean over the folds ``models`` (one: its own)."""
+    times = [training_time(m.checkpoint) for m in models]
+    seconds = [t for t, _ in times if t is not None]
+    epochs = [e for _, e in times if e is not None]
+    if not seconds:
+        return None, None
+    return sum(seconds) / len(seconds), (round(sum(epochs) / len(epochs)) if epochs else None)
+
+
+def _pooled_validation(models: Sequence):
+    """The training runs' own whole-volume validation of the folds ``models``, pooled over their
+    cases (one fold: its own); None when a fold has none."""
+    from dataclasses import replace as with_fields
+
+    found = [_training_validation(m.checkpoint) for m in models]
+    if not found or any(v is None for v in found):
+        return None
+    if len(found) == 1:
+        return found[0]
+    folds = ", ".join(v.fold for v in found)
+    return with_fields(found[0], fold=folds, cases_source=f"held-out validation cases of folds {folds}",
+                       per_case={c: s for v in found for c, s in v.per_case.items()},
+                       foreground_in_truth={c: s for v in found for c, s in v.foreground_in_truth.items()},
+                       seconds=sum(v.seconds for v in found))
 
 
 def _training_validation(checkpoint: Path):
@@ -632,3 +710,119 @@ def _relocate(report: ReportFiles, old: Path, new: Path) -> ReportFiles:
                    stats_csv=move(report.stats_csv), html=move(report.html), summary_json=move(report.summary_json),
                    metrics_csv={k: move(v) for k, v in report.metrics_csv.items()},
                    plots={k: move(v) for k, v in report.plots.items()})
+
+
+# ------------------------------------------------------------------------------ cross-validation
+
+@dataclass
+class FoldChoice:
+    """The folds a comparison uses (:func:`choose_folds`).
+
+    Attributes:
+        folds: the folds, e.g. ``["0", "1", "2", "3", "4"]``, or ``["all"]``.
+        per_model: report name → {fold → that model's trained fold}.
+        notes: folds left out, and why.
+        case_folds: case id → the fold that held it out (cross-validation; empty otherwise).
+    """
+
+    folds: list[str]
+    per_model: dict[str, dict]
+    notes: list[str]
+    case_folds: dict[str, str] = field(default_factory=dict)
+
+
+def list_trained_fold_sets(results: str | Path, *, checkpoint: str = "final"
+                           ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every trainer folder of a work folder with its usable folds (fold → trained model, numbered
+    folds first), and the folders with none: ``(fold sets, [(folder name, why)])``."""
+    from medmamba.inference.model import _trainer_folders, trained_folds
+
+    sets, skipped = [], []
+    for folder in _trainer_folders(Path(results)):
+        usable, unusable = trained_folds(folder, checkpoint=checkpoint)
+        if usable:
+            sets.append(usable)
+        else:
+            reasons = "; ".join(f"fold {f}: {why}" for f, why in unusable.items())
+            skipped.append((folder.name, reasons or f"{folder}: no fold folder; nothing was trained here"))
+    return sets, skipped
+
+
+def choose_folds(fold_sets: Sequence[dict], names: Sequence[str]) -> FoldChoice:
+    """The folds every model has: the numbered folds all of them trained (a cross-validation when
+    there are several), else fold "all" when every one has it.
+
+    Raises:
+        CompareError: the models share no fold (they would be scored on different cases).
+    """
+    numbered = [{f for f in fs if f.isdigit()} for fs in fold_sets]
+    common = sorted(set.intersection(*numbered), key=int) if numbered else []
+    if common:
+        notes = []
+        for name, fs in zip(names, fold_sets):
+            extra = [f for f in fs if f not in common]
+            if extra:
+                notes.append(f"{name}: fold(s) {', '.join(extra)} left out (not trained, or not finished, for "
+                             f"every architecture compared)")
+        return FoldChoice(common, {n: {f: fs[f] for f in common} for n, fs in zip(names, fold_sets)}, notes)
+    if all("all" in fs for fs in fold_sets):
+        return FoldChoice(["all"], {n: {"all": fs["all"]} for n, fs in zip(names, fold_sets)}, [])
+    by_model = "; ".join(f"{n}: fold(s) {', '.join(fs)}" for n, fs in zip(names, fold_sets))
+    raise CompareError(f"the architectures share no trained fold ({by_model}); they would be scored on different "
+                       f"cases. Train them on the same folds, or compare some of them with --arch")
+
+
+def cross_validation_cases(results: str | Path, dataset: str, folds: Sequence[str], record: dict | None
+                           ) -> tuple[list[HeldOutCase], dict[str, str]]:
+    """Every case held out by one of ``folds``, sorted by id, and case id → the fold that held it
+    out (nnU-Net's splits hold each case out once).
+
+    Raises:
+        CompareError: as :func:`held_out_cases`, or a case held out by two of the folds.
+    """
+    cases, case_folds = [], {}
+    for fold in folds:
+        for case in held_out_cases(results, dataset, fold, record):
+            if case.case_id in case_folds:
+                raise CompareError(f"{_splits_file(Path(results), dataset)}: case {case.case_id} is held out by folds "
+                                   f"{case_folds[case.case_id]} and {fold}: not a cross-validation split")
+            case_folds[case.case_id] = fold
+            cases.append(case)
+    return sorted(cases, key=lambda c: c.case_id), case_folds
+
+
+def _split_count(results: Path, dataset: str) -> int | None:
+    try:
+        return len(json.loads(_splits_file(results, dataset).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def describe_folds(folds: Sequence[str], n_cases: int, n_splits: int | None) -> str:
+    """``5-fold cross-validation, 40 cases …``, ``cross-validation over folds 0, 1 of 5, …`` or ``fold 2``."""
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    scored = f"{n_cases} cases, each scored by the fold that held it out"
+    if n_splits is not None and len(folds) == n_splits:
+        return f"{n_splits}-fold cross-validation, {scored}"
+    return f"cross-validation over folds {', '.join(folds)}{f' of {n_splits}' if n_splits else ''}, {scored}"
+
+
+def _fold_models(chosen: Selection, name: str, model) -> tuple:
+    """``(model, case_models)`` for :func:`predict_and_score`: the one fold, the ensemble of the
+    folds (test data), or each case's own fold (cross-validation)."""
+    if chosen.folds is None or len(chosen.folds.folds) == 1:
+        return model, None
+    folds = chosen.folds.per_model[name]
+    if chosen.folds.case_folds:
+        return model, {case: folds[fold] for case, fold in chosen.folds.case_folds.items()}
+    return [folds[f] for f in chosen.folds.folds], None
+
+
+def _folds_setting(chosen: Selection) -> str:
+    """The report's "folds" line."""
+    if chosen.folds is None or len(chosen.folds.folds) == 1:
+        return f"fold {chosen.fold}"
+    if chosen.folds.case_folds:
+        return describe_folds(chosen.folds.folds, len(chosen.cases), _split_count(chosen.results, chosen.dataset))
+    return f"ensemble of folds {', '.join(chosen.folds.folds)} (mean of probabilities) on the test cases"

@@ -30,7 +30,8 @@ from medmamba.data.labels import convention_from_json, convention_of_dataset_jso
 from medmamba.data.background import DatasetBackground
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
-__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "find_model_folder", "list_trained_models", "load_model"]
+__all__ = ["CHECKPOINTS", "ModelError", "TrainedModel", "describe_members", "find_model_folder", "list_trained_models",
+           "load_ensemble", "load_model", "trained_folds"]
 
 #: ``checkpoint=`` name → nnU-Net checkpoint file.
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth", "latest": "checkpoint_latest.pth"}
@@ -266,3 +267,77 @@ def load_model(path: str | Path, *, fold: str | int | None = None, checkpoint: s
     """
     folder, fold = find_model_folder(path, fold=fold)
     return _model_from_folder(folder, fold, checkpoint)
+
+
+# ------------------------------------------------------------------------------ ensembles
+
+def _fold_order(fold: str) -> tuple[int, int | str]:
+    """Numbered folds first, in numeric order, then the others (``all``)."""
+    return (0, int(fold)) if fold.isdigit() else (1, fold)
+
+
+def trained_folds(folder: str | Path, *, checkpoint: str = "final") -> tuple[dict[str, TrainedModel], dict[str, str]]:
+    """Every fold of one trainer output folder: ``({fold: model}, {fold: why it cannot be used})``,
+    numbered folds in numeric order, then ``all``."""
+    folder = Path(folder)
+    usable, unusable = {}, {}
+    for fold in sorted((p.name[len("fold_"):] for p in folder.glob("fold_*") if p.is_dir()), key=_fold_order):
+        try:
+            usable[fold] = _model_from_folder(folder, fold, checkpoint)
+        except (ModelError, DatasetError, KeyError) as exc:
+            unusable[fold] = str(exc)
+    return usable, unusable
+
+
+def load_ensemble(paths: str | Path | list[str | Path], *, fold: str | int | None = None,
+                  checkpoint: str = "final") -> list[TrainedModel]:
+    """The trained folds a prediction averages: for each model path (see the module docstring), the
+    fold ``fold`` (or the fold a fold folder names), else every numbered fold of its trainer folder,
+    as nnU-Net predicts with folds 0-4 by default; a model with no numbered fold gives its fold
+    ``all``. Several paths ensemble architectures (:class:`medmamba.inference.Predictor`).
+
+    Raises:
+        ModelError: a path is no model, or one of the folds to use lacks the checkpoint (the
+            message names it; ``fold`` picks one that has it).
+    """
+    members: list[TrainedModel] = []
+    for path in [paths] if isinstance(paths, (str, Path)) else list(paths):
+        folder, named = find_model_folder(path, fold=fold)
+        if named is not None:
+            members.append(_model_from_folder(folder, named, checkpoint))
+            continue
+        folds = sorted((p.name[len("fold_"):] for p in folder.glob("fold_*") if p.is_dir()), key=_fold_order)
+        numbered = [f for f in folds if f.isdigit()]
+        if not numbered:
+            members.append(_model_from_folder(folder, None, checkpoint))  # the only fold, or the error
+            continue
+        for f in numbered:
+            try:
+                members.append(_model_from_folder(folder, f, checkpoint))
+            except ModelError as exc:
+                raise ModelError(f"{exc} (the ensemble of folds {', '.join(numbered)} needs every one of them; "
+                                 f"predict with one fold: --fold N)") from None
+    if len({(m.folder, m.fold) for m in members}) != len(members):
+        raise ModelError("the same model is named twice: " + ", ".join(m.describe() for m in members))
+    return members
+
+
+def describe_members(models: TrainedModel | list[TrainedModel]) -> str:
+    """What predicts, in words: one fold (``unet (…, fold 0, …)``), an ensemble of folds
+    (``unet (…, ensemble of folds 0, 1, …)``) or of architectures, with the averaging rule."""
+    models = [models] if isinstance(models, TrainedModel) else list(models)
+    if len(models) == 1:
+        return models[0].describe()
+    by_folder: dict[Path, list[TrainedModel]] = {}
+    for m in models:
+        by_folder.setdefault(m.folder, []).append(m)
+    parts = []
+    for members in by_folder.values():
+        folds = ", ".join(m.fold for m in members)
+        first = members[0]
+        what = f"ensemble of folds {folds}" if len(members) > 1 else f"fold {folds}"
+        parts.append(f"{first.name} ({first.trainer}, {what}, {first.checkpoint.name})")
+    if len(parts) == 1:
+        return f"{parts[0]}: mean of the folds' probabilities"
+    return (f"ensemble of {len(parts)} models, {' + '.join(parts)}: mean of the models' probabilities (each "
+            f"model's the mean of its folds')")

@@ -15,6 +15,13 @@ a file indexed ``(i, j, k)``); reversing them again gives the label map in the i
 order, which is written with a copy of the first modality's header: same shape, affine, qform and sform
 (codes included), whatever the orientation or spacing of the input.
 
+Ensembles: given several trained folds (of one model, or of several models), the Predictor averages
+their probabilities (softmax or sigmoid outputs, resampled back to the case's own grid by nnU-Net's
+export) and turns the mean into a label map with nnU-Net's ``LabelManager`` (argmax, or each region
+above 0.5), as ``nnUNetv2_ensemble`` merges saved probabilities. Folds of one model are averaged
+first, then the models, so that each model counts once. One fold alone takes nnU-Net's own path
+(``predict_single_npy_array``). docs/compare.md says why probabilities and not logits.
+
 Labels: the network predicts nnU-Net's region space (WT/TC/ET), written back in the training data's
 BraTS label convention (or another one, ``labels=``). Probabilities, when asked for, are one 4D
 float32 NIfTI per case with the region probabilities WT, TC, ET as its 4th axis.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -52,7 +60,7 @@ from medmamba.devices import resolve_device
 from medmamba.files import atomic_output_file, atomic_output_folder, check_writable, lies_within
 from medmamba.locks import output_lock
 
-from .model import ModelError, TrainedModel
+from .model import ModelError, TrainedModel, describe_members
 
 __all__ = ["Prediction", "Predictor", "predict", "read_case", "resolve_cases"]
 
@@ -83,30 +91,46 @@ class Prediction:
     seconds: float
 
 
+@dataclass
+class _Member:
+    """The folds of one trainer output folder (one network, several state dicts) on the device."""
+
+    model: TrainedModel
+    engine: object
+    state_dicts: list
+    reader: object
+    background: DatasetBackground | None
+
+
 class Predictor:
-    """A trained model on a device, ready to predict cases.
+    """A trained model, or an ensemble of trained folds, on a device, ready to predict cases.
 
     Args:
-        model: from :func:`medmamba.inference.load_model`.
+        model: from :func:`medmamba.inference.load_model`, or a list of trained folds from
+            :func:`medmamba.inference.load_ensemble` (an ensemble: the mean of their probabilities;
+            they must share channels and labels).
         device: "auto", "cpu" or "cuda".
         tta: mirror test-time augmentation over the axes the training allowed (8 passes in 3D).
         step_size: sliding-window step as a fraction of the patch (nnU-Net's 0.5).
         labels: label convention of the written maps; default: the training data's.
         probabilities: also compute region probabilities.
         show_progress: tqdm bar over the windows of each case.
+        postprocessing: apply the model's postprocessing decision (``plan-and-train
+            --postprocessing``: :mod:`medmamba.inference.postprocessing`) to the label maps, when it
+            has one; not for an ensemble of several models (each decision was made for one model).
     """
 
-    def __init__(self, model: TrainedModel, *, device: str | torch.device = "auto", tta: bool = False,
+    def __init__(self, model: TrainedModel | Sequence[TrainedModel], *, device: str | torch.device = "auto",
+                 tta: bool = False,
                  step_size: float = 0.5, labels: str | LabelConvention | None = None,
-                 probabilities: bool = False, show_progress: bool = True):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
+                 probabilities: bool = False, show_progress: bool = True, postprocessing: bool = True):
         if not 0 < step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {step_size}")
-        self.model = model
+        members = [model] if isinstance(model, TrainedModel) else list(model)
+        if not members:
+            raise ModelError("no trained model given")
+        self.models = members
+        self.model = model = members[0]
         self.device = resolve_device(device)
         self.probabilities = probabilities
         if labels is not None:
@@ -116,34 +140,62 @@ class Predictor:
         else:
             raise ModelError(f"{model.folder}: no {'medmamba_dataset.json'} records the training data's label "
                              f"convention; choose one with --labels")
-        self.plans_manager = PlansManager(model.plans)
-        self.configuration = self.plans_manager.get_configuration(model.configuration)
-        reader = self.plans_manager.image_reader_writer_class
+        _check_compatible(members)
+        groups: dict[Path, list[TrainedModel]] = {}
+        for member in members:
+            groups.setdefault(member.folder, []).append(member)
+        self.members = [self._load(folds, tta, step_size, show_progress) for folds in groups.values()]
+        first = self.members[0]
+        self.plans_manager, self.configuration = first.engine.plans_manager, first.engine.configuration_manager
+        self.reader, self.background, self.engine = first.reader, first.background, first.engine
+        self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
+        self.regions = self._region_sets(model.dataset_json)
+        from .postprocessing import read_postprocessing
+
+        self.postprocessing = read_postprocessing(model.folder) if postprocessing and len(self.members) == 1 else None
+
+    def _load(self, folds: list[TrainedModel], tta: bool, step_size: float, show_progress: bool) -> _Member:
+        """nnU-Net's predictor for one trainer folder's network, with every fold's weights read."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        model = folds[0]
+        plans_manager = PlansManager(model.plans)
+        configuration = plans_manager.get_configuration(model.configuration)
+        reader = plans_manager.image_reader_writer_class
         if reader.__name__ not in _TRANSPOSING_READERS:
             raise ModelError(f"{model.folder / 'plans.json'}: image reader {reader.__name__} is not supported "
                              f"(medmamba writes outputs in the input's voxel order: {', '.join(_TRANSPOSING_READERS)})")
-        self.reader = reader()
-        self.background = model.background
-        self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
-        self.regions = self._region_sets(model.dataset_json)
-        checkpoint = model.load_checkpoint()
+        label_manager = plans_manager.get_label_manager(model.dataset_json)
+        checkpoints = [fold.load_checkpoint() for fold in folds]
         network = get_network_from_plans(
-            self.configuration.network_arch_class_name, self.configuration.network_arch_init_kwargs,
-            self.configuration.network_arch_init_kwargs_req_import,
-            determine_num_input_channels(self.plans_manager, self.configuration, model.dataset_json),
-            self.label_manager.num_segmentation_heads, allow_init=False, deep_supervision=False)
-        try:
-            network.load_state_dict(checkpoint["network_weights"])
-        except (KeyError, RuntimeError) as exc:
-            raise ModelError(f"{model.checkpoint}: weights do not fit the network of plans.json ({exc})") from None
+            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            determine_num_input_channels(plans_manager, configuration, model.dataset_json),
+            label_manager.num_segmentation_heads, allow_init=False, deep_supervision=False)
+        for fold, checkpoint in zip(folds, checkpoints):
+            try:
+                network.load_state_dict(checkpoint["network_weights"])
+            except (KeyError, RuntimeError) as exc:
+                raise ModelError(f"{fold.checkpoint}: weights do not fit the network of plans.json ({exc})") from None
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a notice for every CPU predictor
-            self.engine = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
-                                          perform_everything_on_device=self.device.type == "cuda",
-                                          device=self.device, allow_tqdm=show_progress)
-        self.engine.manual_initialization(network.to(self.device), self.plans_manager, self.configuration,
-                                          [checkpoint["network_weights"]], model.dataset_json,
-                                          checkpoint.get("trainer_name", model.trainer),
-                                          checkpoint.get("inference_allowed_mirroring_axes"))
+            engine = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
+                                     perform_everything_on_device=self.device.type == "cuda",
+                                     device=self.device, allow_tqdm=show_progress)
+        checkpoint = checkpoints[0]
+        engine.manual_initialization(network.to(self.device), plans_manager, configuration,
+                                     [c["network_weights"] for c in checkpoints], model.dataset_json,
+                                     checkpoint.get("trainer_name", model.trainer),
+                                     checkpoint.get("inference_allowed_mirroring_axes"))
+        return _Member(model, engine, [c["network_weights"] for c in checkpoints], reader(), model.background)
+
+    def describe(self) -> str:
+        """What predicts: one fold, or the ensemble and its averaging rule; the postprocessing."""
+        text = describe_members(self.models)
+        return f"{text}; {self.postprocessing.describe()}" if self.postprocessing is not None and \
+            self.postprocessing.steps else text
 
     @staticmethod
     def _region_sets(dataset_json: dict) -> dict[str, tuple[int, ...]]:
@@ -182,10 +234,19 @@ class Predictor:
         case = Case(case_id or _case_id_of(images[0]), images[0].parent, tuple(images), None)
         self.check_case(case)
         start = time.perf_counter()
-        data, properties = read_case(images, self.reader, self.background)
-        with torch.inference_mode():
-            out = self.engine.predict_single_npy_array(data, properties, None, None, self.probabilities)
-        segmentation, probabilities = out if self.probabilities else (out, None)
+        if len(self.models) == 1:
+            data, properties = read_case(images, self.reader, self.background)
+            with torch.inference_mode():
+                out = self.engine.predict_single_npy_array(data, properties, None, None, self.probabilities)
+            segmentation, probabilities = out if self.probabilities else (out, None)
+        else:
+            probabilities = self.ensemble_probabilities(images)
+            segmentation = self.label_manager.convert_probabilities_to_segmentation(probabilities)
+            probabilities = probabilities if self.probabilities else None
+        if self.postprocessing is not None:
+            from .postprocessing import apply_postprocessing
+
+            segmentation = apply_postprocessing(np.asarray(segmentation), self.postprocessing)
         reference = nib.load(str(images[0]))
         labels = from_nnunet_labels(np.asarray(segmentation).transpose(2, 1, 0), self.convention).astype(np.uint8)
         if labels.shape != reference.shape[:3]:
@@ -196,6 +257,38 @@ class Predictor:
             probabilities = np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0))
         return Prediction(case.case_id, labels, probabilities, tuple(self.regions), reference, self.convention,
                           time.perf_counter() - start)
+
+    def ensemble_probabilities(self, images: Sequence[str | Path]) -> np.ndarray:
+        """(heads, …) float32 probabilities of the ensemble on the case's own grid, in the reader's
+        axis order (as nnU-Net returns them): the mean over the models of each model's mean over its
+        folds. Each model reads and preprocesses the case with its own plans."""
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        total = None
+        for member in self.members:
+            engine = member.engine
+            data, properties = read_case(images, member.reader, member.background)
+            adapter = PreprocessAdapterFromNpy([data], [None], [properties], [None], engine.plans_manager,
+                                               engine.dataset_json, engine.configuration_manager,
+                                               num_threads_in_multithreaded=1, verbose=False)
+            case = next(adapter)
+            folds_sum = None
+            for weights in member.state_dicts:
+                with torch.inference_mode():
+                    engine.network.load_state_dict(weights)
+                    logits = engine.predict_sliding_window_return_logits(case["data"]).cpu()
+                    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+                        logits, engine.plans_manager, engine.configuration_manager, engine.label_manager,
+                        case["data_properties"], return_probabilities=True)
+                probabilities = np.asarray(probabilities, dtype=np.float32)
+                folds_sum = probabilities if folds_sum is None else folds_sum + probabilities
+            mean = folds_sum / len(member.state_dicts)
+            if total is not None and mean.shape != total.shape:
+                raise ModelError(f"{member.model.folder}: predicts an output of shape {mean.shape}, the ensemble's "
+                                 f"first model {total.shape}")
+            total = mean if total is None else total + mean
+        return total / len(self.members)
 
     def check_case(self, case: Case) -> None:
         """The case has one file per model channel, all readable 3D volumes of one geometry."""
@@ -221,6 +314,28 @@ class Predictor:
                 write_volume(probabilities_tmp, prediction.probabilities,
                              header=_probability_header(header, prediction.regions))
         return out_file
+
+
+def _check_compatible(models: Sequence[TrainedModel]) -> None:
+    """Models to ensemble take the same channels and predict the same labels the same way (all
+    softmax over the same labels, or all sigmoid over the same regions in one painting order):
+    their probabilities are averaged channel by channel."""
+    first = models[0]
+
+    def outputs(m: TrainedModel) -> tuple:
+        labels = m.dataset_json.get("labels", {})
+        regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+        return regions, json.dumps(labels, sort_keys=True), json.dumps(m.dataset_json.get("regions_class_order"))
+
+    for other in models[1:]:
+        if [c.lower() for c in other.channel_names] != [c.lower() for c in first.channel_names]:
+            raise ModelError(f"cannot ensemble {first.describe()} (channels {', '.join(first.channel_names)}) with "
+                             f"{other.describe()} (channels {', '.join(other.channel_names)})")
+        if outputs(other) != outputs(first):
+            kinds = {True: "region-based (sigmoid)", False: "label-based (softmax)"}
+            raise ModelError(f"cannot ensemble {first.describe()}, {kinds[outputs(first)[0]]} with labels "
+                             f"{outputs(first)[1]}, with {other.describe()}, {kinds[outputs(other)[0]]} with labels "
+                             f"{outputs(other)[1]}: their probabilities are not of the same outputs")
 
 
 def read_case(images: Sequence[str | Path], reader, background: DatasetBackground | None) -> tuple[np.ndarray, dict]:
@@ -323,12 +438,17 @@ def _check_replaceable(output: Path) -> None:
                                f"which predict does not write; choose another output", path=output)
 
 
-def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Path, *, labels: str | None = None,
+def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str | Path], output: str | Path, *,
+            labels: str | None = None,
             probabilities: bool = False, tta: bool = False, device: str = "auto", step_size: float = 0.5,
             overwrite: bool = False, show_progress: bool = True, log=print) -> list[Path]:
     """``medmamba predict``: one case (a case folder, or its modality files) → ``output`` (a .nii.gz
     path, or an existing folder to hold ``<case_id>.nii.gz``); a folder of cases → the folder
     ``output`` with one ``<case_id>.nii.gz`` per case (written as a whole: complete or absent).
+
+    ``model``: one trained fold, or several (:func:`medmamba.inference.load_ensemble`: the folds of
+    a model, or of several models), whose mean probabilities make the label maps; the first line
+    logged says which.
 
     The output is checked before the model is loaded: it must not be an input or lie inside the input
     folder (symbolic links followed), and its folder must be writable, so nothing is computed for
@@ -345,7 +465,8 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
     """
     from tqdm import tqdm
 
-    mode, cases, input_folder = resolve_cases(inputs, model)
+    models = [model] if isinstance(model, TrainedModel) else list(model)
+    mode, cases, input_folder = resolve_cases(inputs, models[0])
     output = Path(output).expanduser().absolute()
     inputs_ = {p for case in cases for p in case.images}
 
@@ -366,8 +487,9 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
             raise DatasetError("output folder does not exist", path=out_file.parent)
         check_writable(out_file.parent)
         with output_lock(out_file):
-            predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
+            predictor = Predictor(models, device=device, tta=tta, step_size=step_size, labels=labels,
                                   probabilities=probabilities, show_progress=show_progress)
+            log(f"model: {predictor.describe()}")
             predictor.check_case(cases[0])
             prediction = predictor.predict_case(cases[0].images, cases[0].case_id)
             Predictor.write(prediction, out_file, targets[1] if probabilities else None)
@@ -380,8 +502,9 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
     written = []
     with output_lock(output), atomic_output_folder(output, refuse_inside=(input_folder,), error=DatasetError,
                                                   replace=overwrite) as tmp:
-        predictor = Predictor(model, device=device, tta=tta, step_size=step_size, labels=labels,
+        predictor = Predictor(models, device=device, tta=tta, step_size=step_size, labels=labels,
                               probabilities=probabilities, show_progress=False)
+        log(f"model: {predictor.describe()}")
         for case in cases:
             predictor.check_case(case)
         for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
