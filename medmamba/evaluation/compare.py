@@ -316,9 +316,19 @@ def _recipe(trainer: str) -> str:
 
 
 def _unique_names(models) -> list[str]:
-    """Model names, with ``@recipe`` added where one name was trained with several recipes."""
+    """Model names, with ``@recipe`` added where one name was trained with several recipes and
+    ``/configuration`` (e.g. ``unet/2d``) where it was trained in several configurations."""
     base = [m.name for m in models]
-    return [f"{b}@{_recipe(m.trainer)}" if base.count(b) > 1 else b for b, m in zip(base, models)]
+    names = []
+    for b, m in zip(base, models):
+        same = [o for o in models if o.name == b]
+        name = b
+        if len({_recipe(o.trainer) for o in same}) > 1:
+            name += f"@{_recipe(m.trainer)}"
+        if len({o.configuration for o in same}) > 1:
+            name += f"/{m.configuration}"
+        names.append(name)
+    return names
 
 
 @dataclass
