@@ -253,14 +253,14 @@ def test_nnunet_test_layout_predicts_every_case(trained, tmp_path):
     for index in range(2):
         assert _same_geometry(out / f"patient{index}.nrrd", layout / f"patient{index}_0000.nrrd")
     (layout / "patient1_0002.nrrd").unlink()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"case patient1: .*imagesTs: missing channel file patient1_0002\.nrrd"):
         main(["predict", "-m", str(trained / "work" / "unet"), "-i", str(layout), "-o", str(tmp_path / "p2"),
               "--device", "cpu"])
     assert not (tmp_path / "p2").exists()
 
 
 @pytest.mark.slow
-def test_evaluate_nrrd_predictions(trained, tmp_path, capsys):
+def test_evaluate_nrrd_predictions(trained, tmp_path):
     preds = tmp_path / "preds"
     main(["predict", "-m", str(trained / "work" / "unet"), "-i", str(trained / "nrrd"), "-o", str(preds),
           "--device", "cpu"])
@@ -275,17 +275,32 @@ def test_evaluate_nrrd_predictions(trained, tmp_path, capsys):
     a, b = (tmp_path / "a.csv").read_text().splitlines(), (tmp_path / "b.csv").read_text().splitlines()
     assert len(a) == 1 + 3 * 3  # header, 3 cases × WT/TC/ET
     assert [r.split(",")[:5] for r in a] == [r.split(",")[:5] for r in b]
+    # an nnU-Net raw dataset's labelsTr with file_ending .nrrd (here: predictions in its label values)
+    raw = tmp_path / "Dataset010_Own"
+    (raw / "labelsTr").mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1"}, "labels": {"background": 0, "NCR": 1, "ED": 2, "ET": 3},
+        "numTraining": 3, "file_ending": ".nrrd"}))
+    own = tmp_path / "own"
+    main(["predict", "-m", str(trained / "work" / "unet"), "-i", str(trained / "nrrd"), "-o", str(own),
+          "--device", "cpu", "--labels", "2023"])
+    for p in own.iterdir():
+        shutil.copy(p, raw / "labelsTr" / p.name)
+    main(["evaluate", "--pred", str(own), "--gt", str(raw / "labelsTr"), "--out", str(tmp_path / "c.csv")])
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3 and all(r.split(",")[1] in ("NCR", "ED", "ET") for r in rows[1:])
+    assert all(r.split(",")[2] == "1.0" for r in rows[1:])  # the same maps: Dice 1 (or both empty: 1)
 
 
 @pytest.mark.slow
-def test_predict_refuses_an_unsupported_file_type_in_one_line(trained, tmp_path, capsys):
+def test_predict_refuses_an_unsupported_file_type_in_one_line(trained, tmp_path):
     case = _case(trained)
     files = [str(case / f"{case.name}_{m}.nrrd") for m in MODALITIES[:3]]
     (tmp_path / "flair.jpg").write_bytes(b"\xff\xd8\xff")
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "-m", str(trained / "work" / "unet"), "-i", *files, str(tmp_path / "flair.jpg"),
               "-o", str(tmp_path / "out.nrrd"), "--device", "cpu"])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "flair.jpg: unsupported file type .jpg" in err[0], err
+    message = str(exit_info.value.code)  # printed as the one line of the exit, status 1
+    assert "\n" not in message and message.startswith("medmamba predict: ")
+    assert "flair.jpg: unsupported file type .jpg: medmamba reads .nii.gz" in message
     assert not (tmp_path / "out.nrrd").exists()
