@@ -304,3 +304,39 @@ def test_predict_refuses_an_unsupported_file_type_in_one_line(trained, tmp_path)
     assert "\n" not in message and message.startswith("medmamba predict: ")
     assert "flair.jpg: unsupported file type .jpg: medmamba reads .nii.gz" in message
     assert not (tmp_path / "out.nrrd").exists()
+
+
+@pytest.mark.slow
+def test_png_in_png_out_with_a_2d_model(tmp_path):
+    """RGB PNG cases train a 2D model; predict writes a PNG of the input's size, the same pixels as
+    nnU-Net's own export through its 2D reader/writer."""
+    from skimage import io
+
+    from medmamba.inference import Predictor, load_model
+
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        case = tmp_path / "data" / f"img{k}"
+        case.mkdir(parents=True)
+        label = np.zeros((40, 36), np.uint8)
+        r, c = rng.integers(8, 24, 2)
+        label[r:r + 10, c:c + 8] = 1
+        rgb = rng.integers(0, 60, (40, 36, 3)).astype(np.uint8)
+        rgb[label == 1] += 120
+        io.imsave(case / f"img{k}_rgb.png", rgb, check_contrast=False)
+        io.imsave(case / f"img{k}_seg.png", label, check_contrast=False)
+    main(["plan-and-train", str(tmp_path / "data"), "--modalities", "rgb", "--label-names", "lesion=1",
+          "--arch", "unet", "--out", str(tmp_path / "work"), "--configuration", "2d", "--fold", "all",
+          "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "1", "--seed", "0"])
+    image = tmp_path / "data" / "img0" / "img0_rgb.png"
+    main(["predict", "-m", str(tmp_path / "work" / "unet"), "-i", str(image), "-o", str(tmp_path / "out.png"),
+          "--device", "cpu", "--probabilities"])
+    ours = io.imread(tmp_path / "out.png")
+    assert ours.shape == (40, 36) and ours.dtype == np.uint8 and set(np.unique(ours)) <= {0, 1}
+    import tifffile
+
+    assert tifffile.imread(tmp_path / "out_probabilities.tif").shape == (40, 36, 1)
+    engine = Predictor(load_model(tmp_path / "work" / "unet"), device="cpu", show_progress=False).engine
+    engine.predict_from_files([[str(image)]], [str(tmp_path / "nnunet")], save_probabilities=False, overwrite=True,
+                              num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    assert np.array_equal(io.imread(tmp_path / "nnunet.png"), ours)

@@ -57,6 +57,7 @@ from medmamba.data import (
 from medmamba.data.background import DatasetBackground
 from medmamba.data.labels import short_region_name
 from medmamba.data.images import (
+    IMAGE_ENDINGS,
     ImageInfo,
     VolumeReadError,
     family_of,
@@ -481,8 +482,8 @@ def predict(model: TrainedModel, inputs: Sequence[str | Path], output: str | Pat
     if mode in ("files", "case"):
         out_file = output / f"{cases[0].case_id}{_output_ending(cases[0])}" if output.is_dir() else output
         if strip_ending(out_file.name) is None:
-            raise DatasetError(f"output must be an image file ({unsupported_problem(out_file).split(': ', 1)[1]}) "
-                               f"or an existing folder", path=out_file)
+            raise DatasetError(f"output must end in {', '.join(IMAGE_ENDINGS)} (or be an existing folder)",
+                               path=out_file)
         if family_of(out_file) != family_of(f"x{_output_ending(cases[0])}"):
             raise DatasetError(f"output format {strip_ending(out_file.name)[1]} cannot hold the label map of "
                                f"case {cases[0].case_id} ({_output_ending(cases[0])}): a volume goes to NIfTI/NRRD/MHA/MHD, a 2D image to "
