@@ -153,6 +153,21 @@ def test_nrrd_dataset_converts_with_nrrd_labels_read_by_simpleitk(nifti_data, tm
     assert json.loads((folder / "dataset.json").read_text())["file_ending"] == ".mha"
 
 
+def test_constant_background_copies_keep_the_nrrd_format(tmp_path):
+    """Images whose background must be mapped to 0 are copied in their own format and geometry."""
+    main(["synth", str(tmp_path / "export"), "--cases", "2", "--shape", *map(str, SHAPE), "--style", "zscore-export",
+          "--random-affine", "--seed", "1"])
+    data = _nrrd_copy(tmp_path / "export", tmp_path / "nrrd")
+    folder = convert_to_nnunet(validate(discover(data, modalities=["FLAIR", "T1c"])), tmp_path / "raw", 11, "Bg")
+    copies = sorted((folder / "imagesTr").iterdir())
+    assert copies and all(p.suffix == ".nrrd" for p in copies)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    case = sorted(dataset_json["dataset"])[0]
+    copy, source = folder / dataset_json["dataset"][case]["images"][0], data / case / f"{case}_FLAIR.nrrd"
+    assert _same_geometry(copy, source)
+    assert read_volume(copy).data.min() == 0 and read_volume(source).data.min() < 0
+
+
 def test_png_dataset_converts_for_nnunets_2d_reader(tmp_path):
     from skimage import io
 
