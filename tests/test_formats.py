@@ -355,3 +355,36 @@ def test_png_in_png_out_with_a_2d_model(tmp_path):
     engine.predict_from_files([[str(image)]], [str(tmp_path / "nnunet")], save_probabilities=False, overwrite=True,
                               num_processes_preprocessing=1, num_processes_segmentation_export=1)
     assert np.array_equal(io.imread(tmp_path / "nnunet.png"), ours)
+
+
+@pytest.mark.slow
+def test_nnunet_raw_dataset_in_mha_end_to_end(tmp_path):
+    """An nnU-Net raw dataset with file_ending .mha trains as it is; its imagesTs (test layout) is
+    predicted into MHA files with the inputs' geometry and scored against its labelsTr."""
+    rng = np.random.default_rng(0)
+    ds = tmp_path / "Dataset123_Own"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (ds / sub).mkdir(parents=True)
+    for k in range(4):
+        label = np.zeros((16, 20, 24), np.uint8)
+        label[4:10, 5:12, 6:15] = 1
+        label[6:8, 7:9, 8:10] = 2
+        image = (rng.normal(size=label.shape) + 3 * label).astype(np.float32)
+        files = [(image, ds / ("imagesTs" if k == 3 else "imagesTr") / f"c{k}_0000.mha")]
+        files += [(label, ds / "labelsTr" / f"c{k}.mha")] if k < 3 else []
+        for array, path in files:
+            sitk.WriteImage(_oblique_itk(array), str(path))
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "file_ending": ".mha",
+                                                 "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 3}))
+    work = tmp_path / "work"
+    main(["plan-and-train", str(ds), "--arch", "unet", "--out", str(work), "--fold", "all", "--device", "cpu",
+          "--epochs", "1", "--iters-per-epoch", "1", "--seed", "0"])
+    main(["predict", "-m", str(work / "unet"), "-i", str(ds / "imagesTs"), "-o", str(tmp_path / "ts"),
+          "--device", "cpu"])
+    assert [p.name for p in (tmp_path / "ts").iterdir()] == ["c3.mha"]
+    assert _same_geometry(tmp_path / "ts" / "c3.mha", ds / "imagesTs" / "c3_0000.mha")
+    main(["predict", "-m", str(work / "unet"), "-i", str(ds / "imagesTr"), "-o", str(tmp_path / "tr"),
+          "--device", "cpu"])
+    main(["evaluate", "--pred", str(tmp_path / "tr"), "--gt", str(ds / "labelsTr"), "--out", str(tmp_path / "m.csv")])
+    rows = (tmp_path / "m.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] + r.split(",")[1] for r in rows) == ["c0a", "c0b", "c1a", "c1b", "c2a", "c2b"]
