@@ -11,7 +11,12 @@ Layouts (``discover``)
     The two BraTS namings are detected from the case-folder names when ``modalities`` is not given. Both
     keep the channel order of nnU-Net's Dataset137 (T1, T1ce, T2, Flair ↔ t1n, t1c, t2w, t2f), so a
     model trained on one naming predicts on the other. Hidden files (``.*``, e.g. macOS ``._x.nii.gz``) and
-    files that are not NIfTI are ignored; subfolders that hold no NIfTI file are ignored.
+    files that are not images are ignored; subfolders that hold no image file are ignored.
+
+Formats
+    Every format of :mod:`medmamba.data.images`: NIfTI, NRRD, MHA, MHD (volumes, also mixed) or 2D
+    PNG/BMP/TIFF (an RGB image is three channels), one kind per dataset, since one nnU-Net reader reads
+    it all; suffixes are matched on the name without its ending. docs/formats.md has the details.
 
 Label convention
     ``label_convention=`` forces one of :data:`medmamba.data.labels.CONVENTIONS`, or gives the labels of
@@ -24,7 +29,8 @@ Label convention
     the value used when writing predictions back differs).
 
 Validation (``validate``)
-    Every file is read completely (one volume at a time): unreadable/truncated files, 2D or 4D images,
+    Every file is read completely (one volume at a time): unreadable/truncated files, 4D images, 2D
+    NIfTI files (2D data comes as PNG/BMP/TIFF or a 2D NRRD/MHA), files of both kinds in one case,
     NaN/Inf voxels, shape or affine differences between a case's files (tolerances in
     :mod:`medmamba.data.nifti`), non-integer labels and label values outside the convention each stop
     with one :class:`DatasetError` naming the case, the file and the problem; so do missing and unknown
@@ -37,7 +43,9 @@ Validation (``validate``)
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
     image files in place (absolute paths), ``labelsTr/<case>.nii.gz`` with labels remapped to nnU-Net's
-    region space (uint8, the source label's header), and ``medmamba_dataset.json`` recording the source,
+    region space (uint8, the source label's header; for other formats the label's own format and
+    geometry, with the nnU-Net reader that reads every file named in ``overwrite_image_reader_writer``:
+    :func:`_dataset_format`), and ``medmamba_dataset.json`` recording the source,
     channel order and label mapping so that predictions can be written back in the user's convention
     (:func:`load_label_convention`). Images with a constant background other than 0 (found by
     ``validate``, one value on more than half of the six faces) are the exception: nnU-Net would take
@@ -72,9 +80,7 @@ from medmamba.data.labels import (
 )
 from medmamba.data.images import (
     GRID_POSITION_TOL_VOXELS,
-    NIFTI_ENDINGS,
     VOXEL_SIZE_RTOL,
-    Volume,
     VolumeReadError,
     family_of,
     geometry_mismatch,
@@ -98,9 +104,8 @@ __all__ = [
 
 RECORD_NAME = "medmamba_dataset.json"
 _FILE_ENDING = ".nii.gz"  # of a converted NIfTI dataset; referenced images may also be .nii
-# Other formats: the labels (and treated copies) are written in the dataset's own format. MHD (header
-# plus data file) becomes single-file MHA; 2D natural images have PNG labels (lossless) and float TIFF
-# treated copies.
+# Other formats: the labels (and treated copies) are written in the dataset's own format; MHD (header
+# plus data file) becomes single-file MHA; 2D images get PNG labels (lossless).
 _LABEL_ENDING = {".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha", ".png": ".png", ".bmp": ".png",
                  ".tif": ".png", ".tiff": ".png"}
 
@@ -246,9 +251,6 @@ def _visible(entries: Iterable[Path]) -> list[Path]:
 def _image_files(folder: Path) -> list[Path]:
     """The visible files in ``folder`` with a supported image ending (:mod:`medmamba.data.images`)."""
     return [p for p in _visible(folder.iterdir()) if p.is_file() and strip_ending(p.name)]
-
-
-_nifti_files = _image_files  # the name before other formats were read
 
 
 def _broken_links(folder: Path) -> list[Path]:
