@@ -188,6 +188,25 @@ def test_png_dataset_converts_for_nnunets_2d_reader(tmp_path):
     assert (folder / "labelsTr" / "img0.png").is_file()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing data file"])
+def test_a_damaged_itk_file_is_one_message_naming_case_and_file(nifti_data, tmp_path, damage):
+    data = _nrrd_copy(nifti_data, tmp_path / "data")
+    case = sorted(p for p in data.iterdir() if p.is_dir())[1]
+    bad = case / f"{case.name}_t2.nrrd"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-200])
+    else:  # an MHD header whose data file is gone
+        image = sitk.ReadImage(str(bad))
+        bad.unlink()
+        bad = bad.with_suffix(".mhd")
+        sitk.WriteImage(image, str(bad))
+        bad.with_suffix(".raw").unlink()
+    with pytest.raises(DatasetError) as err:
+        validate(discover(data))
+    message = str(err.value)
+    assert message.startswith(f"case {case.name}: {bad}: cannot be read by SimpleITK") and "\n" not in message
+
+
 def test_mixed_volume_and_2d_files_are_refused_naming_the_file(nifti_data, tmp_path):
     data = Path(shutil.copytree(nifti_data, tmp_path / "mixed"))
     case = sorted(p for p in data.iterdir() if p.is_dir())[0]
