@@ -204,7 +204,9 @@ def test_a_damaged_itk_file_is_one_message_naming_case_and_file(nifti_data, tmp_
     with pytest.raises(DatasetError) as err:
         validate(discover(data))
     message = str(err.value)
-    assert message.startswith(f"case {case.name}: {bad}: cannot be read by SimpleITK") and "\n" not in message
+    problem = ("cannot be read by SimpleITK" if damage == "truncated" else
+               f"its data file {bad.with_suffix('.raw').name} (ElementDataFile) does not exist beside it")
+    assert message.startswith(f"case {case.name}: {bad}: {problem}") and "\n" not in message
 
 
 def test_mixed_volume_and_2d_files_are_refused_naming_the_file(nifti_data, tmp_path):

@@ -218,10 +218,32 @@ def _sitk_problem(exc: Exception) -> str:
     return f"cannot be read by SimpleITK ({text[-300:]}); truncated or corrupt file?"
 
 
+def _mhd_data_file_problem(path: Path) -> str | None:
+    """An MHD header whose data file (``ElementDataFile``) is missing: said so, since ITK only says
+    that the header "cannot be read"."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8192).decode("latin-1")
+    except OSError:
+        return None
+    for line in header.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            name = value.strip()
+            if name and name != "LOCAL" and " " not in name and "%" not in name:
+                data = path.parent / name
+                if not data.exists():
+                    return f"its data file {data.name} (ElementDataFile) does not exist beside it"
+            return None
+    return None
+
+
 def _read_itk(path: Path, with_data: bool):
     import SimpleITK as sitk
 
     _check_exists(path)
+    if path.name.lower().endswith(".mhd") and (problem := _mhd_data_file_problem(path)) is not None:
+        raise VolumeReadError(problem)
     try:
         if with_data:
             image = sitk.ReadImage(str(path))
