@@ -103,6 +103,21 @@ def test_2d_images_are_single_slices_and_rgb_is_three_channels(tmp_path):
     assert np.array_equal(theirs[:, 0], c.data[:, :, 0, :].transpose(2, 0, 1))
 
 
+def test_2d_nrrd_keeps_its_own_geometry(tmp_path):
+    image = sitk.GetImageFromArray(np.arange(6 * 9, dtype=np.int16).reshape(6, 9))  # 9 columns (x), 6 rows (y)
+    image.SetSpacing((0.7, 1.3))
+    image.SetOrigin((-4.0, 2.5))
+    image.SetDirection((0.0, 1.0, 1.0, 0.0))
+    sitk.WriteImage(image, str(tmp_path / "slice.nrrd"))
+    vol = read_volume(tmp_path / "slice.nrrd")
+    assert vol.data.shape == (9, 6, 1) and vol.is_2d and vol.data[1, 0, 0] == 1 and vol.data[0, 1, 0] == 9
+    assert np.allclose(vol.affine[:3, 3], [4.0, -2.5, 0.0]) and np.allclose(np.linalg.norm(vol.affine[:3, :3], axis=0),
+                                                                         [0.7, 1.3, 1.0])
+    write_volume(tmp_path / "out.nrrd", (vol.data > 20).astype(np.uint8), like=vol)
+    assert _same_geometry(tmp_path / "out.nrrd", tmp_path / "slice.nrrd")
+    assert sitk.ReadImage(str(tmp_path / "out.nrrd")).GetDimension() == 2
+
+
 def test_unsupported_file_type_is_one_clear_error(tmp_path):
     (tmp_path / "scan.jpg").write_bytes(b"\xff\xd8\xff")
     assert strip_ending("scan.jpg") is None and strip_ending("SCAN.PNG") == ("SCAN", ".PNG")
