@@ -452,28 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(handler=_compare)
 
     pred = commands.add_parser(
-        "predict", help="segment NIfTI cases with a trained model",
+        "predict", help="segment cases (NIfTI, NRRD, MHA/MHD, 2D PNG/BMP/TIFF) with a trained model",
         description="Predicts a case folder (BraTS 2021 or 2023 naming, or the generic layout the model was "
-                    "trained with), an explicit list of modality files in the model's channel order, or a folder "
-                    "of cases (OUTPUT is then a folder with one <case>.nii.gz each). The model's own nnU-Net "
+                    "trained with), an explicit list of modality files in the model's channel order, a folder "
+                    "of cases, or a folder in nnU-Net's test layout (CASE_0000.ext, CASE_0001.ext, ...); for a "
+                    "folder OUTPUT is a folder with one <case>.<ext> each. The model's own nnU-Net "
                     "preprocessing is applied and inverted (Gaussian sliding window, optional mirroring), and the "
-                    "label map is written in the training data's BraTS label convention with exactly the input's "
-                    "shape, affine and qform/sform. A model trained on several folds predicts as the ensemble of "
-                    "its folds (the mean of their probabilities) unless --fold picks one; several --model "
-                    "ensemble architectures; the first line says which. Inputs are never overwritten; outputs "
-                    "are complete or absent.")
+                    "label map is written in the training data's label convention, in the input's format (NRRD in, "
+                    "NRRD out; PNG in, PNG out) with exactly the input's shape and geometry (NIfTI: affine and "
+                    "qform/sform; NRRD/MHA/MHD: spacing, origin, direction). Formats: docs/formats.md. A model "
+                    "trained on several folds predicts as the ensemble of its folds (the mean of their "
+                    "probabilities) unless --fold picks one; several --model ensemble architectures; the first "
+                    "line says which. Inputs are never overwritten; outputs are complete or absent.")
     pred.add_argument("--model", "-m", type=Path, required=True, action="append",
                       help="RESULTS/ARCH (a plan-and-train work folder and an architecture), a trainer output "
                            "folder, a fold folder, or a folder holding one trained model (as medmamba import "
                            "writes); repeat it to ensemble architectures (the mean of their probabilities)")
     pred.add_argument("-i", "--input", type=Path, nargs="+", required=True,
-                      help="a case folder, the modality files of one case, or a folder of case folders")
+                      help="a case folder, the modality files of one case, a folder of case folders, or a folder of "
+                           "CASE_XXXX.ext files (nnU-Net's test layout)")
     pred.add_argument("-o", "--output", type=Path, required=True,
-                      help="output .nii.gz (or an existing folder) for one case; a new folder for a folder of cases")
+                      help="output file (default format: the input's) or an existing folder for one case; a new folder "
+                           "for a folder of cases")
     _add_label_convention(pred, "label convention of the output (default: the training data's)",
                           "--labels", label_names=False)  # predict's earlier spelling
     pred.add_argument("--probabilities", action="store_true",
-                      help="also write <output>_probabilities.nii.gz: WT, TC, ET probabilities as a 4th axis")
+                      help="also write <output>_probabilities.<ext>: region (WT, TC, ET) probabilities on the last axis "
+                           "(a TIFF for 2D images)")
     pred.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 passes in 3D)")
     _add_device_option(pred)
     pred.add_argument("--fold", help="use this fold only (default: the ensemble of every numbered fold trained, "
@@ -527,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="Dice, HD95 and NSD per case for WT, TC and ET against ground truth",
-        description="Pairs every prediction PRED/<case_id>.nii.gz with its ground truth (a BraTS-style folder, "
-                    "or a folder of label maps <case_id>.nii.gz) and computes Dice, HD95 and normalised surface "
+        description="Pairs every prediction PRED/<case_id>.<ext> (NIfTI, NRRD, MHA/MHD, PNG, ...) with its ground "
+                    "truth (a BraTS-style folder, an nnU-Net raw dataset or its labelsTr, or a folder of label maps "
+                    "named like the predictions, in any of these formats) and computes Dice, HD95 and normalised surface "
                     "Dice for WT, TC and ET with MONAI, in mm (the ground truth's voxel spacing). A prediction "
                     "whose voxel grid differs from its ground truth's is an error (nothing is resampled). Writes "
                     "a per-case CSV and a summary JSON (mean, sd, median, n per region), both stating the "
@@ -537,9 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13), monai (raw MONAI, NaN), nan "
                     "(both empty excluded), segmamba (either empty: Dice 0, HD95 50). --lesion-wise adds the BraTS "
                     "2023 lesion-wise Dice and HD95 per region, with that challenge's own empty-mask rules.")
-    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.nii.gz")
+    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps <case_id>.<ext>")
     evaluate.add_argument("--gt", type=Path, required=True,
-                          help="ground truth: BraTS-style dataset folder or folder of label maps <case_id>.nii.gz")
+                          help="ground truth: BraTS-style dataset folder, nnU-Net raw dataset or its labelsTr, or folder "
+                               "of label maps <case_id>.<ext>")
     evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"),
                           help="per-case CSV (default ./metrics.csv)")
     evaluate.add_argument("--summary", type=Path,

@@ -27,6 +27,7 @@ from medmamba.data import (
     validate,
 )
 from medmamba.data import brats as brats_module
+from medmamba.data import images
 from medmamba.data.labels import detect_convention
 from medmamba.data.nifti import read_volume, write_volume
 
@@ -522,7 +523,7 @@ def test_injected_failure_mid_write_leaves_nothing(brats21, tmp_path, monkeypatc
         calls.append(args[0])
         if len(calls) == 2:
             raise OSError("No space left on device")
-        return write_volume(*args, **kwargs)
+        return images.write_volume(*args, **kwargs)
 
     monkeypatch.setattr(brats_module, "write_volume", failing_write)
     raw = tmp_path / "raw"

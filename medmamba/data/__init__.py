@@ -11,7 +11,9 @@ Typical use (what ``medmamba plan-and-train`` does)::
 
 Details: :mod:`medmamba.data.brats` (layouts, validation, conversion), :mod:`medmamba.data.labels` (label
 conventions), :mod:`medmamba.data.synth` (the generator and its intensity table),
-:mod:`medmamba.data.nifti` (checked reading, reproducible writing, tolerances).
+:mod:`medmamba.data.images` (every file read or written: NIfTI, NRRD, MHA/MHD, 2D PNG/BMP/TIFF; one array
+and geometry convention), :mod:`medmamba.data.nifti` (checked NIfTI reading, reproducible writing,
+tolerances).
 """
 
 from medmamba.data.brats import (

@@ -11,7 +11,12 @@ Layouts (``discover``)
     The two BraTS namings are detected from the case-folder names when ``modalities`` is not given. Both
     keep the channel order of nnU-Net's Dataset137 (T1, T1ce, T2, Flair ↔ t1n, t1c, t2w, t2f), so a
     model trained on one naming predicts on the other. Hidden files (``.*``, e.g. macOS ``._x.nii.gz``) and
-    files that are not NIfTI are ignored; subfolders that hold no NIfTI file are ignored.
+    files that are not images are ignored; subfolders that hold no image file are ignored.
+
+Formats
+    Every format of :mod:`medmamba.data.images`: NIfTI, NRRD, MHA, MHD (volumes, also mixed) or 2D
+    PNG/BMP/TIFF (an RGB image is three channels), one kind per dataset, since one nnU-Net reader reads
+    it all; suffixes are matched on the name without its ending. docs/formats.md has the details.
 
 Label convention
     ``label_convention=`` forces one of :data:`medmamba.data.labels.CONVENTIONS`, or gives the labels of
@@ -24,7 +29,8 @@ Label convention
     the value used when writing predictions back differs).
 
 Validation (``validate``)
-    Every file is read completely (one volume at a time): unreadable/truncated files, 2D or 4D images,
+    Every file is read completely (one volume at a time): unreadable/truncated files, 4D images, 2D
+    NIfTI files (2D data comes as PNG/BMP/TIFF or a 2D NRRD/MHA), files of both kinds in one case,
     NaN/Inf voxels, shape or affine differences between a case's files (tolerances in
     :mod:`medmamba.data.nifti`), non-integer labels and label values outside the convention each stop
     with one :class:`DatasetError` naming the case, the file and the problem; so do missing and unknown
@@ -37,7 +43,9 @@ Validation (``validate``)
 Conversion (``convert_to_nnunet``)
     Writes ``<raw_root>/DatasetXXX_Name/`` with ``dataset.json`` whose ``dataset`` key references the
     image files in place (absolute paths), ``labelsTr/<case>.nii.gz`` with labels remapped to nnU-Net's
-    region space (uint8, the source label's header), and ``medmamba_dataset.json`` recording the source,
+    region space (uint8, the source label's header; for other formats the label's own format and
+    geometry, with the nnU-Net reader that reads every file named in ``overwrite_image_reader_writer``:
+    :func:`_dataset_format`), and ``medmamba_dataset.json`` recording the source,
     channel order and label mapping so that predictions can be written back in the user's convention
     (:func:`load_label_convention`). Images with a constant background other than 0 (found by
     ``validate``, one value on more than half of the six faces) are the exception: nnU-Net would take
@@ -70,12 +78,15 @@ from medmamba.data.labels import (
     present_values,
     to_nnunet_labels,
 )
-from medmamba.data.nifti import (
+from medmamba.data.images import (
     GRID_POSITION_TOL_VOXELS,
     VOXEL_SIZE_RTOL,
     VolumeReadError,
+    family_of,
     geometry_mismatch,
+    image_format,
     missing_file_problem,
+    nnunet_reader_name,
     nonfinite_voxels,
     read_volume,
     strip_ending,
@@ -92,7 +103,11 @@ __all__ = [
 ]
 
 RECORD_NAME = "medmamba_dataset.json"
-_FILE_ENDING = ".nii.gz"  # of the converted dataset; referenced images may also be .nii
+_FILE_ENDING = ".nii.gz"  # of a converted NIfTI dataset; referenced images may also be .nii
+# Other formats: the labels (and treated copies) are written in the dataset's own format; MHD (header
+# plus data file) becomes single-file MHA; 2D images get PNG labels (lossless).
+_LABEL_ENDING = {".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha", ".png": ".png", ".bmp": ".png",
+                 ".tif": ".png", ".tiff": ".png"}
 
 
 class DatasetError(ValueError):
@@ -188,9 +203,11 @@ class Dataset:
         convention_source: why that convention (``"given"``, the naming, or the detection rule).
         validated: True once ``validate`` accepted every remaining case.
         skipped: (case id, reason) of cases dropped by ``validate(skip_invalid=True)``.
-        borders: case id → the border of each image in channel order
+        borders: case id → the border of each channel in channel order
             (:func:`medmamba.data.background.detect_border`), found by ``validate`` while it reads
             them; the conversion decides from them how to treat a constant background.
+        channels: case id → the number of channels of each image file (3 for an RGB image, else 1),
+            found by ``validate``.
     """
 
     roots: tuple[Path, ...]
@@ -204,6 +221,7 @@ class Dataset:
     validated: bool = False
     skipped: tuple[tuple[str, str], ...] = field(default=())
     borders: Mapping[str, tuple[Border, ...]] = field(default_factory=dict)
+    channels: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def convention(self) -> LabelConvention:
@@ -230,12 +248,13 @@ def _visible(entries: Iterable[Path]) -> list[Path]:
     return sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path) -> list[Path]:
+    """The visible files in ``folder`` with a supported image ending (:mod:`medmamba.data.images`)."""
     return [p for p in _visible(folder.iterdir()) if p.is_file() and strip_ending(p.name)]
 
 
 def _broken_links(folder: Path) -> list[Path]:
-    """NIfTI-named symbolic links whose target does not exist (reported as such, not as a missing file)."""
+    """Image-named symbolic links whose target does not exist (reported as such, not as a missing file)."""
     return [p for p in _visible(folder.iterdir()) if p.is_symlink() and not p.exists() and strip_ending(p.name)]
 
 
@@ -258,8 +277,10 @@ def _discover_case(folder: Path, naming: Naming | None, modalities: tuple[str, .
     case_id = folder.name
     problems: list[Problem] = [Problem(link, missing_file_problem(link)) for link in _broken_links(folder)]
     found: dict[str, list[Path]] = {}
-    for f in _nifti_files(folder):
-        stem, _ = strip_ending(f.name)
+    endings = []
+    for f in _image_files(folder):
+        stem, ending = strip_ending(f.name)
+        endings.append(ending)
         if naming is not None:
             prefix = case_id + naming.separator
             if not stem.startswith(prefix):
@@ -286,8 +307,9 @@ def _discover_case(folder: Path, naming: Naming | None, modalities: tuple[str, .
         if m in found:
             images.append(found[m][0])
         else:
-            expected = (f"{case_id}{naming.separator}{m}.nii.gz" if naming is not None
-                        else f"a file whose name ends in _{m}.nii.gz")
+            ending = endings[0] if endings else ".nii.gz"
+            expected = (f"{case_id}{naming.separator}{m}{ending}" if naming is not None
+                        else f"a file whose name ends in _{m}{ending}")
             problems.append(Problem(folder, f"missing modality '{m}' (expected {expected})"))
     label = found[label_suffix][0] if label_suffix in found else None
     return Case(case_id, folder, tuple(images), label, tuple(problems))
@@ -367,7 +389,7 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
                                "a time", path=roots[0])
         if not styles:
             loose = [e for _, entries in listings for e in entries if e.is_file() and strip_ending(e.name)]
-            hint = (" It holds NIfTI files directly: give the folder that contains the case folders."
+            hint = (" It holds image files directly: give the folder that contains the case folders."
                     if loose else "")
             raise DatasetError(
                 "no recognisable cases: no subfolder is named like BraTS 2021 (BraTS2021_XXXXX) or BraTS 2023 "
@@ -397,16 +419,16 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
         for entry in entries:
             if not entry.is_dir():
                 continue
-            has_nifti = bool(_nifti_files(entry) or _broken_links(entry))
+            has_nifti = bool(_image_files(entry) or _broken_links(entry))
             if naming is not None and not naming.pattern.match(entry.name):
                 if has_nifti:  # a case with a wrong name, not an unrelated folder
                     cases.append(Case(entry.name, entry, (), None, (Problem(
-                        entry, f"folder holds NIfTI files but its name does not follow the {naming.title} "
+                        entry, f"folder holds image files but its name does not follow the {naming.title} "
                                f"naming ({_EXAMPLE[naming.name]})"),)))
                 continue
             if not has_nifti:
                 if naming is not None:
-                    cases.append(Case(entry.name, entry, (), None, (Problem(entry, "case folder holds no NIfTI "
+                    cases.append(Case(entry.name, entry, (), None, (Problem(entry, "case folder holds no image "
                                                                                    "file"),)))
                 continue
             case = _discover_case(entry, naming, mods, lab)
@@ -419,7 +441,8 @@ def discover(folder: str | Path | Sequence[str | Path], *, modalities: Sequence[
             cases.append(case)
     loose = [e for _, entries in listings for e in entries if e.is_file() and strip_ending(e.name)]
     if cases and loose:
-        warnings.warn(DatasetWarning(f"ignoring {len(loose)} NIfTI file(s) lying directly in the input folder, "
+        kind = "NIfTI" if all(image_format(e) == "nifti" for e in loose) else "image"
+        warnings.warn(DatasetWarning(f"ignoring {len(loose)} {kind} file(s) lying directly in the input folder, "
                                      f"e.g. {loose[0]} (cases are subfolders)"), stacklevel=2)
     if not cases:
         raise DatasetError(f"no case folders found (one subfolder per case, holding files ending in "
@@ -444,10 +467,19 @@ class _Report:
     problem: Problem | None
     label_values: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()  # valid, but probably not what the user meant
-    borders: tuple[Border, ...] = ()  # of each image, in channel order
+    borders: tuple[Border, ...] = ()  # of each channel, in channel order
+    channels: tuple[int, ...] = ()  # of each image file (3 for an RGB image)
 
 
-def _dims_problem(shape: tuple[int, ...]) -> str | None:
+# A natural (PNG/BMP/TIFF) image is used as nnU-Net reads it: its background is never treated.
+_UNTREATED = Border(value=0, share=1.0, minimum=0)
+
+
+def _dims_problem(shape: tuple[int, ...], two_d: bool = False) -> str | None:
+    """Why a spatial shape is not one medmamba trains on: 3D volumes, and natively 2D files (PNG, BMP,
+    TIFF, a 2D NRRD/MHA) read as (X, Y, 1)."""
+    if two_d and len(shape) == 3 and shape[2] == 1:
+        return None if min(shape[:2]) > 1 else f"is a single row or column of pixels (shape {shape[:2]})"
     if len(shape) < 3:
         return f"is {len(shape)}D (shape {shape}) where a 3D volume is expected"
     if len(shape) > 3:
@@ -481,18 +513,23 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
     if case.problems:
         return _Report(case.problems[0])
     if case.label is None and require_label:
+        ending = strip_ending(case.images[0].name)[1] if case.images else ".nii.gz"
         return _Report(Problem(case.folder, f"no label file (expected a file whose name ends in "
-                                            f"_{label_suffix}.nii.gz)"))
+                                            f"_{label_suffix}{ending})"))
+    files = list(case.images) + ([case.label] if case.label is not None else [])
+    if files and (why := _mixed_families(files)) is not None:
+        return _Report(why)
     ref: tuple[Path, tuple[int, ...], object] | None = None
     notes: list[str] = []
     borders: list[Border] = []
+    channels: list[int] = []
     for path in case.images:
         try:
             vol = read_volume(path)
         except VolumeReadError as exc:
             return _Report(Problem(path, str(exc)))
-        shape = tuple(vol.data.shape)
-        if (why := _dims_problem(shape)) is not None:
+        shape = vol.spatial_shape
+        if (why := _dims_problem(shape, vol.is_2d)) is not None:
             return _Report(Problem(path, why))
         count, first = nonfinite_voxels(vol.data)
         if count:
@@ -504,16 +541,23 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
         if not vol.data.any():
             notes.append(f"case {case.case_id}: {path}: every voxel is 0; an empty image is almost always a "
                          f"broken export (check the file)")
-        borders.append(detect_border(vol.data))  # here, where every image is read anyway
+        channels.append(vol.channels)
+        if vol.format == "natural":
+            borders.extend([_UNTREATED] * vol.channels)
+        else:
+            borders.append(detect_border(vol.data))  # here, where every image is read anyway
         del vol
     if case.label is None:
-        return _Report(None, warnings=tuple(notes), borders=tuple(borders))
+        return _Report(None, warnings=tuple(notes), borders=tuple(borders), channels=tuple(channels))
     try:
         vol = read_volume(case.label)
     except VolumeReadError as exc:
         return _Report(Problem(case.label, str(exc)))
-    shape = tuple(vol.data.shape)
-    if (why := _dims_problem(shape)) is not None:
+    if vol.channels > 1:
+        return _Report(Problem(case.label, f"label is a {vol.channels}-channel (RGB) image; a label map holds "
+                                           f"one value per pixel (save it as grey-scale)"))
+    shape = vol.spatial_shape
+    if (why := _dims_problem(shape, vol.is_2d)) is not None:
         return _Report(Problem(case.label, "label " + why))
     try:
         values = present_values(vol.data)
@@ -524,7 +568,21 @@ def _check_case(case: Case, require_label: bool, convention: str | None, source:
     if convention is not None and (why := _label_values_problem(values, get_convention(convention),
                                                                    source)) is not None:
         return _Report(Problem(case.label, why))
-    return _Report(None, tuple(int(v) for v in values), tuple(notes), tuple(borders))
+    return _Report(None, tuple(int(v) for v in values), tuple(notes), tuple(borders), tuple(channels))
+
+
+_FAMILY_TITLE = {"volume": "NIfTI/NRRD/MHA/MHD", "natural": "PNG/BMP/TIFF"}
+
+
+def _mixed_families(files: Sequence[Path]) -> Problem | None:
+    """A file that nnU-Net's reader of the first file cannot read (a PNG among NIfTI files)."""
+    first = family_of(files[0])
+    for path in files[1:]:
+        if family_of(path) != first:
+            return Problem(path, f"is a {_FAMILY_TITLE[family_of(path)]} file while {files[0].name} is "
+                                 f"{_FAMILY_TITLE[first]}: one dataset is read by one nnU-Net reader, so its files "
+                                 f"are all volumes (NIfTI, NRRD, MHA, MHD) or all 2D images (PNG, BMP, TIFF)")
+    return None
 
 
 def _warn_about(report: _Report) -> None:
@@ -590,6 +648,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
     items = [(c, require_labels, conv, source, dataset.label_suffix) for c in dataset.cases]
     good: list[tuple[Case, tuple[int, ...]]] = []
     borders: dict[str, tuple[Border, ...]] = {}
+    channels: dict[str, tuple[int, ...]] = {}
     for case, report in zip(dataset.cases, _ordered_map(_check_case, items, num_workers)):
         if report.problem is not None:
             _fail_or_skip(DatasetError(report.problem.message, case=case.case_id, path=report.problem.path),
@@ -598,6 +657,7 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
             _warn_about(report)
             good.append((case, report.label_values))
             borders[case.case_id] = report.borders
+            channels[case.case_id] = report.channels
 
     if conv is None:
         conv, why = detect_convention({v for _, values in good for v in values})
@@ -629,7 +689,8 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, require_labels: bo
                            path=dataset.roots[0] if len(dataset.roots) == 1 else None)
     return replace(dataset, cases=tuple(remaining), label_convention=conv, convention_source=source,
                    validated=True, skipped=tuple(skipped),
-                   borders={case.case_id: borders[case.case_id] for case in remaining})
+                   borders={case.case_id: borders[case.case_id] for case in remaining},
+                   channels={case.case_id: channels[case.case_id] for case in remaining})
 
 
 # ---------------------------------------------------------------------------------------- conversion
@@ -638,7 +699,7 @@ def _convert_label(case: Case, out_file: Path, convention: LabelConvention) -> N
     """Read, check and remap one label file into the temporary dataset folder."""
     try:
         vol = read_volume(case.label)
-        if (why := _dims_problem(tuple(vol.data.shape))) is not None:
+        if (why := _dims_problem(vol.spatial_shape, vol.is_2d)) is not None:
             raise DatasetError("label " + why, case=case.case_id, path=case.label)
         mapped = to_nnunet_labels(vol.data, convention)
     except VolumeReadError as exc:
@@ -647,7 +708,7 @@ def _convert_label(case: Case, out_file: Path, convention: LabelConvention) -> N
         raise
     except ValueError as exc:
         raise DatasetError(str(exc), case=case.case_id, path=case.label) from None
-    write_volume(out_file, mapped, affine=vol.affine, header=vol.header)
+    write_volume(out_file, mapped, affine=vol.affine, header=vol.header, like=vol)
 
 
 def _write_treated_image(case_id: str, source: Path, out_file: Path, treatment: ChannelTreatment,
@@ -661,7 +722,7 @@ def _write_treated_image(case_id: str, source: Path, out_file: Path, treatment: 
     if detect_border(vol.data) != border:
         raise DatasetError("changed since it was validated (its border differs); convert again", case=case_id,
                            path=source)
-    write_volume(out_file, treatment.apply(vol.data, border), affine=vol.affine, header=vol.header)
+    write_volume(out_file, treatment.apply(vol.data, border), affine=vol.affine, header=vol.header, like=vol)
 
 
 def _dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -682,6 +743,65 @@ def _check_target(raw_root: Path, dataset_id: int, name: str) -> Path:
             raise DatasetError(f"dataset id {dataset_id} is already used by {clash[0]} (nnU-Net finds a dataset "
                                f"by its id); choose another id", path=raw_root)
     return raw_root / folder_name
+
+
+def _dataset_format(dataset: Dataset) -> tuple[str, str | None]:
+    """The ``file_ending`` of the converted dataset (its labels are written in it) and the nnU-Net
+    reader that must read every file (None: nnU-Net's choice for ``.nii.gz``, as before other formats).
+
+    NIfTI data keeps ``.nii.gz``; other volumes get their label's format (MHD as single-file MHA), read
+    by ``SimpleITKIO`` (which reads every volume format, also mixed); 2D images get PNG labels, read by
+    ``NaturalImage2DIO``.
+
+    Raises:
+        DatasetError: files of both reader families in one dataset.
+    """
+    files = [p for case in dataset.cases for p in (*case.images, *([case.label] if case.label else []))]
+    if (problem := _mixed_families(files)) is not None:
+        raise DatasetError(problem.message, path=problem.path)
+    if all(image_format(p) == "nifti" for p in files):
+        return _FILE_ENDING, None
+    family = family_of(files[0])
+    first = next(p for p in ([dataset.cases[0].label] + list(dataset.cases[0].images))
+                 if image_format(p) != "nifti")
+    ending = _LABEL_ENDING[strip_ending(first.name)[1].lower()]
+    return ending, nnunet_reader_name(family)
+
+
+_RGB = "RGBA"
+
+
+def _channel_names(dataset: Dataset) -> tuple[str, ...]:
+    """nnU-Net's channel names: one per channel, so an RGB image file gives three (``R``, ``G``, ``B``;
+    ``<modality>_R`` … when a case has several files).
+
+    Raises:
+        DatasetError: a case whose files have other channel counts than the first case's.
+    """
+    first = dataset.cases[0]
+    counts = tuple(dataset.channels.get(first.case_id, ()))
+    if not counts or all(c == 1 for c in counts):
+        for case in dataset.cases:
+            if any(c != 1 for c in dataset.channels.get(case.case_id, ())):
+                k = next(i for i, c in enumerate(dataset.channels[case.case_id]) if c != 1)
+                raise DatasetError(f"has {dataset.channels[case.case_id][k]} channels (RGB) where "
+                                   f"{first.images[k].name} of case {first.case_id} has 1; every case needs the "
+                                   f"same channels", case=case.case_id, path=case.images[k])
+        return tuple(dataset.channel_names)
+    names: list[str] = []
+    for k, (name, count) in enumerate(zip(dataset.channel_names, counts)):
+        if count == 1:
+            names.append(name)
+        else:
+            names.extend(_RGB[c] if len(counts) == 1 else f"{name}_{_RGB[c]}" for c in range(count))
+    for case in dataset.cases:
+        other = tuple(dataset.channels[case.case_id])
+        if other != counts:
+            k = next(i for i, (a, b) in enumerate(zip(counts, other)) if a != b)
+            raise DatasetError(f"has {other[k]} channel(s) where {first.images[k].name} of case {first.case_id} "
+                               f"has {counts[k]}; every case needs the same channels", case=case.case_id,
+                               path=case.images[k])
+    return tuple(names)
 
 
 def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, name: str, *,
@@ -710,6 +830,8 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
             raise DatasetError("no label file: an nnU-Net training dataset needs one per case",
                                case=case.case_id, path=case.folder)
     conv = dataset.convention
+    file_ending, reader = _dataset_format(dataset)
+    channel_names = _channel_names(dataset)
     target = _check_target(Path(raw_root).expanduser().absolute(), dataset_id, name)
 
     def refuse(message: str) -> DatasetError:
@@ -718,12 +840,13 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
     with atomic_output_folder(target, refuse_inside=dataset.roots, error=refuse) as tmp:
         labels_dir = tmp / "labelsTr"
         labels_dir.mkdir()
-        items = [(case, labels_dir / f"{case.case_id}{_FILE_ENDING}", conv) for case in dataset.cases]
+        items = [(case, labels_dir / f"{case.case_id}{file_ending}", conv) for case in dataset.cases]
         for _ in _ordered_map(_convert_label, items, num_workers):
             pass
-        background = treat_background(dataset.channel_names, {c.case_id: dataset.borders[c.case_id]
-                                                              for c in dataset.cases})
-        treated = {(case.case_id, k): f"imagesTr/{case.case_id}_{k:04d}{_FILE_ENDING}"
+        background = treat_background(channel_names, {c.case_id: dataset.borders[c.case_id]
+                                                      for c in dataset.cases})
+        # natural images are never treated, so k is both the file and the channel index here
+        treated = {(case.case_id, k): f"imagesTr/{case.case_id}_{k:04d}{file_ending}"
                    for case in dataset.cases for k, treatment in enumerate(background.channels)
                    if treatment.changes(dataset.borders[case.case_id][k])}
         if treated:
@@ -735,7 +858,7 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
             pass
         entries = {case.case_id: {"images": [treated.get((case.case_id, k), str(p))
                                              for k, p in enumerate(case.images)],
-                                  "label": f"labelsTr/{case.case_id}{_FILE_ENDING}"}
+                                  "label": f"labelsTr/{case.case_id}{file_ending}"}
                    for case in dataset.cases}
         dataset_json = {
             "name": target.name,
@@ -743,11 +866,12 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
                            f"({dataset.naming} naming, label convention {conv.title}); images referenced in place"
                            + (f", except {len(treated)} with a constant background, copied to imagesTr with it "
                               f"mapped to 0 (medmamba_dataset.json: background)" if treated else ""),
-            "channel_names": {str(i): n for i, n in enumerate(dataset.channel_names)},
+            "channel_names": {str(i): n for i, n in enumerate(channel_names)},
             "labels": {k: list(v) if isinstance(v, tuple) else v for k, v in conv.nnunet_labels.items()},
             **({"regions_class_order": list(conv.regions_class_order)} if conv.region_based else {}),
             "numTraining": len(dataset.cases),
-            "file_ending": _FILE_ENDING,
+            "file_ending": file_ending,
+            **({"overwrite_image_reader_writer": reader} if reader else {}),
             "dataset": entries,
         }
         record = {
@@ -755,7 +879,9 @@ def convert_to_nnunet(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
             "nnunet_dataset": target.name,
             "source": {"roots": [str(r) for r in dataset.roots], "naming": dataset.naming,
                        "modalities": list(dataset.modalities), "label_suffix": dataset.label_suffix},
-            "channel_names": list(dataset.channel_names),
+            "channel_names": list(channel_names),
+            **({"file_ending": file_ending, "channels_per_file": list(dataset.channels[dataset.cases[0].case_id])}
+               if reader else {}),
             "label_convention": conv.as_json(),
             "label_convention_source": dataset.convention_source,
             "cases": {case.case_id: {"images": [str(p) for p in case.images], "label": str(case.label)}

@@ -1,5 +1,7 @@
 """NIfTI reading with checks, byte-reproducible writing and geometry comparison.
 
+The NIfTI part of :mod:`medmamba.data.images`, through which medmamba reads and writes every file.
+
 Reading (``read_volume``) decompresses a ``.nii.gz`` completely through :mod:`gzip`, which checks the
 stream's CRC and length at its end: a truncated or corrupt file fails here, with its name, instead of
 being half-read by nibabel (which stops after the bytes it needs and never sees the gzip trailer).

@@ -291,7 +291,7 @@ def _background_channel(channel_names: Sequence[str]) -> int:
 def _gt_folder(cases: Sequence[HeldOutCase], folder: Path) -> Path:
     """A folder of label maps ``<case_id>.nii[.gz]`` for evaluate: links to the user's own files, so
     that held-out cases of a training folder and test cases are scored the same way."""
-    from medmamba.data.nifti import strip_ending
+    from medmamba.data.images import strip_ending
 
     folder.mkdir(parents=True)
     for case in cases:

@@ -1,12 +1,15 @@
 """Evaluate a folder of predicted label maps against ground truth: per-case CSV and summary JSON.
 
 Inputs
-    - Predictions: ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``), as ``medmamba predict`` writes them in
-      folder mode; other files in the folder are ignored.
+    - Predictions: ``<pred_dir>/<case_id><ending>`` in any format of :mod:`medmamba.data.images`
+      (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``, ``.png``, ``.bmp``, ``.tif``), as ``medmamba
+      predict`` writes them in folder mode; other files in the folder are ignored.
     - Ground truth, either a BraTS-style dataset folder (2021 or 2023 naming, or a generic layout with
       ``modalities``/``label_suffix``; :func:`medmamba.data.discover` finds each case's label file; only
-      the label is read), or a plain folder of label maps ``<case_id>.nii.gz`` (e.g. another model's
-      predictions). A folder holding NIfTI files directly is taken as a plain folder.
+      the label is read), or a plain folder of label maps ``<case_id><ending>`` in any of those formats
+      (e.g. another model's predictions), named like the predictions. A folder holding image files
+      directly is taken as a plain folder. Prediction and ground truth may be in different formats:
+      their voxel grids are compared through their affines.
       An nnU-Net raw dataset that medmamba did not convert (``dataset.json`` with ``labelsTr``; its labels
       are the user's) or its ``labelsTr`` folder is a ground truth too, scored on its ``dataset.json``
       labels (or regions).
@@ -58,7 +61,7 @@ from medmamba.data.labels import (
     get_convention,
     present_values,
 )
-from medmamba.data.nifti import VolumeReadError, geometry_mismatch, read_volume, strip_ending
+from medmamba.data.images import VolumeReadError, geometry_mismatch, read_volume, strip_ending
 from medmamba.files import atomic_output_file, check_writable, lies_within, write_text_atomically
 from medmamba.evaluation.lesionwise import LESION_METRICS, get_challenge, lesion_wise_scores
 from medmamba.evaluation.metrics import (
@@ -327,8 +330,8 @@ class Evaluation:
 
 # --------------------------------------------------------------------------------------------- inputs
 
-def _nifti_listing(folder: Path, what: str) -> dict[str, Path]:
-    """case id → file for the visible NIfTI files lying directly in ``folder``."""
+def _image_listing(folder: Path, what: str) -> dict[str, Path]:
+    """case id → file for the visible image files (any supported format) lying directly in ``folder``."""
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir(), key=lambda p: p.name):
         if p.name.startswith(".") or not p.is_file():
@@ -379,7 +382,7 @@ def _ground_truth(gt: Path, modalities: Sequence[str] | None, label_suffix: str 
         return _nnunet_raw_labels(gt, convention)
     if gt.name == "labelsTr" and (gt.parent / "dataset.json").is_file():
         return _nnunet_raw_labels(gt.parent, convention)
-    plain = _nifti_listing(gt, "ground-truth")
+    plain = _image_listing(gt, "ground-truth")
     if plain:
         source = "given" if convention is not None else "to be detected from the label values"
         return plain, convention, source, "label maps"
@@ -413,6 +416,9 @@ def _read_label(path: Path, what: str):
         vol = read_volume(path)
     except VolumeReadError as exc:
         raise DatasetError(str(exc), path=path) from None
+    if vol.channels > 1:
+        raise DatasetError(f"{what} is a {vol.channels}-channel (RGB) image where a label map (one value per pixel) "
+                           f"is expected", path=path)
     if vol.data.ndim != 3:
         raise DatasetError(f"{what} is {vol.data.ndim}D (shape {tuple(vol.data.shape)}) where a 3D label map is "
                            f"expected", path=path)
@@ -497,9 +503,10 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | L
     gt = Path(gt).expanduser().absolute()
     if not pred_dir.is_dir():
         raise DatasetError("prediction folder does not exist or is not a folder", path=pred_dir)
-    preds = _nifti_listing(pred_dir, "prediction")
+    preds = _image_listing(pred_dir, "prediction")
     if not preds:
-        raise DatasetError("no predictions here (expected label maps named <case_id>.nii.gz)", path=pred_dir)
+        raise DatasetError("no predictions here (expected label maps named <case_id>.nii.gz, or .nrrd, .mha, .mhd, "
+                           ".png, …)", path=pred_dir)
     labels, convention, source, layout = _ground_truth(gt, modalities, label_suffix, convention)
 
     if cases is not None:
@@ -508,7 +515,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, *, convention: str | L
             raise DatasetError("the list of cases to evaluate is empty")
         for case_id in wanted:
             if case_id not in preds:
-                raise DatasetError(f"no prediction for case {case_id} (expected {pred_dir / (case_id + '.nii.gz')})",
+                raise DatasetError(f"no prediction for case {case_id} (expected {pred_dir / (case_id + '.nii.gz')} "
+                                   f"or another image ending)",
                                    case=case_id, path=pred_dir)
             if case_id not in labels:
                 raise DatasetError(f"no ground truth for case {case_id} in the {layout} {gt}", case=case_id, path=gt)
@@ -580,7 +588,7 @@ def evaluate_to_files(pred_dir: str | Path, gt: str | Path, csv_path: str | Path
         raise DatasetError(f"--out and --summary are the same file {csv_path}")
     for path, option in ((csv_path, "--out"), (summary_path, "--summary")):
         if strip_ending(path.name) is not None:
-            raise DatasetError(f"{option} {path} names a NIfTI file; give a .csv/.json path")
+            raise DatasetError(f"{option} {path} names an image file; give a .csv/.json path")
         if path.is_dir():
             raise DatasetError(f"{option} {path} is a folder; give a file path")
         if path.exists() and not force:

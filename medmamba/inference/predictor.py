@@ -1,4 +1,4 @@
-"""Prediction: NIfTI case in, NIfTI label map out, aligned voxel for voxel with the input.
+"""Prediction: a case in, a label map out in the input's format, aligned voxel for voxel with the input.
 
 The engine is nnU-Net's own ``nnUNetPredictor`` (built with ``manual_initialization``, no trainer
 lookup by name): the images are read with the plans' reader, preprocessed exactly as in training
@@ -10,10 +10,17 @@ mapped to 0 (:mod:`medmamba.data.background`), and each predicted case gets the 
 after it is read (:func:`read_case`), so nnU-Net crops and normalises it as it did the training cases.
 The treatment keeps the array's shape, so the geometry below is unchanged.
 
-Geometry: nnU-Net's readers return the stored voxel array with its axes reversed (``(z, y, x)`` for
-a file indexed ``(i, j, k)``); reversing them again gives the label map in the input file's voxel
-order, which is written with a copy of the first modality's header: same shape, affine, qform and sform
-(codes included), whatever the orientation or spacing of the input.
+Formats: every format of :mod:`medmamba.data.images` (NIfTI, NRRD, MHA, MHD, 2D PNG/BMP/TIFF). A
+case is read by the nnU-Net reader of its format's family (the plans' reader when it reads it:
+``SimpleITKIO`` for volumes, ``NaturalImage2DIO`` for 2D images), and its label map is written in the
+format of its first file (NRRD in, NRRD out; PNG in, PNG out) unless the output is named otherwise.
+
+Geometry: nnU-Net's volume readers return the stored voxel array with its axes reversed (``(z, y, x)``
+for a file indexed ``(i, j, k)``); reversing them again gives the label map in the input file's voxel
+order, which is written with the first modality's geometry: for NIfTI a copy of its header (same shape,
+affine, qform and sform, codes included), for NRRD/MHA/MHD its spacing, origin and direction exactly,
+whatever the orientation or spacing of the input. ``NaturalImage2DIO`` returns (1, rows, columns),
+which is the 2D image's own (X, Y, 1) order once the slice axis goes last.
 
 Ensembles: given several trained folds (of one model, or of several models), the Predictor averages
 their probabilities (softmax or sigmoid outputs, resampled back to the case's own grid by nnU-Net's
@@ -23,8 +30,9 @@ first, then the models, so that each model counts once. One fold alone takes nnU
 (``predict_single_npy_array``). docs/compare.md says why probabilities and not logits.
 
 Labels: the network predicts nnU-Net's region space (WT/TC/ET), written back in the training data's
-BraTS label convention (or another one, ``labels=``). Probabilities, when asked for, are one 4D
-float32 NIfTI per case with the region probabilities WT, TC, ET as its 4th axis.
+BraTS label convention (or another one, ``labels=``). Probabilities, when asked for, are one float32
+file per case with the region probabilities (WT, TC, ET) as its last axis: a 4D NIfTI, a vector-valued
+NRRD/MHA/MHD, or a TIFF (rows, columns, regions) for 2D images, which a PNG/BMP cannot hold.
 """
 
 from __future__ import annotations
@@ -32,12 +40,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -45,6 +53,7 @@ from medmamba.data import (
     NAMINGS,
     Case,
     DatasetError,
+    Problem,
     LabelConvention,
     discover,
     discover_case,
@@ -55,7 +64,18 @@ from medmamba.data import (
 )
 from medmamba.data.background import DatasetBackground
 from medmamba.data.labels import short_region_name
-from medmamba.data.nifti import missing_file_problem, strip_ending, write_volume
+from medmamba.data.images import (
+    IMAGE_ENDINGS,
+    ImageInfo,
+    VolumeReadError,
+    family_of,
+    image_format,
+    missing_file_problem,
+    read_info,
+    strip_ending,
+    unsupported_problem,
+    write_volume,
+)
 from medmamba.devices import resolve_device
 from medmamba.files import atomic_output_file, atomic_output_folder, check_writable, lies_within
 from medmamba.locks import output_lock
@@ -64,8 +84,11 @@ from .model import ModelError, TrainedModel, describe_members
 
 __all__ = ["Prediction", "Predictor", "predict", "read_case", "resolve_cases"]
 
-# Readers whose arrays are the stored voxel array with reversed axes (the others reorient).
+# Readers whose arrays are the stored voxel array with reversed axes (the others reorient), and the
+# 2D image reader, whose (1, rows, columns) is the image's own order with the slice axis first.
 _TRANSPOSING_READERS = {"SimpleITKIO", "NibabelIO"}
+_NATURAL_READER = "NaturalImage2DIO"
+_SUPPORTED_READERS = _TRANSPOSING_READERS | {_NATURAL_READER}
 
 
 @dataclass
@@ -74,10 +97,12 @@ class Prediction:
 
     Attributes:
         case_id: the case's name (folder name, or the first file's name without modality suffix).
-        labels: (X, Y, Z) uint8 label map in ``convention``, in the input file's voxel order.
+        labels: (X, Y, Z) uint8 label map in ``convention``, in the input file's voxel order ((X, Y, 1)
+            for a 2D image).
         probabilities: (X, Y, Z, R) float32 region probabilities (``regions`` order), or None.
         regions: region names of the probability axis, e.g. ("WT", "TC", "ET").
-        reference: the first modality (its header and affine are copied to the outputs).
+        reference: the first modality's geometry (copied to the outputs); ``reference.ending`` is the
+            input's format.
         convention: the label convention of ``labels``.
         seconds: wall time of reading, preprocessing, prediction and resampling back.
     """
@@ -86,7 +111,7 @@ class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     regions: tuple[str, ...]
-    reference: nib.Nifti1Image
+    reference: ImageInfo
     convention: LabelConvention
     seconds: float
 
@@ -148,6 +173,7 @@ class Predictor:
         first = self.members[0]
         self.plans_manager, self.configuration = first.engine.plans_manager, first.engine.configuration_manager
         self.reader, self.background, self.engine = first.reader, first.background, first.engine
+        self._readers = {type(self.reader).__name__: self.reader}
         self.label_manager = self.plans_manager.get_label_manager(model.dataset_json)
         self.regions = self._region_sets(model.dataset_json)
         from .postprocessing import read_postprocessing
@@ -165,9 +191,10 @@ class Predictor:
         plans_manager = PlansManager(model.plans)
         configuration = plans_manager.get_configuration(model.configuration)
         reader = plans_manager.image_reader_writer_class
-        if reader.__name__ not in _TRANSPOSING_READERS:
+        if reader.__name__ not in _SUPPORTED_READERS:
             raise ModelError(f"{model.folder / 'plans.json'}: image reader {reader.__name__} is not supported "
-                             f"(medmamba writes outputs in the input's voxel order: {', '.join(_TRANSPOSING_READERS)})")
+                             f"(medmamba writes outputs in the input's voxel order: "
+                             f"{', '.join(sorted(_SUPPORTED_READERS))})")
         label_manager = plans_manager.get_label_manager(model.dataset_json)
         checkpoints = [fold.load_checkpoint() for fold in folds]
         network = get_network_from_plans(
@@ -234,8 +261,9 @@ class Predictor:
         case = Case(case_id or _case_id_of(images[0]), images[0].parent, tuple(images), None)
         self.check_case(case)
         start = time.perf_counter()
+        reader = self.reader_for(images)
         if len(self.models) == 1:
-            data, properties = read_case(images, self.reader, self.background)
+            data, properties = read_case(images, reader, self.background)
             with torch.inference_mode():
                 out = self.engine.predict_single_npy_array(data, properties, None, None, self.probabilities)
             segmentation, probabilities = out if self.probabilities else (out, None)
@@ -247,14 +275,18 @@ class Predictor:
             from .postprocessing import apply_postprocessing
 
             segmentation = apply_postprocessing(np.asarray(segmentation), self.postprocessing)
-        reference = nib.load(str(images[0]))
-        labels = from_nnunet_labels(np.asarray(segmentation).transpose(2, 1, 0), self.convention).astype(np.uint8)
-        if labels.shape != reference.shape[:3]:
+        reference = _info(images[0], case.case_id)
+        # back to the file's (i, j, k) order: volume readers reversed the axes; the 2D image reader put
+        # the slice axis first
+        natural = type(reader).__name__ == _NATURAL_READER
+        order = (1, 2, 0) if natural else (2, 1, 0)
+        labels = from_nnunet_labels(np.asarray(segmentation).transpose(order), self.convention).astype(np.uint8)
+        if labels.shape != tuple(reference.shape):
             raise RuntimeError(f"prediction of shape {labels.shape} does not match {images[0]} {reference.shape}: "
                                f"the reader's axis order is not the file's")
         if probabilities is not None:
             probabilities = self._region_probabilities(np.asarray(probabilities, dtype=np.float32))
-            probabilities = np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0))
+            probabilities = np.ascontiguousarray(probabilities.transpose((2, 3, 1, 0) if natural else (3, 2, 1, 0)))
         return Prediction(case.case_id, labels, probabilities, tuple(self.regions), reference, self.convention,
                           time.perf_counter() - start)
 
@@ -268,7 +300,7 @@ class Predictor:
         total = None
         for member in self.members:
             engine = member.engine
-            data, properties = read_case(images, member.reader, member.background)
+            data, properties = read_case(images, self.reader_for(images, member.reader), member.background)
             adapter = PreprocessAdapterFromNpy([data], [None], [properties], [None], engine.plans_manager,
                                                engine.dataset_json, engine.configuration_manager,
                                                num_threads_in_multithreaded=1, verbose=False)
@@ -290,29 +322,68 @@ class Predictor:
             total = mean if total is None else total + mean
         return total / len(self.members)
 
+    def reader_for(self, images: Sequence[Path], plans_reader=None):
+        """The nnU-Net reader for a case's files: the plans' reader (``plans_reader``, default the first
+        model's) when it reads their format, else the one of their family (``SimpleITKIO`` for every
+        volume format, ``NaturalImage2DIO`` for 2D images); both give the arrays and spacings nnU-Net's
+        preprocessing expects."""
+        from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+        formats = {image_format(p) for p in images}
+        plans_reader = plans_reader if plans_reader is not None else self.reader
+        name = type(plans_reader).__name__
+        if formats == {"natural"}:
+            wanted = NaturalImage2DIO
+        elif name == "SimpleITKIO" or (name == "NibabelIO" and formats == {"nifti"}):
+            return plans_reader
+        else:
+            wanted = SimpleITKIO
+        if wanted.__name__ not in self._readers:
+            self._readers[wanted.__name__] = wanted()
+        return self._readers[wanted.__name__]
+
     def check_case(self, case: Case) -> None:
-        """The case has one file per model channel, all readable 3D volumes of one geometry."""
+        """The case has one channel per model channel (an RGB image file is three), all files readable
+        images of one geometry, 2D only for a 2D model."""
         if case.problems:
             problem = case.problems[0]
             raise DatasetError(problem.message, case=case.case_id, path=problem.path)
-        if len(case.images) != self.num_channels:
-            raise DatasetError(f"{len(case.images)} modality file(s) given, the model needs {self.num_channels} "
+        for path in case.images:
+            if image_format(path) is None:
+                raise DatasetError(unsupported_problem(path), case=case.case_id, path=path)
+        # only a 2D image file can hold several channels (RGB); volumes are counted without reading
+        channels = sum(_info(p, case.case_id).channels if image_format(p) == "natural" else 1
+                       for p in case.images)
+        if channels != self.num_channels:
+            given = (f"{len(case.images)} modality file(s) given" if channels == len(case.images) else
+                     f"{len(case.images)} file(s) with {channels} channels given")
+            raise DatasetError(f"{given}, the model needs {self.num_channels} "
                                f"({', '.join(self.model.channel_names)}, in this order)", case=case.case_id)
         validate_case(replace(case, label=None))
+        if case.images and _info(case.images[0]).is_2d and len(self.configuration.patch_size) == 3:
+            raise DatasetError(f"is a 2D image and the model ({self.model.configuration}) segments 3D volumes; "
+                               f"use a model trained on 2D images", case=case.case_id, path=case.images[0])
 
     @staticmethod
     def write(prediction: Prediction, out_file: str | Path, probabilities_file: str | Path | None = None) -> Path:
         """Write the label map (and the probabilities) with the input's geometry, atomically and as a
-        pair: both are complete under temporary names before either is renamed."""
-        header = prediction.reference.header
+        pair: both are complete under temporary names before either is renamed. The format follows
+        ``out_file``'s ending (:mod:`medmamba.data.images`); in the input's format the geometry is
+        copied exactly, in another one it is converted through the affine."""
+        reference = prediction.reference
         out_file = Path(out_file)
         with_probabilities = probabilities_file is not None and prediction.probabilities is not None
         with atomic_output_file(out_file) as tmp, (atomic_output_file(probabilities_file) if with_probabilities
                                                    else contextlib.nullcontext()) as probabilities_tmp:
-            write_volume(tmp, prediction.labels, header=header)
+            write_volume(tmp, prediction.labels, like=reference)
             if with_probabilities:
-                write_volume(probabilities_tmp, prediction.probabilities,
-                             header=_probability_header(header, prediction.regions))
+                nifti_header = reference.header if image_format(probabilities_file) == "nifti" else None
+                if nifti_header is not None:
+                    write_volume(probabilities_tmp, prediction.probabilities,
+                                 header=_probability_header(nifti_header, prediction.regions))
+                else:
+                    write_volume(probabilities_tmp, prediction.probabilities, like=reference)
         return out_file
 
 
@@ -349,7 +420,14 @@ def read_case(images: Sequence[str | Path], reader, background: DatasetBackgroun
     return data, properties
 
 
-def _probability_header(header: nib.Nifti1Header, regions: Sequence[str]) -> nib.Nifti1Header:
+def _info(path: Path, case_id: str | None = None) -> ImageInfo:
+    try:
+        return read_info(path)
+    except VolumeReadError as exc:
+        raise DatasetError(str(exc), case=case_id, path=path) from None
+
+
+def _probability_header(header, regions: Sequence[str]):
     hdr = header.copy()
     hdr.set_intent("vector", (), name="probabilities")
     hdr["descrip"] = ("regions " + ",".join(regions)).encode()[:79]
@@ -388,16 +466,60 @@ def _case_in_folder(folder: Path, model: TrainedModel) -> Case:
     return discover_case(folder, naming=naming)
 
 
-def _has_nifti(folder: Path) -> bool:
-    return any(strip_ending(p.name) for p in folder.iterdir() if p.is_file())
+def _image_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and strip_ending(p.name)),
+                  key=lambda p: p.name)
+
+
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _nnunet_test_cases(folder: Path, files: Sequence[Path], model: TrainedModel) -> list[Case] | None:
+    """The cases of a folder in nnU-Net's test layout (``CASE_0000.ext``, ``CASE_0001.ext``, … as
+    ``nnUNetv2_predict -i`` takes them), or None when its files are not all named so (a case folder),
+    or when they form a case of the training data's own generic layout."""
+    matches = [_CHANNEL_FILE.match(strip_ending(p.name)[0]) for p in files]
+    if not files or not all(matches):
+        return None
+    if (layout := _generic_layout(model)) is not None:
+        case = discover_case(folder, naming="generic", modalities=layout["modalities"],
+                             label_suffix=layout["label_suffix"])
+        if not case.problems:
+            return None
+    by_case: dict[str, dict[int, list[Path]]] = {}
+    for path, m in zip(files, matches):
+        by_case.setdefault(m["case"], {}).setdefault(int(m["channel"]), []).append(path)
+    cases = []
+    for case_id, channels in sorted(by_case.items()):
+        images = tuple(channels[k][0] for k in sorted(channels))
+        problems: tuple[Problem, ...] = ()
+        missing = [k for k in range(max(channels) + 1) if k not in channels]
+        twice = [paths for paths in channels.values() if len(paths) > 1]
+        if missing:
+            ending = strip_ending(images[0].name)[1]
+            problems = (Problem(folder, f"missing channel file {case_id}_{missing[0]:04d}{ending} (nnU-Net's layout "
+                                        f"numbers the files of a case from _0000)"),)
+        elif twice:
+            problems = (Problem(twice[0][1], f"two files for one channel of case {case_id}: {twice[0][0].name} and "
+                                             f"{twice[0][1].name}"),)
+        cases.append(Case(case_id, folder, images, None, problems))
+    return cases
+
+
+def _output_ending(case: Case) -> str:
+    """The ending of a case's label map: its first file's (NRRD in, NRRD out); ``.nii.gz`` for a case
+    without files (its problem is reported when it is checked)."""
+    return strip_ending(case.images[0].name)[1] if case.images else ".nii.gz"
 
 
 def resolve_cases(inputs: Sequence[str | Path], model: TrainedModel) -> tuple[str, list[Case], Path | None]:
     """What ``-i`` names: ("files", [one case], None), ("case", [one case], case folder) or
-    ("folder", cases, folder of cases).
+    ("folder", cases, folder of cases): case folders, or files in nnU-Net's test layout
+    (``CASE_0000.ext``, as ``nnUNetv2_predict -i`` takes them).
 
     Raises:
-        DatasetError: a missing input, a folder with no case, a file list of the wrong length.
+        DatasetError: a missing input, a file of an unsupported type, a folder with no case, a file
+            list of the wrong length.
     """
     paths = [Path(p).expanduser().absolute() for p in inputs]
     for p in paths:
@@ -405,12 +527,17 @@ def resolve_cases(inputs: Sequence[str | Path], model: TrainedModel) -> tuple[st
             raise DatasetError(missing_file_problem(p), path=p)
     if len(paths) > 1 or paths[0].is_file():
         for p in paths:
-            if not p.is_file() or strip_ending(p.name) is None:
-                raise DatasetError("not a NIfTI file (.nii or .nii.gz); give one file per modality or one folder",
-                                   path=p)
+            if not p.is_file():
+                raise DatasetError("not a file; give one file per modality or one folder", path=p)
+            if strip_ending(p.name) is None:
+                raise DatasetError(unsupported_problem(p) + "; give one file per modality or one folder", path=p)
         return "files", [Case(_case_id_of(paths[0]), paths[0].parent, tuple(paths), None)], None
     folder = paths[0]
-    if _has_nifti(folder):
+    files = _image_files(folder)
+    if files:
+        test_cases = _nnunet_test_cases(folder, files, model)
+        if test_cases is not None:
+            return "folder", test_cases, folder
         return "case", [_case_in_folder(folder, model)], folder
     layout = _generic_layout(model)
     dataset = (discover(folder, modalities=layout["modalities"], label_suffix=layout["label_suffix"])
@@ -423,7 +550,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _probabilities_path(out_file: Path) -> Path:
+    """Beside the label map, in its format; a TIFF for 2D images (PNG/BMP cannot hold probabilities)."""
     stem, ending = strip_ending(out_file.name) or (out_file.stem, ".nii.gz")
+    if image_format(out_file) == "natural":
+        ending = ".tif"
     return out_file.with_name(f"{stem}_probabilities{ending}")
 
 
@@ -442,9 +572,11 @@ def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str |
             labels: str | None = None,
             probabilities: bool = False, tta: bool = False, device: str = "auto", step_size: float = 0.5,
             overwrite: bool = False, show_progress: bool = True, log=print) -> list[Path]:
-    """``medmamba predict``: one case (a case folder, or its modality files) → ``output`` (a .nii.gz
-    path, or an existing folder to hold ``<case_id>.nii.gz``); a folder of cases → the folder
-    ``output`` with one ``<case_id>.nii.gz`` per case (written as a whole: complete or absent).
+    """``medmamba predict``: one case (a case folder, or its modality files) → ``output`` (a file path,
+    or an existing folder to hold ``<case_id><ending>``); a folder of cases (case folders, or files in
+    nnU-Net's test layout ``CASE_0000.ext``) → the folder ``output`` with one ``<case_id><ending>`` per
+    case (written as a whole: complete or absent). The ending is the input's (NRRD in, NRRD out); a
+    named output file may choose another format of the same kind (volume or 2D image).
 
     ``model``: one trained fold, or several (:func:`medmamba.inference.load_ensemble`: the folds of
     a model, or of several models), whose mean probabilities make the label maps; the first line
@@ -471,9 +603,14 @@ def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str |
     inputs_ = {p for case in cases for p in case.images}
 
     if mode in ("files", "case"):
-        out_file = output / f"{cases[0].case_id}.nii.gz" if output.is_dir() else output
+        out_file = output / f"{cases[0].case_id}{_output_ending(cases[0])}" if output.is_dir() else output
         if strip_ending(out_file.name) is None:
-            raise DatasetError("output must end in .nii.gz or .nii (or be an existing folder)", path=out_file)
+            raise DatasetError(f"output must end in {', '.join(IMAGE_ENDINGS)} (or be an existing folder)",
+                               path=out_file)
+        if family_of(out_file) != family_of(f"x{_output_ending(cases[0])}"):
+            raise DatasetError(f"output format {strip_ending(out_file.name)[1]} cannot hold the label map of "
+                               f"case {cases[0].case_id} ({_output_ending(cases[0])}): a volume goes to NIfTI/NRRD/MHA/MHD, a 2D image to "
+                               f"PNG/BMP/TIFF", path=out_file)
         targets = [out_file] + ([_probabilities_path(out_file)] if probabilities else [])
         for target in targets:
             if any(_same_file(target, p) for p in inputs_):
@@ -509,9 +646,8 @@ def predict(model: TrainedModel | Sequence[TrainedModel], inputs: Sequence[str |
             predictor.check_case(case)
         for case in tqdm(cases, desc="cases", unit="case", disable=not show_progress):
             prediction = predictor.predict_case(case.images, case.case_id)
-            name = f"{case.case_id}.nii.gz"
-            Predictor.write(prediction, tmp / name,
-                            tmp / f"{case.case_id}_probabilities.nii.gz" if probabilities else None)
+            name = f"{case.case_id}{_output_ending(case)}"
+            Predictor.write(prediction, tmp / name, _probabilities_path(tmp / name) if probabilities else None)
             written.append(output / name)
             log(f"{case.case_id}: {prediction.seconds:.1f} s")
     log(f"wrote {len(written)} label maps to {output}")
