@@ -166,12 +166,19 @@ def plans_dirs(plans_dir: str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
 def available_presets(plans_dir=None) -> dict[str, Path]:
-    """Preset name → file, over every searched folder (earlier folders shadow later ones)."""
+    """Preset name → file, over every searched folder (earlier folders shadow later ones); an
+    SSM-ablation twin without a file of its own maps to its source's file (:func:`ablation_preset`)."""
+    from medmamba.models import registry
+
     found: dict[str, Path] = {}
     for folder in plans_dirs(plans_dir):
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
                 found.setdefault(path.stem, path)
+    for name in registry.available():
+        source = registry.get(name).ablation_of
+        if source in found:
+            found.setdefault(name, found[source])
     return found
 
 
