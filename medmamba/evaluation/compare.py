@@ -211,7 +211,7 @@ def check_matched_baseline(names: Sequence[str]) -> str | None:
     if not trained:
         raise CompareError(f"--baseline {MATCHED_BASELINE} pairs each network with a U-Net preset of similar planned "
                            f"memory, and none of {', '.join(presets)} was trained here; train some with "
-                           f"plan-and-train --arch (e.g. --arch unet --arch resenc_m --arch resenc_l)")
+                           f"plan-and-train --arch (e.g. --arch unet --arch resenc_m --arch resenc_l --arch resenc_xl)")
     missing = [p for p in presets if p not in trained]
     return (f"budget-matched baselines chosen among the trained presets {', '.join(trained)} "
             f"(not trained: {', '.join(missing)})") if missing else None
