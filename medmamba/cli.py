@@ -429,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("results", type=Path, help="the work folder of `medmamba plan-and-train`")
     cmp.add_argument("--out", type=Path, required=True, help="report folder (must not exist or be empty)")
     cmp.add_argument("--baseline", help=f"architecture to test the others against (default: the first trained of "
-                                        f"{', '.join(registry.baselines())})")
+                                        f"{', '.join(registry.baselines())}), or 'matched': each network against "
+                                        f"the trained U-Net preset whose planned training memory is closest to its "
+                                        f"own (nnU-Net Revisited). Networks whose SSM-ablation twin (ARCH_nossm) was "
+                                        f"trained are also paired with it (the SSM effect)")
     cmp.add_argument("--test", type=Path, help="BraTS-style folder with labels to evaluate on instead of the "
                                                "held-out fold (needed for models trained with --fold all); a generic "
                                                "layout is read with the training data's suffixes")

@@ -516,3 +516,126 @@ def test_test_folder_in_a_generic_layout_is_read_as_the_models_were_trained(tmp_
     cases, convention, channels = _test_cases(test, record)
     assert [c.case_id for c in cases] == ["Export_00000", "Export_00001"]
     assert [len(c.images) for c in cases] == [2, 2] and convention == "brats2015"
+
+
+# ------------------------------------------------------------- SSM effect and budget-matched baselines
+
+def _with(base: ArchitectureResult, name: str, shift, memory_gib: float) -> ArchitectureResult:
+    """``base`` renamed, its Dice moved by ``shift(case index)``, with costs and a planned memory."""
+    moved = _shifted(base, name, shift)
+    return dataclasses.replace(base, name=name, evaluation=moved.evaluation, training_memory_gib=memory_gib)
+
+
+def test_twin_and_budget_matched_pairings_of_the_report(tmp_path):
+    from medmamba.evaluation.report import MATCHED_BASELINE, assemble_report, matched_baselines, twin_pairs
+
+    base = _fabricated(n_cases=8)[0]
+    results = [
+        _with(base, "unet", lambda i: 0.0, 7.0), _with(base, "resenc_m", lambda i: 0.001, 9.0),
+        _with(base, "resenc_l", lambda i: 0.002, 22.0),
+        _with(base, "umamba_bot", lambda i: 0.02 + 0.001 * i, 10.5),
+        # The twin: planned as its source, 1-2 points lower on every case.
+        _with(base, "umamba_bot_nossm", lambda i: 0.005 + 0.001 * (i % 2), 10.5),
+        _with(base, "segmamba", lambda i: 0.0, 16.0),  # 7 GiB from resenc_m, 6 from resenc_l
+        _with(base, "lightm_unet", lambda i: 0.0, 8.0),  # a tie between unet and resenc_m: the smaller preset
+        _with(base, "mhs_vm", lambda i: 0.0, 30.0),  # its twin was not trained: no SSM effect
+    ]
+    assert twin_pairs(results) == {"umamba_bot": "umamba_bot_nossm"}
+    assert matched_baselines(results) == {"umamba_bot": "resenc_m", "umamba_bot_nossm": "resenc_m",
+                                          "segmamba": "resenc_l", "lightm_unet": "unet", "mhs_vm": "resenc_l"}
+    # Another recipe's twin is not a twin: the pair differs in everything but the scan only under one recipe.
+    other = [results[3], dataclasses.replace(results[4], recipe="segmamba_ce")]
+    assert twin_pairs(other) == {}
+
+    report = assemble_report(results, baseline=MATCHED_BASELINE)
+    effect = {(c.region, c.metric): c for c in report.ssm_effect}
+    assert {c.architecture for c in report.ssm_effect} == {"umamba_bot"}
+    assert {c.baseline for c in report.ssm_effect} == {"umamba_bot_nossm"}
+    mean = effect[("mean", "dice")]
+    assert mean.mean_difference == pytest.approx(np.mean([0.015 + 0.001 * i - 0.001 * (i % 2) for i in range(8)]))
+    assert mean.verdict == "better"
+    # Each network against its own preset; the presets are tested against nothing.
+    against = {c.architecture: c.baseline for c in report.stats}
+    assert against == {"umamba_bot": "resenc_m", "umamba_bot_nossm": "resenc_m", "segmamba": "resenc_l",
+                       "lightm_unet": "unet", "mhs_vm": "resenc_l"}
+    row = {r["architecture"]: r for r in report.table}
+    assert row["umamba_bot"]["ssm_twin"] == "umamba_bot_nossm" and row["umamba_bot_nossm"]["ssm_twin_of"] == "umamba_bot"
+    assert row["umamba_bot"]["ssm_effect_dice_mean"] == pytest.approx(mean.mean_difference)
+    assert row["mhs_vm"]["ssm_effect_dice_mean"] is None and row["segmamba"]["matched_baseline"] == "resenc_l"
+    # The best-ranked network's test opens the report.
+    assert report.headline[1].startswith("Conclusive: umamba_bot is better than resenc_m")
+
+    files = write_report(tmp_path / "r", results, baseline=MATCHED_BASELINE)
+    md = files.table_md.read_text()
+    assert "## SSM effect" in md and "## Budget-matched baselines" in md and "mean difference vs twin" in md
+    # Planned memory, measured inference memory, FLOPs and training time side by side, network / preset.
+    assert "| segmamba | resenc_l | -0.20 |" in md and "| 16.00 / 22.00 | 1.00 / 1.00 | 100.0 / 100.0 | 1.00 / 1.00 |" in md
+    summary = json.loads(files.summary_json.read_text())
+    assert summary["matched_baselines"]["lightm_unet"] == "unet" and len(summary["ssm_effect"]) == 8
+    with (tmp_path / "r" / "ssm_effect.csv").open() as f:
+        assert {r["architecture"] for r in csv.DictReader(f)} == {"umamba_bot"}
+    page = files.html.read_text()
+    assert "SSM effect" in page and "Budget-matched baselines" in page
+    # Without the twin and with a single baseline: no SSM section, nothing matched.
+    plain = write_report(tmp_path / "p", results[:4], baseline="unet")
+    assert "SSM effect" not in plain.table_md.read_text() and "Budget-matched" not in plain.table_md.read_text()
+
+
+def test_matched_baseline_needs_a_trained_preset():
+    from medmamba.evaluation.compare import CompareError, choose_baseline
+
+    assert choose_baseline(["unet", "resenc_l", "umamba_bot"], "matched") == \
+        ("matched", "budget-matched baselines chosen among the trained presets unet, resenc_l "
+                    "(not trained: resenc_m, resenc_xl)")
+    with pytest.raises(CompareError, match="--baseline matched .* none of unet, resenc_m, resenc_l, resenc_xl"):
+        choose_baseline(["umamba_bot", "umamba_bot_nossm"], "matched")
+
+
+@pytest.fixture(scope="module")
+def twin_work(trained_work):
+    """The trained work folder of ``trained_work`` (unet, lightm_unet), copied, with resenc_m and
+    lightm_unet's SSM-ablation twin trained into the copy the same way."""
+    import shutil
+
+    from medmamba.cli import main
+
+    work = trained_work / "twin_work"
+    shutil.copytree(trained_work / "work", work)
+    main(["plan-and-train", str(trained_work / "brats"), "--arch", "resenc_m", "--arch", "lightm_unet_nossm",
+          "--out", str(work), "--fold", "0", "--device", "cpu", "--epochs", "1", "--iters-per-epoch", "2",
+          "--seed", "0"])
+    return work
+
+
+@pytest.mark.slow
+def test_compare_pairs_twins_and_matched_baselines_from_the_cli(twin_work, capsys):
+    from medmamba.cli import main
+    from medmamba.evaluation.compare import planned_training_memory
+
+    report = twin_work.parent / "twin_report"
+    main(["compare", str(twin_work), "--out", str(report), "--device", "cpu", "--baseline", "matched"])
+    printed = capsys.readouterr().out
+    assert "| lightm_unet_nossm |" in printed and "budget-matched baselines chosen among" in printed
+    summary = json.loads((report / "summary.json").read_text())
+    plans = {}
+    for arch in ("unet", "resenc_m", "lightm_unet", "lightm_unet_nossm"):
+        path = twin_work / "nnUNet_preprocessed" / "Dataset500_brats" / f"medmambaPlans_{arch}.json"
+        plans[arch] = planned_training_memory(json.loads(path.read_text()))
+    # The twin was planned as its source; the match is the preset of closest planned memory.
+    assert plans["lightm_unet_nossm"] == plans["lightm_unet"]
+    closest = min(("unet", "resenc_m"), key=lambda p: (abs(plans[p] - plans["lightm_unet"]), p != "unet"))
+    assert summary["matched_baselines"] == {"lightm_unet": closest, "lightm_unet_nossm": closest}
+    assert {(s["architecture"], s["baseline"]) for s in summary["statistics"]} == \
+        {("lightm_unet", closest), ("lightm_unet_nossm", closest)}
+    assert {(s["architecture"], s["baseline"]) for s in summary["ssm_effect"]} == {("lightm_unet", "lightm_unet_nossm")}
+    table = {row["architecture"]: row for row in summary["table"]}
+    # Same parameters; the twin's forward has no scan FLOPs.
+    assert table["lightm_unet"]["params"] == table["lightm_unet_nossm"]["params"]
+    assert table["lightm_unet"]["scan_gflops"] > 0 and table["lightm_unet_nossm"]["scan_gflops"] == 0
+    md = (report / "table.md").read_text()
+    assert "## SSM effect" in md and f"| lightm_unet | {closest} |" in md
+    # Without --baseline matched the twin pairing is still made, beside the single baseline.
+    main(["compare", str(twin_work), "--out", str(report), "--device", "cpu", "--force"])
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["baseline"] == "unet" and summary["matched_baselines"] == {}
+    assert {s["baseline"] for s in summary["ssm_effect"]} == {"lightm_unet_nossm"}

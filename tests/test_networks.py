@@ -32,8 +32,13 @@ TINY = {
     ("mhs_vm", 2): (_TINY_MHS, (32, 32)),
     ("mhs_vm", 3): (_TINY_MHS, (32, 32, 32)),
 }
+TINY[("resenc_xl", 3)], TINY[("resenc_xl", 2)] = TINY[("resenc_l", 3)], TINY[("resenc_l", 2)]
+# The SSM-ablation twins meet the same contract, at their source's tiny configuration.
+TINY.update({(get(name).ablation_twin, dims): value for (name, dims), value in list(TINY.items())
+             if get(name).ablation_twin})
 # Architectures that follow nnU-Net's deep-supervision contract.
-DEEP_SUPERVISION = {"unet", "resenc_m", "resenc_l", "umamba_bot", "umamba_enc"}
+DEEP_SUPERVISION = {"unet", "resenc_m", "resenc_l", "resenc_xl", "umamba_bot", "umamba_enc", "umamba_bot_nossm",
+                    "umamba_enc_nossm"}
 
 IN_CHANNELS, NUM_CLASSES = 2, 3
 
@@ -51,8 +56,9 @@ CASES = sorted(TINY)
 
 
 def test_every_architecture_is_registered_and_has_a_tiny_case():
-    assert set(available()) == {"unet", "resenc_m", "resenc_l", "umamba_bot", "umamba_enc", "segmamba",
-                                "lightm_unet", "mhs_vm"}
+    mamba = {"umamba_bot", "umamba_enc", "segmamba", "lightm_unet", "mhs_vm"}
+    assert set(available()) == {"unet", "resenc_m", "resenc_l", "resenc_xl", *mamba,
+                                *(f"{name}_nossm" for name in mamba)}
     for name in available():
         for dims in get(name).spatial_dims:
             assert (name, dims) in TINY, f"no tiny test configuration for {name} in {dims}D"

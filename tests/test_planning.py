@@ -189,14 +189,15 @@ def test_plans_for_each_architecture(arch, planned, workspace):
         assert type(net) is cls
         # Constraints: every axis a multiple of what the network needs; the network takes the patch.
         assert all(p % m == 0 for p, m in zip(patch, info["input_multiple"]))
-        own = {"segmamba": 16, "lightm_unet": 8, "mhs_vm": 32}.get(arch)
+        source = registry.get(arch).ablation_of or arch  # an SSM-ablation twin is planned as its source
+        own = {"segmamba": 16, "lightm_unet": 8, "mhs_vm": 32}.get(source)
         if own is not None:
             assert all(m % own == 0 for m in info["input_multiple"])
         else:
             strides = cfg["architecture"]["arch_kwargs"]["strides"]
             assert info["input_multiple"] == [math.prod(s[a] for s in strides) for a in range(len(patch))]
             assert info["n_stages"] == len(strides)
-        if arch == "umamba_enc":
+        if source == "umamba_enc":
             assert cfg["architecture"]["arch_kwargs"]["input_size"] == patch
         net.train()
         with torch.device("meta"):

@@ -48,7 +48,7 @@ def test_each_record_agrees_with_its_network_its_planner_and_its_preset(name):
 def test_the_baseline_order_and_the_demo_come_from_the_records():
     from medmamba.demo import DEMO_ARCHS, demo_architectures
 
-    assert registry.baselines() == ["unet", "resenc_m", "resenc_l"]
+    assert registry.baselines() == ["unet", "resenc_m", "resenc_l", "resenc_xl"]
     assert DEMO_ARCHS == ("unet", "umamba_bot", "umamba_enc", "segmamba", "lightm_unet", "mhs_vm")
     assert demo_architectures(["mhs_vm"]) == ("unet", "mhs_vm")  # the baseline always runs
     with pytest.raises(ValueError, match="unknown architecture 'vnet'"):

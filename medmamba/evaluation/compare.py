@@ -18,7 +18,10 @@ What is compared, and how:
 - the scores: :func:`medmamba.evaluation.folders.evaluate_folder` against the user's own label files;
 - the costs: parameters and forward FLOPs of the network built from the plans at the plans' patch size
   (batch 1, scan included), training time from the checkpoint's nnU-Net log (sum of the epochs'
-  durations), and the planner's training-memory estimate.
+  durations), and the planner's training-memory estimate;
+- the pairings: every architecture against the baseline (one, or with ``--baseline matched`` each
+  network's budget-matched U-Net preset), and each network against its SSM-ablation twin when both
+  were trained (:mod:`medmamba.evaluation.report`, docs/compare.md).
 
 Three steps: :func:`choose_models` (which models, cases and baseline; predicts nothing),
 :func:`predict_and_score` per model, and :func:`medmamba.evaluation.report.write_report`. The report
@@ -43,12 +46,12 @@ from medmamba.files import atomic_output_folder
 from medmamba.models import registry
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
-from .report import ArchitectureResult, OverlayInput, ReportFiles, write_report
+from .report import MATCHED_BASELINE, ArchitectureResult, OverlayInput, ReportFiles, write_report
 
 __all__ = ["CompareError", "CompareResult", "HeldOutCase", "Selection", "compare", "choose_models", "select_models",
-           "predict_and_score", "choose_baseline", "held_out_cases", "network_costs", "training_time",
-           "planned_training_memory", "report_folder", "MIN_RESAMPLES", "FoldChoice", "list_trained_fold_sets",
-           "choose_folds", "cross_validation_cases", "describe_folds"]
+           "predict_and_score", "choose_baseline", "check_matched_baseline", "MATCHED_BASELINE", "held_out_cases",
+           "network_costs", "training_time", "planned_training_memory", "report_folder", "MIN_RESAMPLES", "FoldChoice",
+           "list_trained_fold_sets", "choose_folds", "cross_validation_cases", "describe_folds"]
 
 #: The fewest bootstrap resamples a comparison accepts (fewer make the confidence intervals noisy).
 MIN_RESAMPLES = 1000
@@ -180,9 +183,13 @@ def report_folder(out: str | Path, *, inputs: Sequence[Path] = (), force: bool =
 
 
 def choose_baseline(names: Sequence[str], requested: str | None) -> tuple[str | None, str | None]:
-    """(baseline, note): ``requested`` if given (it must be among ``names``), else the first of the
-    registry's baselines (:func:`medmamba.models.registry.baselines`) present, trained under any
-    recipe; (None, why) when there is none."""
+    """(baseline, note): ``requested`` if given (it must be among ``names``, or be
+    :data:`MATCHED_BASELINE`: each network gets the preset its planned memory matches, see
+    :func:`check_matched_baseline`), else the first of the registry's baselines
+    (:func:`medmamba.models.registry.baselines`) present, trained under any recipe; (None, why)
+    when there is none."""
+    if requested == MATCHED_BASELINE:
+        return requested, check_matched_baseline(names)
     if requested is not None:
         if requested not in names:
             raise CompareError(f"--baseline {requested} is not among the compared architectures "
@@ -195,6 +202,23 @@ def choose_baseline(names: Sequence[str], requested: str | None) -> tuple[str | 
             return found[0], None if candidate == order[0] else f"no {order[0]} trained: {found[0]} is the baseline"
     return None, (f"no baseline: none of {', '.join(order)} was compared and --baseline was not given; "
                   f"no statistics")
+
+
+def check_matched_baseline(names: Sequence[str]) -> str | None:
+    """``--baseline matched``: every network is paired with the U-Net preset (unet, resenc_m,
+    resenc_l, resenc_xl) whose planned training memory is closest to its own
+    (:func:`medmamba.evaluation.report.matched_baselines`, once the costs are known). Raises
+    :class:`CompareError` when no preset was trained; returns a note naming the presets that were
+    not (the match can only choose among trained ones)."""
+    presets = registry.baselines()
+    trained = [p for p in presets if any(n.split("@")[0] == p for n in names)]
+    if not trained:
+        raise CompareError(f"--baseline {MATCHED_BASELINE} pairs each network with a U-Net preset of similar planned "
+                           f"memory, and none of {', '.join(presets)} was trained here; train some with "
+                           f"plan-and-train --arch (e.g. --arch unet --arch resenc_m --arch resenc_l --arch resenc_xl)")
+    missing = [p for p in presets if p not in trained]
+    return (f"budget-matched baselines chosen among the trained presets {', '.join(trained)} "
+            f"(not trained: {', '.join(missing)})") if missing else None
 
 
 def _splits_file(results: Path, dataset: str) -> Path:
@@ -476,7 +500,12 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
     chosen, baseline_note = choose_baseline(names, baseline)
     if baseline_note:
         notes.append(baseline_note)
-    if chosen is not None:  # the baseline first: the table reads top-down from it
+    if chosen == MATCHED_BASELINE:  # the presets first, smallest first: the table reads top-down from them
+        presets = registry.baselines()
+        order = sorted(range(len(names)), key=lambda i: presets.index(names[i].split("@")[0])
+                       if names[i].split("@")[0] in presets else len(presets))
+        models, names = [models[i] for i in order], [names[i] for i in order]
+    elif chosen is not None:  # the baseline first: the table reads top-down from it
         order = sorted(range(len(names)), key=lambda i: names[i] != chosen)
         models, names = [models[i] for i in order], [names[i] for i in order]
     inputs = [results, *([test] if test is not None else []),
@@ -578,7 +607,10 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         results: the work folder (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
         out: the report folder (must not exist or be empty, unless ``force``; not inside an input).
         baseline: the architecture the others are tested against; None: the first of the registry's
-            baselines that was trained (unet, else resenc_m, resenc_l).
+            baselines that was trained (unet, else resenc_m, resenc_l, resenc_xl); "matched"
+            (:data:`MATCHED_BASELINE`): each network against the trained U-Net preset whose planned
+            training memory is closest to its own. Independently, each network whose SSM-ablation
+            twin was trained is paired with it too (the report's "SSM effect").
         test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
             for models trained on fold "all").
         archs: only these (names as ``--arch`` of plan-and-train named them; a name trained under
@@ -638,7 +670,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         if sources:
             notes.append(f"validation Dice (whole volumes) is each training run's own final score on its "
                          f"{' / '.join(sources)}, not on the compared cases")
-        if baseline is not None and baseline not in {r.name for r in evaluated}:
+        if baseline is not None and baseline != MATCHED_BASELINE and baseline not in {r.name for r in evaluated}:
             notes.append(f"the baseline {baseline} was skipped: no statistics")
             baseline = None
         overlay_id = overlay_case or chosen.cases[0].case_id

@@ -12,7 +12,10 @@ whether the statistics can tell it from the baseline.
 Files written (``out`` relative)::
 
     table.md, table.csv        one row per architecture (CSV: full precision, Dice as a fraction)
-    stats.csv                  one row per (architecture, region, metric) against the baseline
+    stats.csv                  one row per (architecture, region, metric) against the baseline (with
+                               ``--baseline matched``: against each network's budget-matched preset)
+    ssm_effect.csv             one row per (network, region, metric) against its SSM-ablation twin,
+                               when both were compared
     metrics/<arch>.csv         evaluate's per-case rows of each architecture
     plots/box_dice.png, plots/box_hd95.png, plots/dice_vs_params.png, plots/overlay_<case>.png
     report.html                everything on one page (images embedded)
@@ -40,6 +43,7 @@ from .folders import Evaluation
 from .stats import MIN_CASES_TO_CONCLUDE, TOO_FEW_WARNING, PairedComparison, compare_to_baseline
 
 __all__ = ["ArchitectureResult", "OverlayInput", "Report", "ReportFiles", "MEAN_REGION", "NOISE_NOTE",
+           "MATCHED_BASELINE", "twin_pairs", "matched_baselines", "paired_statistics",
            "NOISE_DICE_POINTS", "SMALL_SAMPLE_RULE", "per_case_values", "table_rows", "markdown_table",
            "stats_markdown", "headline", "assemble_report", "report_markdown", "report_html", "report_json",
            "write_report"]
@@ -249,7 +253,7 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
          else f"{r['inference_peak_gib_measured']:.2f} ({r['inference_device']})"),
         ("training GiB (planner estimate)", lambda r: _num(r["training_memory_gib_estimated"], ".2f")),
     ]
-    return cols
+    return cols + _pairing_columns(table)
 
 
 def _md_escape(text: str) -> str:
@@ -297,10 +301,15 @@ _STATS_HEADER = ["architecture", "metric (difference unit)", "region", "n", "mea
                  "95% CI (bootstrap)", "Wilcoxon p", "verdict"]
 
 
-def stats_markdown(stats: Sequence[PairedComparison]) -> str:
+def _stats_header(versus: str) -> list[str]:
+    return [f"mean difference vs {versus}" if h == "mean difference vs baseline" else h for h in _STATS_HEADER]
+
+
+def stats_markdown(stats: Sequence[PairedComparison], versus: str = "baseline") -> str:
     """The paired statistics as a Markdown table (Dice differences in points, HD95 in mm), grouped:
     the architecture and the metric are written once, on the first row of their group."""
-    lines = ["| " + " | ".join(_STATS_HEADER) + " |", "|" + "|".join("---" for _ in _STATS_HEADER) + "|"]
+    header = _stats_header(versus)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     previous = ("", "")
     for row in _stats_rows(stats):
         arch, metric = row[0], row[1]
@@ -333,12 +342,20 @@ def headline(table: Sequence[dict], stats: Sequence[PairedComparison], baseline:
         return lines
     # The test that bears on the winner: the winner against the baseline, or, when the baseline
     # itself won, the runner-up against it.
-    challenger = second if best == baseline else best
+    # With budget-matched baselines (MATCHED_BASELINE) each network has its own preset; the test
+    # that bears on the ranking is that of the best-ranked network.
+    if baseline == MATCHED_BASELINE:  # the best-ranked network that has a matched preset
+        tested = {c.architecture for c in stats}
+        challenger = next((name for name, _ in ranked if name in tested), best)
+    else:
+        challenger = second if best == baseline else best
     c = next((c for c in stats if c.architecture == challenger and c.region == MEAN_REGION and c.metric == "dice"),
              None)
     if c is None:
-        lines.append(f"Not tested: {challenger} has no paired mean-Dice comparison with {baseline}.")
+        lines.append(f"Not tested: {challenger} has no paired mean-Dice comparison with "
+                     f"{'a budget-matched baseline' if baseline == MATCHED_BASELINE else baseline}.")
         return lines
+    baseline = c.baseline
     diff, ci = _diff_text(c)
     evidence = f"{diff} points, 95% CI {ci}, Wilcoxon p = {_num(c.p_value, '.3g')}, {c.n} paired cases"
     against = f"{challenger} against the baseline {baseline}: {evidence}"
@@ -385,6 +402,8 @@ class Report:
     notes: list[str]
     seed: int
     n_resamples: int
+    ssm_effect: list[PairedComparison] = field(default_factory=list)
+    matched: dict[str, str] = field(default_factory=dict)
 
     @property
     def cases(self) -> list[str]:
@@ -403,7 +422,7 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
     names = [r.name for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"architecture names must be unique, got {names}")
-    if baseline is not None and baseline not in names:
+    if baseline is not None and baseline != MATCHED_BASELINE and baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the evaluated architectures {names}")
     notes = list(notes)
     regions = [*results[0].evaluation.regions, MEAN_REGION]
@@ -415,26 +434,211 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
         notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
                      "cases they share")
     stats: list[PairedComparison] = []
-    if len(results) == 1:
+    matched: dict[str, str] = {}
+    if baseline == MATCHED_BASELINE:
+        matched = matched_baselines(results)
+        stats = paired_statistics(per_case, matched, seed=seed, n_resamples=n_resamples)
+        notes += matched_notes(results, matched)
+    elif len(results) == 1:
         notes.append("one architecture only: no statistics")
     elif baseline is None:
         notes.append(f"no baseline among the architectures ({', '.join(registry.baselines())}, or --baseline): "
                      f"no statistics")
     else:
         stats = compare_to_baseline(per_case, baseline, seed=seed, n_resamples=n_resamples)
-        stats.sort(key=lambda c: (names.index(c.architecture), c.metric,
-                                  regions.index(c.region) if c.region in regions else len(regions)))
-        few = [c for c in stats if c.warning]
-        if few:
-            n = min(c.n_nonzero for c in few)
-            notes.append(f"warning: too few cases to conclude for {len(few)} of {len(stats)} comparisons "
-                         f"(as few as {n} cases with a non-zero difference)")
+    stats.sort(key=lambda c: (names.index(c.architecture), c.metric,
+                              regions.index(c.region) if c.region in regions else len(regions)))
+    twins = twin_pairs(results)
+    ssm_effect = paired_statistics(per_case, twins, seed=seed, n_resamples=n_resamples)
+    if ssm_effect:
+        notes.append(SSM_EFFECT_NOTE)
+    few = [c for c in (*stats, *ssm_effect) if c.warning]
+    if few:
+        n = min(c.n_nonzero for c in few)
+        notes.append(f"warning: too few cases to conclude for {len(few)} of {len(stats) + len(ssm_effect)} "
+                     f"comparisons (as few as {n} cases with a non-zero difference)")
     if stats or len(results) > 1:
         notes += [SMALL_SAMPLE_RULE, MULTIPLE_TESTING_NOTE]
     notes.append(NOISE_NOTE)
-    table = table_rows(results)
+    table = add_pairing_columns(table_rows(results), ssm_effect, matched)
     return Report(title, dict(settings or {}), list(results), baseline, per_case, table, stats,
-                  headline(table, stats, baseline), list(skipped), notes, seed, n_resamples)
+                  headline(table, stats, baseline), list(skipped), notes, seed, n_resamples, ssm_effect, matched)
+
+
+# ------------------------------------------------- SSM effect (twins) and budget-matched baselines
+#
+# Two pairings besides the single baseline (docs/compare.md): each Mamba network with its
+# SSM-ablation twin when both were compared (the "SSM effect": network − twin, what the selective
+# scan adds), and with ``--baseline matched`` each network with the U-Net preset whose planned
+# training memory is closest to its own (nnU-Net Revisited's recommendation).
+
+#: ``--baseline`` value that pairs every network with its budget-matched U-Net preset.
+MATCHED_BASELINE = "matched"
+SSM_EFFECT_NOTE = ("SSM effect: each network against its SSM-ablation twin (<arch>_nossm: the same network, "
+                   "parameters, plan and recipe with every selective scan replaced by the identity), paired by case; "
+                   "the difference network − twin is what the state-space scan adds.")
+
+
+def _architecture_of(name: str) -> str:
+    """The registry name of a report name (``name@recipe`` → ``name``)."""
+    return name.split("@", 1)[0]
+
+
+def twin_pairs(results: Sequence[ArchitectureResult]) -> dict[str, str]:
+    """Report name of each network → report name of its SSM-ablation twin, for the networks whose
+    twin (:attr:`medmamba.models.registry.Architecture.ablation_twin`) was evaluated too under the
+    same recipe."""
+    by_key = {(_architecture_of(r.name), r.recipe): r.name for r in results}
+    pairs = {}
+    for r in results:
+        arch = _architecture_of(r.name)
+        twin = registry.get(arch).ablation_twin if arch in registry.available() else None
+        if twin is not None and (twin, r.recipe) in by_key:
+            pairs[r.name] = by_key[(twin, r.recipe)]
+    return pairs
+
+
+def matched_baselines(results: Sequence[ArchitectureResult]) -> dict[str, str]:
+    """Report name of each network → the evaluated U-Net preset (one of
+    :func:`medmamba.models.registry.baselines`: unet, resenc_m, resenc_l, resenc_xl) whose planned
+    training memory (``training_memory_gib``, the planner's estimate) is closest to the network's
+    own; ties go to the smaller preset. Networks (or presets) without a planned memory are left out."""
+    presets = registry.baselines()
+    candidates = [r for r in results if _architecture_of(r.name) in presets and r.training_memory_gib is not None]
+    pairs = {}
+    for r in results:
+        if _architecture_of(r.name) in presets or r.training_memory_gib is None or not candidates:
+            continue
+        best = min(candidates, key=lambda b: (abs(b.training_memory_gib - r.training_memory_gib),
+                                              presets.index(_architecture_of(b.name))))
+        pairs[r.name] = best.name
+    return pairs
+
+
+def matched_notes(results: Sequence[ArchitectureResult], matched: Mapping[str, str]) -> list[str]:
+    """What the reader should know about a budget-matched comparison: which presets were available,
+    and which networks could not be matched."""
+    presets = registry.baselines()
+    trained = [r.name for r in results if _architecture_of(r.name) in presets]
+    notes = [f"budget-matched baselines (--baseline {MATCHED_BASELINE}): each network is paired with the U-Net preset "
+             f"whose planned training memory is closest to its own, among those compared "
+             f"({', '.join(trained) or 'none'}; nnU-Net Revisited, Isensee et al., MICCAI 2024)"]
+    missing = [r.name for r in results if _architecture_of(r.name) not in presets and r.name not in matched]
+    if missing:
+        why = "no U-Net preset was compared" if not trained else "no planned training memory (plans not written by medmamba)"
+        notes.append(f"warning: no budget-matched baseline for {', '.join(missing)}: {why}")
+    return notes
+
+
+def paired_statistics(per_case: Mapping[str, Any], pairs: Mapping[str, str], *, seed: int = 0,
+                      n_resamples: int = 10_000) -> list[PairedComparison]:
+    """:func:`compare_to_baseline` of each ``architecture`` against its own ``pairs[architecture]``."""
+    out: list[PairedComparison] = []
+    for arch, other in pairs.items():
+        out += compare_to_baseline({arch: per_case[arch], other: per_case[other]}, other, seed=seed,
+                                   n_resamples=n_resamples)
+    return out
+
+
+def _mean_dice(comparisons: Sequence[PairedComparison], arch: str) -> PairedComparison | None:
+    return next((c for c in comparisons if c.architecture == arch and c.region == MEAN_REGION and c.metric == "dice"),
+                None)
+
+
+def add_pairing_columns(table: list[dict], ssm_effect: Sequence[PairedComparison],
+                        matched: Mapping[str, str]) -> list[dict]:
+    """The table with the twin pairing (``ssm_twin``, ``ssm_effect_dice_mean`` / ``_ci_low`` / ``_ci_high``
+    / ``_p``: network − twin on the per-case mean Dice, as a fraction) and the budget-matched baseline
+    (``matched_baseline``) of each row that has one; rows without keep the keys empty."""
+    sources = {c.architecture for c in ssm_effect}
+    if not sources and not matched:
+        return table
+    twin_of = {c.baseline: c.architecture for c in ssm_effect}
+    for row in table:
+        name = row["architecture"]
+        if sources:
+            c = _mean_dice(ssm_effect, name)
+            row["ssm_twin"] = c.baseline if c is not None else None
+            row["ssm_twin_of"] = twin_of.get(name)
+            for key in ("mean_difference", "ci_low", "ci_high", "p_value"):
+                short = {"mean_difference": "mean", "p_value": "p"}.get(key, key)
+                row[f"ssm_effect_dice_{short}"] = getattr(c, key) if c is not None else None
+        if matched:
+            row["matched_baseline"] = matched.get(name)
+    return table
+
+
+def _pairing_columns(table: Sequence[dict]) -> list[tuple[str, Any]]:
+    cols: list[tuple[str, Any]] = []
+    if any("ssm_twin" in row for row in table):
+        def effect(r):
+            if r.get("ssm_effect_dice_mean") is None:
+                return f"(twin of {r['ssm_twin_of']})" if r.get("ssm_twin_of") else "—"
+            ci = ("" if not math.isfinite(r["ssm_effect_dice_ci_low"]) else
+                  f" [{r['ssm_effect_dice_ci_low'] * 100:+.2f}, {r['ssm_effect_dice_ci_high'] * 100:+.2f}]")
+            return f"{r['ssm_effect_dice_mean'] * 100:+.2f}{ci}"
+
+        cols.append(("SSM effect: mean Dice vs twin (points, 95% CI)", effect))
+    if any("matched_baseline" in row for row in table):
+        cols.append(("budget-matched baseline", lambda r: r.get("matched_baseline") or "—"))
+    return cols
+
+
+_SSM_INTRO = ("Each network against its SSM-ablation twin (the same network, parameters, plan and recipe with the "
+              "selective scan replaced by the identity), paired by case: the difference network − twin is what the "
+              "state-space scan adds. Dice in points, HD95 in mm; bootstrap 95% CI, Wilcoxon p.")
+_MATCHED_INTRO = ("Each network next to the U-Net preset whose planned training memory is closest to its own "
+                  "(nnU-Net Revisited, MICCAI 2024): the mean-Dice difference beside what each costs — planned "
+                  "training memory, measured inference peak, forward GFLOPs with the scan (batch 1, plans' patch) "
+                  "and training time — network / preset.")
+_MATCHED_HEADER = ["network", "matched preset", "mean Dice difference (points)", "95% CI", "Wilcoxon p",
+                   "training GiB (planned)", "inference peak GiB (measured)", "GFLOPs (scan incl.)",
+                   "training (h)"]
+
+
+def _side_by_side(row: Mapping[str, Any], base: Mapping[str, Any], key: str, fmt: str) -> str:
+    return f"{_num(row.get(key), fmt)} / {_num(base.get(key), fmt)}"
+
+
+def matched_rows(report: Report) -> list[list[str]]:
+    """Rows of the budget-matched table (:data:`_MATCHED_HEADER`)."""
+    by_name = {row["architecture"]: row for row in report.table}
+    rows = []
+    for name, preset in report.matched.items():
+        row, base = by_name[name], by_name[preset]
+        c = _mean_dice(report.stats, name)
+        diff, ci = _diff_text(c) if c is not None else ("—", "—")
+        rows.append([name, preset, diff, ci, _num(c.p_value if c else None, ".3g"),
+                     _side_by_side(row, base, "training_memory_gib_estimated", ".2f"),
+                     _side_by_side(row, base, "inference_peak_gib_measured", ".2f"),
+                     _side_by_side(row, base, "gflops", ".1f"),
+                     _side_by_side(row, base, "training_hours", ".2f")])
+    return rows
+
+
+def pairing_markdown(report: Report) -> list[str]:
+    """The SSM-effect statistics and the budget-matched table, as Markdown lines (none when unused)."""
+    md: list[str] = []
+    if report.ssm_effect:
+        md += ["## SSM effect (network against its SSM-ablation twin)", "", _SSM_INTRO, "",
+               stats_markdown(report.ssm_effect, versus="twin"), ""]
+    if report.matched:
+        md += ["## Budget-matched baselines", "", _MATCHED_INTRO, "",
+               "| " + " | ".join(_MATCHED_HEADER) + " |", "|" + "|".join("---" for _ in _MATCHED_HEADER) + "|"]
+        md += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in matched_rows(report)] + [""]
+    return md
+
+
+def pairing_html(report: Report) -> list[str]:
+    """The same as :func:`pairing_markdown`, as HTML parts."""
+    parts: list[str] = []
+    if report.ssm_effect:
+        parts += ["<h2>SSM effect (network against its SSM-ablation twin)</h2>",
+                  f"<p>{html.escape(_SSM_INTRO)}</p>", _html_stats(report.ssm_effect, versus="twin")]
+    if report.matched:
+        parts += ["<h2>Budget-matched baselines</h2>", f"<p>{html.escape(_MATCHED_INTRO)}</p>",
+                  _html_table(_MATCHED_HEADER, matched_rows(report), "numbers")]
+    return parts
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -450,8 +654,12 @@ _STATS_INTRO = ("Paired by case: mean of (architecture − baseline), percentile
 def report_markdown(report: Report) -> str:
     """The report as Markdown (``table.md``): headline, table, statistics, notes, skipped, settings."""
     md = [f"# {report.title}", "", *report.headline, "", _TABLE_INTRO, "", markdown_table(report.table), ""]
-    if report.stats:
+    if report.stats and report.baseline == MATCHED_BASELINE:
+        md += ["## Against the budget-matched baselines", "", _STATS_INTRO, "",
+               stats_markdown(report.stats, versus="matched preset"), ""]
+    elif report.stats:
         md += [f"## Against the baseline ({report.baseline})", "", _STATS_INTRO, "", stats_markdown(report.stats), ""]
+    md += pairing_markdown(report)
     if report.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     if report.skipped:
@@ -471,11 +679,11 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class:
 _VERDICT_CLASS = {"better": "better", "worse": "worse", TOO_FEW_WARNING: "few"}
 
 
-def _html_stats(stats: Sequence[PairedComparison]) -> str:
+def _html_stats(stats: Sequence[PairedComparison], versus: str = "baseline") -> str:
     """The statistics grouped: one block per architecture (its name once, spanning its rows), the
     metric once per block of regions, the mean-over-regions row in bold, the verdict coloured."""
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in _STATS_HEADER)
+    head = "".join(f"<th>{esc(h)}</th>" for h in _stats_header(versus))
     blocks = []
     by_arch: dict[str, list[PairedComparison]] = {}
     for c in stats:
@@ -545,9 +753,11 @@ def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
     parts.append("<h2>Statistics against the baseline</h2>")
     if report.stats:
         parts.append(f"<p>Baseline: <b>{esc(str(report.baseline))}</b>. {esc(_STATS_INTRO)}</p>")
-        parts.append(_html_stats(report.stats))
+        parts.append(_html_stats(report.stats, "matched preset" if report.baseline == MATCHED_BASELINE
+                                 else "baseline"))
     else:
         parts.append("<p>No statistics (see the notes).</p>")
+    parts += pairing_html(report)
     if plot_files:
         parts.append("<h2>Plots</h2>")
         for key, path in plot_files.items():
@@ -572,6 +782,8 @@ def report_json(report: Report, files: Mapping[str, Any]) -> dict:
         "format": "medmamba-compare/1", "settings": dict(report.settings), "baseline": report.baseline,
         "regions": table_regions(report.table), "cases": report.cases, "headline": list(report.headline), "table": report.table,
         "statistics": [c.as_dict() for c in report.stats],
+        "ssm_effect": [c.as_dict() for c in report.ssm_effect],
+        "matched_baselines": dict(report.matched),
         "bootstrap": {"seed": report.seed, "resamples": report.n_resamples},
         "skipped": [{"architecture": a, "reason": r} for a, r in report.skipped], "notes": report.notes,
         "architectures": {r.name: {"recipe": r.recipe, "trainer_folder": r.trainer_folder,
@@ -664,12 +876,16 @@ def write_report(out: str | Path, results: Sequence[ArchitectureResult], *, base
     write_text_atomically(table_csv, _csv_text(report.table))
     write_text_atomically(stats_csv, _csv_text([c.as_dict() for c in report.stats]) if report.stats else
                           ",".join(PairedComparison.__dataclass_fields__) + "\n")
+    ssm_csv = None
+    if report.ssm_effect:  # network against its SSM-ablation twin, as stats.csv's rows
+        ssm_csv = write_text_atomically(out / "ssm_effect.csv", _csv_text([c.as_dict() for c in report.ssm_effect]))
     metrics_csv = {}
     for res in report.results:
         metrics_csv[res.name] = res.evaluation.write_csv(out / "metrics" / f"{_safe_name(res.name)}.csv")
     plot_files = _write_plots(out, report, overlay)
     html_path = write_text_atomically(out / "report.html", report_html(report, plot_files))
     files = {"table_md": "table.md", "table_csv": "table.csv", "stats_csv": "stats.csv", "report_html": "report.html",
+             **({"ssm_effect_csv": "ssm_effect.csv"} if ssm_csv is not None else {}),
              "metrics": {n: str(p.relative_to(out)) for n, p in metrics_csv.items()},
              "plots": {k: str(p.relative_to(out)) for k, p in plot_files.items()}}
     summary_json = write_text_atomically(

@@ -1,9 +1,9 @@
 """nnU-Net's U-Net baselines, built from dynamic_network_architectures unmodified.
 
-``unet`` is nnU-Net's default PlainConvUNet; ``resenc_m`` and ``resenc_l`` are its residual-encoder
-presets (ResidualEncoderUNet). The ResEnc presets differ only in the planner's GPU memory target
-(8 GB for M, 24 GB for L), which sets patch and batch size and, through the patch, the number of
-stages; for one patch and stage count the two networks are the same, as in nnU-Net.
+``unet`` is nnU-Net's default PlainConvUNet; ``resenc_m``, ``resenc_l`` and ``resenc_xl`` are its
+residual-encoder presets (ResidualEncoderUNet). The ResEnc presets differ only in the planner's GPU
+memory target (8 GB for M, 24 GB for L, 40 GB for XL), which sets patch and batch size and, through the
+patch, the number of stages; for one patch and stage count the networks are the same, as in nnU-Net.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 
-from .mamba import Mamba, channels_first_linear
+from .mamba import Mamba, channels_first_linear, set_ssm
 from .layout import InputSizeError, StageLayout
 
 __all__ = [
@@ -209,6 +209,8 @@ class LightMUNet(nn.Module):
         upsample_mode: MONAI ``UpSample`` mode: "nontrainable" ((bi/tri)linear, upstream), "deconv" or
             "pixelshuffle".
         d_state, d_conv, expand: sizes of every Mamba.
+        ssm: False is the SSM ablation: every Mamba's scan is the identity on its input (the RVM
+            layer's LayerNorms, skip_scale and projection stay); same parameters.
     """
 
     def __init__(
@@ -227,6 +229,7 @@ class LightMUNet(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: float = 2,
+        ssm: bool = True,
     ) -> None:
         super().__init__()
         if deep_supervision:
@@ -287,6 +290,9 @@ class LightMUNet(nn.Module):
             get_act_layer(act),
             DepthwiseSeparableConv(spatial_dims, init_filters, num_classes, kernel_size=1, bias=True),
         )
+        if not ssm:  # the SSM ablation (lightm_unet_nossm); recorded only when on
+            set_ssm(self, False)
+            self.init_kwargs["ssm"] = False
 
     def stage_layout(self) -> StageLayout:
         return StageLayout(len(self.blocks_down), (self.total_stride,) * self.spatial_dims)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from medmamba_kernels import selective_scan
 from medmamba_kernels.routes import cached_route_tables, route_for
 
-__all__ = ["Mamba", "channels_first_linear"]
+__all__ = ["Mamba", "channels_first_linear", "set_ssm", "unused_parameters_term"]
 
 _EXTRA_ROUTE_SUFFIXES = ("b", "s")
 
@@ -32,7 +32,17 @@ class Mamba(nn.Module):
             dt_proj, A and D, runs along its route over the grid given to ``forward``, and the
             un-permuted outputs are summed before the shared gate and out_proj. All directions run
             in one scan call with grouped B/C.
+        ssm: True runs the selective scan. False is the SSM ablation (architectures ``<arch>_nossm``):
+            the scan is replaced by the identity on its input, ``y = u`` with ``u = SiLU(conv1d(x))``
+            (per direction, then un-permuted and summed as with the scan), so in_proj, the causal
+            conv, the gate ``y · SiLU(z)`` and out_proj stay. x_proj, dt_proj, A_log and D (every
+            direction's) are kept — same parameters, same state_dict — but do not act: they enter
+            the output with weight 0 (:func:`unused_parameters_term`), so they get a zero gradient
+            and DDP without ``find_unused_parameters`` still sees a gradient for each of them. Also
+            an attribute: :func:`set_ssm` switches a built network.
     """
+
+    has_selective_scan = True  # set_ssm() switches its ``ssm``
 
     def __init__(
         self,
@@ -49,8 +59,10 @@ class Mamba(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         routes: Sequence[str] | None = None,
+        ssm: bool = True,
     ) -> None:
         super().__init__()
+        self.ssm = bool(ssm)
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -126,6 +138,9 @@ class Mamba(nn.Module):
             x_dir = x if perm is None else x[..., perm]
             conv = getattr(self, f"conv1d{sfx}")
             u = F.silu(conv(x_dir)[..., :length])
+            if not self.ssm:  # the ablation: the scan is the identity, y = u
+                us.append(u)
+                continue
             x_dbl = channels_first_linear(getattr(self, f"x_proj{sfx}"), u)  # (batch, R + 2N, L)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
             # dt_proj's bias is added inside the scan, in fp32, as delta_bias.
@@ -133,6 +148,8 @@ class Mamba(nn.Module):
             us.append(u)
             Bs.append(B)
             Cs.append(C)
+        if not self.ssm:
+            return self._identity_directions(us, z, perms, length)
         A = torch.cat([-torch.exp(getattr(self, f"A{sfx}_log").float()) for sfx in self._suffixes])
         D = torch.cat([getattr(self, f"D{sfx}").float() for sfx in self._suffixes])
         delta_bias = torch.cat([getattr(self, f"dt_proj{sfx}").bias.float() for sfx in self._suffixes])
@@ -154,6 +171,23 @@ class Mamba(nn.Module):
             y = y * F.silu(z)
         return channels_first_linear(self.out_proj, y)
 
+    def _identity_directions(self, us, z, perms, length) -> torch.Tensor:
+        """The SSM ablation of :meth:`_scan_directions`: each direction's scan output is its input
+        ``u``; un-permuting, the sum over directions, the gate and out_proj are unchanged."""
+        if perms[0] is None:
+            y = us[0]
+        else:
+            index = torch.stack(perms)  # (K, L)
+            positions = torch.arange(length, device=index.device).expand_as(index)
+            inverse = torch.empty_like(index).scatter_(1, index, positions)
+            y_dirs = torch.stack(us, 1)  # (batch, K, d_inner, L)
+            y = torch.gather(y_dirs, 3, inverse[None, :, None, :].expand_as(y_dirs)).sum(1)
+        unused = [getattr(self, f"{name}{sfx}") for sfx in self._suffixes for name in ("x_proj", "dt_proj")]
+        unused += [getattr(self, f"{name}{sfx}{tail}") for sfx in self._suffixes
+                   for name, tail in (("A", "_log"), ("D", ""))]
+        y = y * F.silu(z) + unused_parameters_term(unused, y.dtype, y.device)
+        return channels_first_linear(self.out_proj, y)
+
 
 def channels_first_linear(linear: nn.Linear, x: torch.Tensor, start: int = 0, stop: int | None = None,
                           bias: bool = True) -> torch.Tensor:
@@ -172,3 +206,30 @@ def channels_first_linear(linear: nn.Linear, x: torch.Tensor, start: int = 0, st
 def _direction_suffixes(count: int) -> list[str]:
     named = list(_EXTRA_ROUTE_SUFFIXES[:count])
     return named + [f"r{i}" for i in range(len(named) + 1, count + 1)]
+
+
+def unused_parameters_term(modules_or_params, dtype: torch.dtype, device) -> torch.Tensor:
+    """A scalar 0 that depends on every parameter of ``modules_or_params`` (modules or tensors):
+    ``0 · Σ p.sum()``. Added to an output it changes nothing, gives those parameters an exact zero
+    gradient, and keeps them in the autograd graph, which nnU-Net's DDP (wrapped without
+    ``find_unused_parameters``) requires of every parameter. The SSM ablation keeps the scan's
+    parameters this way."""
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for item in modules_or_params:
+        params = item.parameters() if isinstance(item, nn.Module) else [item]
+        for p in params:
+            total = total + p.sum().float()
+    return (total * 0.0).to(dtype)
+
+
+def set_ssm(module: nn.Module, enabled: bool) -> int:
+    """Switch the selective scan of every mixer inside ``module`` on (``enabled=True``) or to the
+    identity (the SSM ablation, see :class:`Mamba`'s ``ssm``); returns how many mixers were switched.
+    A mixer is any submodule whose class sets ``has_selective_scan = True`` and reads ``self.ssm``
+    (:class:`Mamba`, ``medmamba.models.mhs_vm.MultiRouteS6`` and its SS2D)."""
+    count = 0
+    for sub in module.modules():
+        if getattr(type(sub), "has_selective_scan", False):
+            sub.ssm = bool(enabled)
+            count += 1
+    return count

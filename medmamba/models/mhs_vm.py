@@ -82,6 +82,7 @@ from medmamba_kernels.routes import Route, register_route_kind
 from monai.networks.layers import DropPath
 
 from .layout import InputSizeError, StageLayout
+from .mamba import set_ssm, unused_parameters_term
 
 __all__ = [
     "HEAD_KINDS",
@@ -290,7 +291,12 @@ class MultiRouteS6(nn.Module):
         d_inner: channels scanned per route. n_routes: K. d_state: N.
         dt_rank: R (SS2D uses ceil(d_model / 16), MHS-VM ceil(d_inner / 16)).
         dt_*: Mamba's Δ initialisation.
+        ssm: False is the SSM ablation: every route's scan is the identity on its input (each of
+            the K outputs is ``x``); x_proj/dt_projs/A_logs/Ds are kept but enter with weight 0
+            (zero gradient; see ``medmamba.models.mamba.unused_parameters_term``).
     """
+
+    has_selective_scan = True  # medmamba.models.mamba.set_ssm() switches its ``ssm``
 
     def __init__(
         self,
@@ -303,8 +309,10 @@ class MultiRouteS6(nn.Module):
         dt_init: str = "random",
         dt_scale: float = 1.0,
         dt_init_floor: float = 1e-4,
+        ssm: bool = True,
     ) -> None:
         super().__init__()
+        self.ssm = bool(ssm)
         self.d_inner = d_inner
         self.n_routes = n_routes
         self.d_state = d_state
@@ -340,6 +348,10 @@ class MultiRouteS6(nn.Module):
         if channels != self.d_inner or len(routes) != K:
             raise ValueError(f"MultiRouteS6 expects {self.d_inner} channels and {K} routes, "
                              f"got {channels} and {len(routes)}")
+        if not self.ssm:  # the ablation: every route's output is its input, in natural order
+            zero = unused_parameters_term([self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+                                           self.A_logs, self.Ds], torch.float32, x.device)
+            return x.float().unsqueeze(1).expand(batch, K, channels, length) + zero
         # Projections are per position, so computing them in natural order and letting the op gather
         # equals projecting each route's permuted copy (the released code's order). All K routes'
         # x_proj rows in one product on the channels-first layout, and dt_proj batched over
@@ -377,6 +389,10 @@ class ScanHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = tuple(x.shape[2:])
         y = self.engine(x.flatten(2), head_routes(self.head, grid))
+        if not self.engine.ssm:
+            # SSM ablation: the K identical route outputs have CV = 0, so the GFU would zero the
+            # head whatever its input (ReLU(0 − t) = 0): fuse by the GFU's sum without its gate.
+            return y.sum(1).view(x.shape)
         return gated_fusion(y, self.gfu_threshold, dim=1).view(x.shape)
 
 
@@ -632,6 +648,8 @@ class MHSVM(nn.Module):
         with_proj: MHSM's LayerNorm + y_proj after the heads.
         patch_size: patch embedding kernel = stride (int or one per axis); the final expansion undoes it.
         mixer: "mhs" (MHS-VM) or "ss2d" (VMamba v0's SS2D: the VM-UNet baseline, 2D only).
+        ssm: False is the SSM ablation (every :class:`MultiRouteS6` scan is the identity, heads
+            fuse by the plain sum; docs/networks.md); same parameters and state_dict.
 
     Every spatial size must be divisible by patch_size · 2^(stages − 1) (32 by default).
     """
@@ -652,6 +670,7 @@ class MHSVM(nn.Module):
         with_proj: bool = True,
         patch_size: int | Sequence[int] = 4,
         mixer: str = "mhs",
+        ssm: bool = True,
     ) -> None:
         super().__init__()
         if deep_supervision:
@@ -707,6 +726,9 @@ class MHSVM(nn.Module):
         self.final_up = FinalPatchExpand(dims_decoder[-1], patch)
         self.final_conv = _conv_op(spatial_dims)(dims_decoder[-1] // 4, num_classes, 1)
         self.apply(self._init_weights)
+        if not ssm:  # the SSM ablation (architecture mhs_vm_nossm); recorded only when on
+            set_ssm(self, False)
+            self.init_kwargs["ssm"] = False
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

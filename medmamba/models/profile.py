@@ -166,15 +166,16 @@ def architecture_costs(in_channels: int, num_classes: int, patch: Sequence[int],
 def format_costs(rows: Sequence[ArchitectureCost], in_channels: int, num_classes: int, patch: Sequence[int],
                  batch_size: int) -> str:
     patch_text = "×".join(str(p) for p in patch)
+    width = max([14] + [len(row.name) + 2 for row in rows])  # the twins' names (…_nossm) are longer
     lines = [f"in_channels {in_channels}, num_classes {num_classes}, patch {patch_text}; FLOPs per forward at "
              f"batch 1 (scan included); fp32 training-step memory at batch {batch_size}",
-             f"{'architecture':<14}{'params':>14}{'GFLOPs':>10}{'scan GFLOPs':>13}{'act GiB':>9}"
+             f"{'architecture':<{width}}{'params':>14}{'GFLOPs':>10}{'scan GFLOPs':>13}{'act GiB':>9}"
              f"{'peak GiB':>10}  memory"]
     for row in rows:
         if row.cost is None:
-            lines.append(f"{row.name:<14}  skipped: {row.skipped}")
+            lines.append(f"{row.name:<{width}}  skipped: {row.skipped}")
             continue
         c = row.cost
-        lines.append(f"{row.name:<14}{c.params:>14,}{c.forward_gflops:>10.1f}{c.scan_gflops:>13.2f}"
+        lines.append(f"{row.name:<{width}}{c.params:>14,}{c.forward_gflops:>10.1f}{c.scan_gflops:>13.2f}"
                      f"{c.train_activation_gib:>9.2f}{c.train_peak_gib:>10.2f}  {c.memory_source}")
     return "\n".join(lines)

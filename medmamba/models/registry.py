@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-__all__ = ["Architecture", "PLANNER_KINDS", "register", "create", "available", "get", "baselines",
-           "architectures_of_network", "plans_architecture", "dotted_name"]
+__all__ = ["Architecture", "PLANNER_KINDS", "ABLATION_SUFFIX", "ABLATION_KEYWORDS", "register", "create", "available",
+           "get", "baselines", "ablation_twin_of", "architectures_of_network", "plans_architecture", "dotted_name"]
 
 #: How a planner lays an architecture out for a patch:
 #: "unet": nnU-Net's U-Net topology per candidate patch (stages, strides, kernels from
@@ -34,6 +34,13 @@ __all__ = ["Architecture", "PLANNER_KINDS", "register", "create", "available", "
 #: "fixed": the layout does not depend on the patch; every axis is a multiple of the network's
 #: ``stage_layout().input_multiple`` (and of the preset's ``divisible_by``).
 PLANNER_KINDS = ("unet", "fixed")
+
+#: The name of an architecture's SSM-ablation twin is its own name with this suffix.
+ABLATION_SUFFIX = "_nossm"
+#: The builder (and network class) keywords that make a network its SSM-ablation twin: every
+#: selective scan replaced by the identity on its input (``medmamba.models.mamba.Mamba``'s ``ssm``).
+#: The twin's plans carry them in ``arch_kwargs``, so nnU-Net rebuilds the twin from its plans.
+ABLATION_KEYWORDS = {"ssm": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +66,10 @@ class Architecture:
         baseline_rank: its place in the baseline order (0 first) when no baseline is named for a
             comparison; None for architectures that are never the default baseline.
         ablation_twin: the name of its SSM-ablation twin (the same network with the state-space
-            scan replaced), or None while it has none.
+            scan replaced by the identity, :func:`ablation_twin_of`), or None when it has none. A
+            record that names one gets its twin registered with it.
+        ablation_of: for a twin, the architecture it ablates (its planner preset, topology and
+            memory plan are the source's); None otherwise.
         blocks_keywords: for ``planner="unet"``: the builder keywords that receive the preset's
             blocks per encoder stage and per decoder stage.
         patch_keyword: for ``planner="unet"``: the builder keyword that receives the planned patch,
@@ -78,6 +88,7 @@ class Architecture:
     summary: str = ""
     baseline_rank: int | None = None
     ablation_twin: str | None = None
+    ablation_of: str | None = None
     blocks_keywords: tuple[str, str] = ("n_conv_per_stage", "n_conv_per_stage_decoder")
     patch_keyword: str | None = None
 
@@ -126,23 +137,29 @@ _BUILT_IN = (
         "medmamba.models.baselines.ResidualEncoderUNet", (2, 3), planner="unet", deep_supervision=True,
         paper_recipe="nnunet_default", baseline_rank=2, blocks_keywords=_RESENC_BLOCKS, paper=_NNUNET_PAPER,
         code=_NNUNET_CODE, summary="nnU-Net ResEnc L preset (ResidualEncoderUNet; planner target 24 GB)"),
+    Architecture(
+        "resenc_xl", "medmamba.models.baselines:build_resenc",
+        "medmamba.models.baselines.ResidualEncoderUNet", (2, 3), planner="unet", deep_supervision=True,
+        paper_recipe="nnunet_default", baseline_rank=3, blocks_keywords=_RESENC_BLOCKS, paper=_NNUNET_PAPER,
+        code=_NNUNET_CODE, summary="nnU-Net ResEnc XL preset (ResidualEncoderUNet; planner target 40 GB)"),
     # U-Mamba's released commands train with nnU-Net's stock trainer; its NoAMP trainer is a fallback
     # for NaNs, selectable as the recipe umamba_noamp.
     Architecture(
         "umamba_bot", "medmamba.models.umamba:build_umamba_bot",
         "medmamba.models.umamba.UMambaBot", (2, 3), planner="unet", deep_supervision=True,
-        paper_recipe="nnunet_default", paper=_UMAMBA_PAPER, code=_UMAMBA_CODE,
+        ablation_twin="umamba_bot_nossm", paper_recipe="nnunet_default", paper=_UMAMBA_PAPER, code=_UMAMBA_CODE,
         summary="U-Mamba Bot: residual U-Net, LayerNorm + Mamba on the bottleneck (paper_v1 | repo_2024_03)"),
     Architecture(
         "umamba_enc", "medmamba.models.umamba:build_umamba_enc",
         "medmamba.models.umamba.UMambaEnc", (2, 3), planner="unet", deep_supervision=True,
-        paper_recipe="nnunet_default", patch_keyword="input_size", paper=_UMAMBA_PAPER, code=_UMAMBA_CODE,
+        ablation_twin="umamba_enc_nossm", paper_recipe="nnunet_default", patch_keyword="input_size",
+        paper=_UMAMBA_PAPER, code=_UMAMBA_CODE,
         summary="U-Mamba Enc: residual U-Net, LayerNorm + Mamba after every encoder stage (paper_v1 | "
                 "repo_2024_03)"),
     Architecture(
         "segmamba", "medmamba.models.segmamba:build_segmamba",
         "medmamba.models.segmamba.SegMamba", (3,), planner="fixed", deep_supervision=False,
-        paper_recipe="segmamba_ce",
+        ablation_twin="segmamba_nossm", paper_recipe="segmamba_ce",
         paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba For 3D Medical Image Segmentation, "
               "MICCAI 2024 (arXiv 2401.13560)",
         code="https://github.com/ge-xing/SegMamba (cff3597)",
@@ -151,7 +168,7 @@ _BUILT_IN = (
     Architecture(
         "lightm_unet", "medmamba.models.lightm_unet:build_lightm_unet",
         "medmamba.models.lightm_unet.LightMUNet", (2, 3), planner="fixed",
-        deep_supervision=False, paper_recipe="lightm_unet_adam",
+        deep_supervision=False, ablation_twin="lightm_unet_nossm", paper_recipe="lightm_unet_adam",
         paper="Liao et al. 2024, LightM-UNet: Mamba Assists in Lightweight UNet for Medical Image Segmentation, "
               "arXiv 2403.05246",
         code="https://github.com/MrBlankness/LightM-UNet (6b72e27)",
@@ -160,7 +177,7 @@ _BUILT_IN = (
     Architecture(
         "mhs_vm", "medmamba.models.mhs_vm:build_mhs_vm",
         "medmamba.models.mhs_vm.MHSVM", (2, 3), planner="fixed", deep_supervision=False,
-        paper_recipe="mhs_vm_adamw",
+        ablation_twin="mhs_vm_nossm", paper_recipe="mhs_vm_adamw",
         paper="Ji 2024, MHS-VM: Multi-Head Scanning in Parallel Subspaces for Vision Mamba, arXiv 2406.05992",
         code="https://github.com/PixDeep/MHS-VM (be64b6f), host https://github.com/JCruan519/VM-UNet",
         summary="VM-UNet host with a multi-head scan mixer (4 heads × 2 routes + reverses, gated route fusion); "
@@ -177,8 +194,55 @@ def _add(arch: Architecture) -> Architecture:
     return arch
 
 
+class _AblationBuilder:
+    """The builder of an SSM-ablation twin: its source's builder with :data:`ABLATION_KEYWORDS`
+    (the source's network with every scan replaced by the identity)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs: Any) -> nn.Module:
+        taken = sorted(set(kwargs) & set(ABLATION_KEYWORDS))
+        if taken:
+            raise ValueError(f"{self.source}{ABLATION_SUFFIX} sets {', '.join(taken)} itself")
+        return get(self.source).builder(in_channels, num_classes, spatial_dims=spatial_dims, **kwargs,
+                                        **ABLATION_KEYWORDS)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _AblationBuilder) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.source))
+
+
+def ablation_twin_of(source: Architecture) -> Architecture:
+    """The SSM-ablation twin of ``source`` (a record naming ``ablation_twin``), derived from it: the
+    same record — network class, spatial dims, planner kind, deep supervision, paper recipe, blocks
+    and patch keywords — under the name ``<source><ABLATION_SUFFIX>``, built by the source's builder
+    with :data:`ABLATION_KEYWORDS`, never a baseline, planned with the source's preset
+    (``ablation_of``)."""
+    expected = f"{source.name}{ABLATION_SUFFIX}"
+    if source.ablation_twin != expected:
+        raise ValueError(f"architecture {source.name!r}: its ablation twin must be called {expected!r}, "
+                         f"got {source.ablation_twin!r}")
+    return dataclasses.replace(
+        source, name=expected, builder_spec=_AblationBuilder(source.name), baseline_rank=None, ablation_twin=None,
+        ablation_of=source.name,
+        summary=f"SSM ablation of {source.name}: the same network and parameters with every selective scan "
+                f"replaced by the identity on its input (docs/networks.md)")
+
+
+def _add_with_twin(arch: Architecture) -> None:
+    _add(arch)
+    if arch.ablation_twin is not None:
+        _add(ablation_twin_of(arch))
+
+
 for _arch in _BUILT_IN:
-    _add(_arch)
+    _add_with_twin(_arch)
 
 
 def register(name: str, *, network_class: str, spatial_dims: tuple[int, ...], planner: str, deep_supervision: bool,
@@ -186,10 +250,11 @@ def register(name: str, *, network_class: str, spatial_dims: tuple[int, ...], pl
     """Decorator that adds a builder as architecture ``name`` (for networks outside this package;
     ``facts`` are the other :class:`Architecture` fields). The builder's module must be importable
     by name wherever the architecture is planned, trained or used (nnU-Net rebuilds the network from
-    the dotted class name in the plans)."""
+    the dotted class name in the plans). With ``ablation_twin="<name>_nossm"`` the twin is registered
+    too; the builder and the network class must then accept :data:`ABLATION_KEYWORDS`."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _add(Architecture(name, builder, network_class, tuple(spatial_dims), planner=planner,
+        _add_with_twin(Architecture(name, builder, network_class, tuple(spatial_dims), planner=planner,
                           deep_supervision=deep_supervision, paper_recipe=paper_recipe, **facts))
         return builder
 
@@ -217,12 +282,18 @@ def baselines() -> list[str]:
 def architectures_of_network(network_class_name: str, plans: dict | None = None) -> list[str]:
     """The architectures a network named in nnU-Net plans can be: the one a medmamba planner recorded
     in ``plans["medmamba"]["architecture"]``, else every architecture whose networks are of class
-    ``network_class_name`` (dotted; two for ``ResidualEncoderUNet``: resenc_m and resenc_l). Empty
-    for a network the registry does not build (one of nnU-Net's own)."""
+    ``network_class_name`` (dotted; several for ``ResidualEncoderUNet``: resenc_m, resenc_l,
+    resenc_xl), the SSM-ablation twins when the plans' ``arch_kwargs`` hold :data:`ABLATION_KEYWORDS`
+    and the others otherwise. Empty for a network the registry does not build (one of nnU-Net's own)."""
     recorded = (plans or {}).get("medmamba", {}).get("architecture")
     if recorded in _REGISTRY:
         return [recorded]
-    return [a.name for a in _REGISTRY.values() if a.network_class == network_class_name]
+    names = [a.name for a in _REGISTRY.values() if a.network_class == network_class_name]
+    # A twin has its source's class; its plans' arch_kwargs say which of the two they build.
+    ablated = any(all(cfg.get("architecture", {}).get("arch_kwargs", {}).get(k) == v
+                      for k, v in ABLATION_KEYWORDS.items())
+                  for cfg in (plans or {}).get("configurations", {}).values() if isinstance(cfg, dict))
+    return [n for n in names if (_REGISTRY[n].ablation_of is not None) == ablated]
 
 
 def create(name: str, in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs: Any) -> nn.Module:

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
-from .mamba import Mamba
+from .mamba import Mamba, set_ssm
 from .layout import InputSizeError, StageLayout
 
 __all__ = ["TOM_ROUTES", "GSC", "MambaLayer", "MlpChannel", "MambaEncoder", "SegMamba", "build_segmamba"]
@@ -212,6 +212,8 @@ class SegMamba(nn.Module):
         res_block: residual UNETR blocks (True as released).
         d_state, d_conv, expand: ToM mixer sizes (16, 4, 2 as released).
         routes: the ToM scan directions, route families of ``medmamba_kernels.routes``.
+        ssm: False is the SSM ablation: every ToM direction's scan is the identity on its input (its
+            causal conv, the sum over directions, the gate and out_proj stay); same parameters.
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class SegMamba(nn.Module):
         d_conv: int = 4,
         expand: float = 2,
         routes: Sequence[str] = TOM_ROUTES,
+        ssm: bool = True,
     ) -> None:
         super().__init__()
         if deep_supervision:
@@ -278,6 +281,9 @@ class SegMamba(nn.Module):
             self.add_module(f"decoder{k}", up(hidden_size if k == n + 1 else feat_size[k - 1], feat_size[k - 2]))
         self.decoder1 = basic(feat_size[0], feat_size[0])
         self.out = UnetOutBlock(3, feat_size[0], num_classes)
+        if not ssm:  # the SSM ablation (segmamba_nossm); recorded only when on
+            set_ssm(self, False)
+            self.init_kwargs["ssm"] = False
 
     @property
     def total_stride(self) -> int:

@@ -75,7 +75,7 @@ from dynamic_network_architectures.initialization.weight_init import (
 )
 
 from .baselines import nnunet_unet_kwargs
-from .mamba import Mamba
+from .mamba import Mamba, set_ssm
 from .layout import InputSizeError, StageLayout
 from .registry import dotted_name
 
@@ -413,7 +413,7 @@ class _UMambaBase(nn.Module):
                  norm_op_kwargs: dict | None = None, dropout_op: Any = None, dropout_op_kwargs: dict | None = None,
                  nonlin: Any = None, nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
                  variant: str = "paper_v1", stem_channels: int | None = None,
-                 input_size: Sequence[int] | None = None) -> None:
+                 input_size: Sequence[int] | None = None, ssm: bool = True) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -472,6 +472,9 @@ class _UMambaBase(nn.Module):
         self.n_blocks_per_stage = n_enc
         self.n_blocks_per_stage_decoder = n_dec
         self.apply(self.initialize)
+        if not ssm:  # the SSM ablation (umamba_*_nossm); recorded only when on, so plans stay as they were
+            set_ssm(self, False)
+            self.init_kwargs["ssm"] = False
 
     def _mamba_layers(self, features: list[int], strides: list[list[int]]) -> list[nn.Module] | None:
         """Mamba layers inside the encoder, one per stage (Enc), or None."""
@@ -524,7 +527,9 @@ class UMambaBot(_UMambaBase):
     Constructor: nnU-Net PlainConvUNet-style arch_kwargs (``n_conv_per_stage`` = residual blocks per
     encoder stage, ``n_conv_per_stage_decoder`` = blocks per decoder stage) + ``variant``
     ("paper_v1" | "repo_2024_03") + ``stem_channels`` (paper_v1 only; repo_2024_03 ignores it, as
-    upstream). Input (B, input_channels, *spatial), each axis divisible by the total stride.
+    upstream) + ``ssm`` (False: the SSM ablation, the Mamba's scan replaced by the identity; see
+    :class:`medmamba.models.mamba.Mamba`). Input (B, input_channels, *spatial), each axis divisible
+    by the total stride.
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: int | Sequence[int],
@@ -533,11 +538,11 @@ class UMambaBot(_UMambaBase):
                  n_conv_per_stage_decoder: int | Sequence[int], conv_bias: bool = True, norm_op: Any = None,
                  norm_op_kwargs: dict | None = None, dropout_op: Any = None, dropout_op_kwargs: dict | None = None,
                  nonlin: Any = None, nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
-                 variant: str = "paper_v1", stem_channels: int | None = None) -> None:
+                 variant: str = "paper_v1", stem_channels: int | None = None, ssm: bool = True) -> None:
         super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
                          n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs,
                          dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision, variant,
-                         stem_channels)
+                         stem_channels, ssm=ssm)
 
     def _after_encoder(self) -> None:
         self.mamba_layer = MambaLayer(dim=self.encoder.output_channels[-1])
@@ -567,14 +572,14 @@ class UMambaEnc(_UMambaBase):
                  norm_op_kwargs: dict | None = None, dropout_op: Any = None, dropout_op_kwargs: dict | None = None,
                  nonlin: Any = None, nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
                  variant: str = "paper_v1", stem_channels: int | None = None,
-                 input_size: Sequence[int] | None = None) -> None:
+                 input_size: Sequence[int] | None = None, ssm: bool = True) -> None:
         if variant == "repo_2024_03" and input_size is None:
             raise ValueError("UMambaEnc repo_2024_03 needs input_size (the plans' patch_size): it decides which "
                              "stages scan channels as tokens")
         super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
                          n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs,
                          dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision, variant,
-                         stem_channels, input_size)
+                         stem_channels, input_size, ssm=ssm)
 
     def initialize(self, module: nn.Module) -> None:
         """The He init of every U-Mamba network, and for paper_v1 the zeroed last norm of each
@@ -637,7 +642,7 @@ def build_umamba_bot(in_channels: int, num_classes: int, spatial_dims: int = 3, 
                      kernel_sizes: Sequence[Sequence[int]] | None = None,
                      strides: Sequence[Sequence[int]] | None = None, n_conv_per_stage: int | Sequence[int] = 2,
                      n_conv_per_stage_decoder: int | Sequence[int] = 2, deep_supervision: bool = True,
-                     patch_size: Sequence[int] | None = None) -> UMambaBot:
+                     patch_size: Sequence[int] | None = None, ssm: bool = True) -> UMambaBot:
     """U-Mamba Bot; with no keyword the 3D target configuration (in 1, 14 classes: paper_v1
     58,416,422 parameters, repo_2024_03 42,130,054). ``patch_size`` is optional and only checked
     against the strides (Bot works at any divisible size).
@@ -646,11 +651,12 @@ def build_umamba_bot(in_channels: int, num_classes: int, spatial_dims: int = 3, 
     ``kernel_sizes``, ``strides`` (defaults: nnU-Net's isotropic plan, 6 stages [32..320] in 3D,
     7 stages [32..512] in 2D, 3-kernels, strides 1 then 2), ``n_conv_per_stage`` /
     ``n_conv_per_stage_decoder`` (residual blocks per stage, default 2), ``deep_supervision``
-    (default True). InstanceNorm(eps 1e-5, affine), LeakyReLU(0.01, inplace), conv bias.
+    (default True), ``ssm`` (default True; False: the SSM ablation). InstanceNorm(eps 1e-5, affine),
+    LeakyReLU(0.01, inplace), conv bias.
     """
     kwargs = _builder_arch_kwargs(spatial_dims, variant, n_stages, features_per_stage, kernel_sizes, strides,
                                   n_conv_per_stage, n_conv_per_stage_decoder)
-    model = UMambaBot(in_channels, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs)
+    model = UMambaBot(in_channels, num_classes=num_classes, deep_supervision=deep_supervision, ssm=ssm, **kwargs)
     if patch_size is not None:
         model.check_input_size(patch_size)
     return model
@@ -661,7 +667,8 @@ def build_umamba_enc(in_channels: int, num_classes: int, spatial_dims: int = 3, 
                      kernel_sizes: Sequence[Sequence[int]] | None = None,
                      strides: Sequence[Sequence[int]] | None = None, n_conv_per_stage: int | Sequence[int] = 2,
                      n_conv_per_stage_decoder: int | Sequence[int] = 2, deep_supervision: bool = True,
-                     input_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None) -> UMambaEnc:
+                     input_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None,
+                     ssm: bool = True) -> UMambaEnc:
     """U-Mamba Enc; with no keyword the 3D target configuration (in 1, 14 classes, 128³: paper_v1
     59,690,022 parameters, repo_2024_03 42,760,582). ``input_size`` (alias ``patch_size``) is the
     training patch: default 128³ in 3D; in 2D 320² for 7 stages and 512² for 8 (the patches behind
@@ -675,6 +682,6 @@ def build_umamba_enc(in_channels: int, num_classes: int, spatial_dims: int = 3, 
     if size is None:
         size = [128] * 3 if spatial_dims == 3 else _default_2d_input_size(kwargs["n_stages"])
     model = UMambaEnc(in_channels, num_classes=num_classes, deep_supervision=deep_supervision,
-                      input_size=list(size), **kwargs)
+                      input_size=list(size), ssm=ssm, **kwargs)
     model.check_input_size(size)
     return model

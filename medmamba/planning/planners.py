@@ -216,6 +216,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
                                     f"{self.dataset_name} has no 3D full-resolution plan for {self.architecture} "
                                     f"(2D data, or an architecture without a 3D form)")
             plans["configurations"][BUDGET_CONFIGURATION] = self.plan_for_time_budget(plans["configurations"]["3d_fullres"])
+        self._ablate(plans)
         if not plans["configurations"]:
             raise PlanningError(f"{self.preset.name}: no configuration to plan for {self.dataset_name} "
                                 f"(asked for {', '.join(self.configurations)}; {self.architecture} supports "
@@ -258,6 +259,24 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
 
         return choose_budget_configuration(self.time_budget, fullres["spacing"],
                                            fullres["median_image_size_in_voxels"], plan_at)
+
+    @property
+    def planned_as(self) -> str:
+        """The architecture whose network the planner builds and traces: an SSM-ablation twin is
+        planned as its source (the same patch, batch and memory estimate, so that the two are
+        compared on the same terms), everything else as itself."""
+        return registry.get(self.architecture).ablation_of or self.architecture
+
+    def _ablate(self, plans: dict) -> None:
+        """For an SSM-ablation twin: the source's plans with the twin's keywords added to every
+        configuration's ``arch_kwargs`` (nnU-Net then builds the twin). The memory recorded is the
+        source's plan, by design (:attr:`planned_as`)."""
+        if self.planned_as == self.architecture:
+            return
+        for config in plans["configurations"].values():
+            if isinstance(config, dict) and "architecture" in config:
+                config["architecture"]["arch_kwargs"].update(registry.ABLATION_KEYWORDS)
+                config.setdefault("medmamba", {})["planned_as"] = self.planned_as
 
     # -- architecture-specific parts ---------------------------------------------------------------
 
@@ -345,7 +364,7 @@ class MedMambaPlanner(ExperimentPlanner, metaclass=ABCMeta):
         keywords = {**self.preset.network, **kwargs}
         try:
             with torch.device("meta"):
-                return registry.create(self.architecture, self.num_input_channels, self.num_outputs,
+                return registry.create(self.planned_as, self.num_input_channels, self.num_outputs,
                                        spatial_dims=dim, **keywords)
         except (TypeError, ValueError) as err:
             raise PlanningError(f"preset {self.preset.name} ({self.preset.path}): the {self.architecture} builder "

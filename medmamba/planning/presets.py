@@ -13,7 +13,9 @@ Search order for a name (first match wins, so a user folder can shadow a built-i
 1. the ``plans_dir`` argument (a folder, or several),
 2. the folders in the environment variable ``MEDMAMBA_PLANS_DIR`` (``os.pathsep``-separated),
 3. the shipped presets: the checkout's ``plans/`` folder, or in a regular install the package
-   ``medmamba_plans`` (see :func:`builtin_plans_dir`).
+   ``medmamba_plans`` (see :func:`builtin_plans_dir`),
+4. for an SSM-ablation twin (``<arch>_nossm``) with no file of its own: its source's preset, found
+   the same way, renamed (:func:`ablation_preset`).
 
 File layout (every table but ``[network]`` and ``[recipe.facts]`` has a fixed set of keys; an unknown
 key is an error naming the file, so a typo never silently falls back to a default)::
@@ -58,7 +60,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
     import tomli as tomllib
 
 __all__ = ["Preset", "MemoryPolicy", "Topology", "PresetError", "PLANS_DIR_ENV", "builtin_plans_dir",
-           "plans_dirs", "available_presets", "load_preset"]
+           "plans_dirs", "available_presets", "load_preset", "ablation_preset"]
 
 PLANS_DIR_ENV = "MEDMAMBA_PLANS_DIR"
 """Environment variable with extra preset folders (``os.pathsep``-separated), searched after an
@@ -164,12 +166,19 @@ def plans_dirs(plans_dir: str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
 def available_presets(plans_dir=None) -> dict[str, Path]:
-    """Preset name → file, over every searched folder (earlier folders shadow later ones)."""
+    """Preset name → file, over every searched folder (earlier folders shadow later ones); an
+    SSM-ablation twin without a file of its own maps to its source's file (:func:`ablation_preset`)."""
+    from medmamba.models import registry
+
     found: dict[str, Path] = {}
     for folder in plans_dirs(plans_dir):
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
                 found.setdefault(path.stem, path)
+    for name in registry.available():
+        source = registry.get(name).ablation_of
+        if source in found:
+            found.setdefault(name, found[source])
     return found
 
 
@@ -185,10 +194,34 @@ def load_preset(name: str, plans_dir=None) -> Preset:
         path = folder / f"{name}.toml"
         if path.is_file():
             return _read(path)
+    source = _ablation_source(name)
+    if source is not None:
+        return ablation_preset(load_preset(source, plans_dir), name)
     names = sorted(available_presets(plans_dir))
     searched = ", ".join(str(p) for p in plans_dirs(plans_dir))
     raise PresetError(f"unknown architecture or preset {name!r}: no {name}.toml in {searched}; "
                       f"available: {', '.join(names) or 'none'}")
+
+
+def _ablation_source(name: str) -> str | None:
+    """The architecture an SSM-ablation twin ``name`` ablates; None for any other name."""
+    from medmamba.models import registry
+
+    return registry.get(name).ablation_of if name in registry.available() else None
+
+
+def ablation_preset(source: Preset, twin: str) -> Preset:
+    """The preset of the SSM-ablation twin ``twin`` of ``source``'s architecture: the source's preset
+    (memory target, topology, network keywords, recipe facts, file) under the twin's name and
+    architecture. A twin has no preset file of its own (unless a user adds ``<twin>.toml``), so that
+    it is planned exactly as its source — the same patch and batch — and the two train on the same
+    terms: the comparison of a network with its twin is paired in everything but the scan."""
+    from medmamba.models import registry
+
+    if registry.get(twin).ablation_of != source.architecture:
+        raise PresetError(f"{twin} is not the SSM-ablation twin of {source.architecture} (preset {source.path})")
+    return dataclasses.replace(source, name=twin, architecture=twin,
+                               description=f"SSM ablation of {source.name}: {source.description}")
 
 
 _TOP_KEYS = {"architecture", "description", "memory", "topology", "network", "recipe"}

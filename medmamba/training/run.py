@@ -138,7 +138,7 @@ def _resolve_dataset(dataset: str | int | os.PathLike) -> tuple[str, str]:
 
 def _infer_architecture(plans: dict, configuration: str) -> str | None:
     """The registry architecture of the plans (see ``architectures_of_network``); None when the
-    plans' network could be several (ResidualEncoderUNet: resenc_m or resenc_l) or none."""
+    plans' network could be several (ResidualEncoderUNet: resenc_m, resenc_l or resenc_xl) or none."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from medmamba.models import registry
