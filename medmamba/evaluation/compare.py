@@ -349,7 +349,7 @@ def _unique_names(models) -> list[str]:
         name = b
         if len({_recipe(o.trainer) for o in same}) > 1:
             name += f"@{_recipe(m.trainer)}"
-        if len({o.configuration for o in same}) > 1:
+        if len({getattr(o, "configuration", None) for o in same}) > 1:
             name += f"/{m.configuration}"
         names.append(name)
     return names
