@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from medmamba.cli import main
+from medmamba.models import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--device", "cpu", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--seed", "0"]
@@ -269,6 +270,10 @@ def test_wheel_ships_the_presets_and_finds_them_without_the_checkout(tmp_path):
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["module"].startswith(str(site)), found  # the unpacked wheel, not this checkout
     assert found["builtin"] == str(site / "medmamba_plans")
-    assert sorted(found["presets"]) == sorted(n[:-len(".toml")] for n in shipped)
+    files = {n[:-len(".toml")] for n in shipped}
+    twins = {name: registry.get(name).ablation_of for name in registry.available()
+             if registry.get(name).ablation_of in files}  # SSM-ablation twins use their source's file
+    assert twins and sorted(found["presets"]) == sorted(files | set(twins))
+    assert all(found["presets"][twin] == str(site / "medmamba_plans" / f"{src}.toml") for twin, src in twins.items())
     assert found["segmamba"] == str(site / "medmamba_plans" / "segmamba.toml")
     assert found["unet"] == str((user / "unet.toml").resolve())  # a user folder shadows the shipped preset
