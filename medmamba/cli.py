@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         f"trained are also paired with it (the SSM effect)")
     cmp.add_argument("--test", type=Path, help="BraTS-style folder with labels to evaluate on instead of the "
                                                "held-out fold (needed for models trained with --fold all); a generic "
-                                               "layout is read with the training data's suffixes")
+                                               "layout is read with the training data's suffixes; an nnU-Net raw "
+                                               "dataset (dataset.json, imagesTr, labelsTr) with its own labels")
     cmp.add_argument("--arch", action="append",
                      help="only this architecture, as plan-and-train named it (repeatable); one trained under "
                           "several recipes: all of them, or NAME@RECIPE for one")
@@ -585,15 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "takes about 8½ minutes on a 2-core CPU; the options scale it up. Running it again "
                     "with the same --out continues where it stopped.")
     demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
-    demo.add_argument("--task", choices=["brats", "ct", "lesion"], default="brats",
+    demo.add_argument("--task", choices=["brats", "ct", "lesion", "2d"], default="brats",
                       help="the data: brats (BraTS-like MRI, WT/TC/ET; default), ct (abdomen-like CT, liver, spleen, "
-                           "kidney) or lesion (one MR channel, binary lesion mask)")
+                           "kidney), lesion (one MR channel, binary lesion mask) or 2d (RGB skin-lesion PNGs, "
+                           "trained in 2D; SegMamba, 3D only, sits out)")
     _add_device_option(demo)
     _add_arch_choice(demo, "only these architectures besides the baseline unet")
     demo.add_argument("--train-cases", type=positive_int, help="synthetic training cases (default 10)")
     demo.add_argument("--test-cases", type=positive_int, help="synthetic test cases (default 4)")
     demo.add_argument("--shape", type=positive_int, nargs=3, metavar=("X", "Y", "Z"),
-                      help="case size (default 32 32 32; ct 48 48 20; lesion 48 48 16)")
+                      help="case size (default 32 32 32; ct 48 48 20; lesion 48 48 16; 2d 96 96 1)")
     demo.add_argument("--epochs", type=positive_int, help="epochs per architecture (default 7)")
     demo.add_argument("--iters-per-epoch", type=positive_int, help="iterations per epoch (default 40)")
     demo.add_argument("--recipe", type=_recipe_name,

@@ -1,9 +1,10 @@
 """``medmamba demo``: the whole toolkit on synthetic data, in one command.
 
 ``--task`` picks the data (:data:`DEMO_TASKS`): ``brats`` (the default: BraTS 2021-style MRI, four
-channels, regions WT/TC/ET), ``ct`` (abdomen-like CT, liver/spleen/kidney, thick slices) or ``lesion``
-(one MR channel, a binary lesion mask, 4 mm slices); the latter two are ingested with their own labels
-(``--label-names``) and trained label-based.
+channels, regions WT/TC/ET), ``ct`` (abdomen-like CT, liver/spleen/kidney, thick slices), ``lesion``
+(one MR channel, a binary lesion mask, 4 mm slices) or ``2d`` (RGB skin-lesion PNGs, an nnU-Net raw
+dataset each for training and test, trained in the ``2d`` configuration as nnU-Net would); all but
+``brats`` are trained label-based with their own labels.
 
 synth (training and test cases) → plan-and-train (``unet`` and every Mamba architecture, one shared
 split, the shared recipe) → compare on the test cases (predict, evaluate, statistics, plots, HTML).
@@ -17,7 +18,7 @@ architecture resumes from its last checkpoint, and the report is written afresh.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,34 +29,41 @@ __all__ = ["DEMO_ARCHS", "DEMO_TASKS", "DemoTask", "DemoSettings", "demo_archite
 
 @dataclass(frozen=True)
 class DemoTask:
-    """One kind of demo data: the synth style and the default case size."""
+    """One kind of demo data: the synth style, the default case size and the networks' dimensions."""
 
     style: str
     shape: tuple[int, int, int]
+    spatial_dims: int = 3
 
 
-#: ``--task`` → its data. The CT and lesion volumes are anisotropic (thick slices), so fewer slices.
+#: ``--task`` → its data. The CT and lesion volumes are anisotropic (thick slices), so fewer slices;
+#: the 2D images are one slice deep.
 DEMO_TASKS: dict[str, DemoTask] = {
     "brats": DemoTask("brats2021", (32, 32, 32)),
     "ct": DemoTask("ct-organs", (48, 48, 20)),
     "lesion": DemoTask("lesion", (48, 48, 16)),
+    "2d": DemoTask("skin", (96, 96, 1), spatial_dims=2),
 }
 
 
-def demo_architectures(chosen: Sequence[str] | None = None) -> tuple[str, ...]:
+def demo_architectures(chosen: Sequence[str] | None = None, spatial_dims: int = 3) -> tuple[str, ...]:
     """The first baseline of the registry (unet) and ``chosen``, or by default every architecture
-    that is neither a baseline nor another's ablation twin: the Mamba networks. The comparison needs
-    its baseline, so it always runs; the other baselines (ResEnc) are left to the user: they take as
-    long as the Mamba networks on a CPU and add nothing to a first look.
+    that is neither a baseline nor another's ablation twin and has a ``spatial_dims`` form: the Mamba
+    networks (in 2D all but SegMamba, which is 3D only). The comparison needs its baseline, so it always
+    runs; the other baselines (ResEnc) are left to the user: they take as long as the Mamba networks on
+    a CPU and add nothing to a first look.
 
     Raises:
-        ValueError: an unknown name in ``chosen``.
+        ValueError: an unknown name in ``chosen``, or one without a ``spatial_dims`` form.
     """
     if chosen is None:
         twins = {registry.get(a).ablation_twin for a in registry.available()}
-        chosen = [a for a in registry.available() if registry.get(a).baseline_rank is None and a not in twins]
+        chosen = [a for a in registry.available() if registry.get(a).baseline_rank is None and a not in twins
+                  and spatial_dims in registry.get(a).spatial_dims]
     for name in chosen:
-        registry.get(name)
+        if spatial_dims not in registry.get(name).spatial_dims:
+            raise ValueError(f"{name} has no {spatial_dims}D form (it is {registry.get(name).spatial_dims[0]}D only); "
+                             f"leave it out of a {spatial_dims}D demo")
     return tuple(dict.fromkeys([registry.baselines()[0], *chosen]))
 
 
@@ -80,7 +88,7 @@ class DemoSettings:
     epochs: int = 7
     iters_per_epoch: int = 40
     recipe: str = "nnunet_adamw"
-    archs: tuple[str, ...] = field(default=DEMO_ARCHS)
+    archs: tuple[str, ...] | None = None  # None: unet and every Mamba network with the task's dimensions
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,8 +99,14 @@ class DemoSettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.task not in DEMO_TASKS:
             raise ValueError(f"task must be one of {', '.join(DEMO_TASKS)}, got {self.task!r}")
-        self.shape = check_shape(self.shape if self.shape is not None else DEMO_TASKS[self.task].shape)
-        self.archs = demo_architectures(self.archs)
+        shape = tuple(self.shape if self.shape is not None else DEMO_TASKS[self.task].shape)
+        if DEMO_TASKS[self.task].spatial_dims == 2:  # images: X Y, one slice deep
+            if len(shape) != 3 or shape[2] != 1:
+                raise ValueError(f"the 2d task's shape is X Y 1 (images), got {shape}")
+            self.shape = (*check_shape([*shape[:2], 16])[:2], 1)
+        else:
+            self.shape = check_shape(shape)
+        self.archs = demo_architectures(self.archs, spatial_dims=DEMO_TASKS[self.task].spatial_dims)
 
     @property
     def style(self) -> str:
@@ -144,7 +158,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, device: s
         if not folder.is_dir():  # synth writes a folder completely or not at all
             synth(folder, cases=cases, shape=settings.shape, style=settings.style, seed=seed)
             log(f"wrote {cases} synthetic {settings.style} cases to {folder}")
-    ingest = {}
+    ingest = {}  # the 2D style is an nnU-Net raw dataset: its labels come from its dataset.json
     if settings.style in TASK_STYLES:  # a generic layout with its own labels
         task = TASK_STYLES[settings.style]
         ingest = {"modalities": task.modalities, "label_suffix": task.label_suffix,

@@ -73,3 +73,49 @@ def test_2d_images_train_in_2d_by_default_with_mhs_vm_lightm_unet_and_umamba_bot
         assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     assert (work / "nnUNet_raw" / "Dataset500_skin").is_symlink()  # the user's folder, linked, not copied
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before  # and never written to
+
+
+def test_the_2d_demo_leaves_out_segmamba_and_refuses_it_by_name():
+    from medmamba.demo import DemoSettings
+
+    settings = DemoSettings(task="2d")
+    assert settings.shape == (96, 96, 1) and "segmamba" not in settings.archs and "mhs_vm" in settings.archs
+    with pytest.raises(ValueError, match="segmamba has no 2D form"):
+        DemoSettings(task="2d", archs=("segmamba",))
+    with pytest.raises(ValueError, match="X Y 1"):
+        DemoSettings(task="2d", shape=(32, 32, 32))
+
+
+def test_overlay_slices_centre_on_the_largest_foreground_slice():
+    from medmamba.evaluation.plots import axial_slices
+
+    mask = np.zeros((8, 8, 10), bool)
+    mask[2:4, 2:4, 1:9] = True
+    mask[:, :, 6] = True  # the widest slice
+    assert 6 in axial_slices(mask, 3) and axial_slices(mask, 1) == [6]
+    assert axial_slices(np.zeros((4, 4, 6), bool)) == [3]
+
+
+@pytest.mark.slow
+def test_demo_2d_scores_a_raw_test_dataset_and_draws_the_rgb_image(tmp_path, capsys):
+    from matplotlib import image as mpimg
+
+    from medmamba.cli import main
+
+    main(["demo", "--task", "2d", "--out", str(tmp_path / "demo"), "--device", "cpu", "--arch", "mhs_vm",
+          "--train-cases", "4", "--test-cases", "2", "--shape", "40", "40", "1", "--epochs", "1",
+          "--iters-per-epoch", "2"])
+    printed = capsys.readouterr().out
+    assert "(2d, " in printed and "comparing unet, mhs_vm on every case of" in printed, printed
+    report = tmp_path / "demo" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    assert "lesion" in json.dumps(summary)
+    rows = (report / "table.csv").read_text().splitlines()
+    assert len(rows) == 3 and "dice_lesion_mean" in rows[0]
+    for arch in ("unet", "mhs_vm"):  # predictions in the test images' format, one per test image
+        assert sorted(p.name for p in (report / "predictions" / arch).glob("*.png")) == ["Skin_00000.png",
+                                                                                      "Skin_00001.png"]
+    (overlay,) = (report / "plots").glob("overlay_*.png")
+    picture = mpimg.imread(overlay)[..., :3]
+    # the skin image is drawn in colour: some pixels are far from grey
+    assert (picture.max(axis=-1) - picture.min(axis=-1)).max() > 0.2

@@ -12,9 +12,10 @@ What is compared, and how:
   (the same for every architecture, since all share one split); or every case of ``test`` (a
   BraTS-style folder with labels), predicted by the ensemble of the trained folds. A model trained
   on fold "all" only has no held-out case and needs ``test``;
-- the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case>.nii.gz`` in the
-  ground truth's label convention, timed per case (``time.perf_counter``) with the peak memory
-  measured (:class:`medmamba.benchmarks.memory.PeakMemory`);
+- the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case><ending>`` in the
+  format of the case's images (``.nii.gz``, ``.nrrd``, ``.png`` …) and the ground truth's label
+  convention, timed per case (``time.perf_counter``) with the peak memory measured
+  (:class:`medmamba.benchmarks.memory.PeakMemory`);
 - the scores: :func:`medmamba.evaluation.folders.evaluate_folder` against the user's own label files;
 - the costs: parameters and forward FLOPs of the network built from the plans at the plans' patch size
   (batch 1, scan included), training time from the checkpoint's nnU-Net log (sum of the epochs'
@@ -259,36 +260,58 @@ def held_out_cases(results: str | Path, dataset: str, fold: str, record: dict | 
     return out
 
 
-def _raw_dataset_cases(raw: Path, val: Sequence[str], splits_file: Path) -> list[HeldOutCase]:
-    """The held-out cases of an nnU-Net raw dataset that medmamba did not convert (its files are the
-    user's, in the user's labels), found as nnU-Net finds them."""
+def _raw_dataset_files(raw: Path, hint: str) -> tuple[dict, dict]:
+    """(dataset.json, case id → {"images": [...], "label": ...}) of an nnU-Net raw dataset, listed as
+    nnU-Net lists them. ``hint``: what the error message suggests instead."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
     try:
         dataset_json = json.loads((raw / "dataset.json").read_text())
-        files = get_filenames_of_train_images_and_targets(str(raw), dataset_json)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CompareError(f"{raw}: cannot list the raw dataset's cases ({err}); give --test DATA") from None
+        return dataset_json, get_filenames_of_train_images_and_targets(str(raw), dataset_json)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
+        raise CompareError(f"{raw}: cannot list the raw dataset's cases ({err}); {hint}") from None
+
+
+def _raw_case(case_id: str, entry: dict) -> HeldOutCase:
+    case = HeldOutCase(case_id, tuple(Path(p) for p in entry["images"]), Path(entry["label"]))
+    for path in (*case.images, case.label):
+        if not path.is_file():
+            raise CompareError(f"case {case_id}: {path} is missing")
+    return case
+
+
+def _raw_dataset_cases(raw: Path, val: Sequence[str], splits_file: Path) -> list[HeldOutCase]:
+    """The held-out cases of an nnU-Net raw dataset that medmamba did not convert (its files are the
+    user's, in the user's labels), found as nnU-Net finds them."""
+    _, files = _raw_dataset_files(raw, "give --test DATA")
     out = []
     for case_id in val:
-        entry = files.get(case_id)
-        if entry is None:
+        if case_id not in files:
             raise CompareError(f"case {case_id} of {splits_file} is not in the raw dataset {raw}")
-        case = HeldOutCase(case_id, tuple(Path(p) for p in entry["images"]), Path(entry["label"]))
-        for path in (*case.images, case.label):
-            if not path.is_file():
-                raise CompareError(f"case {case_id}: {path} is missing")
-        out.append(case)
+        out.append(_raw_case(case_id, files[case_id]))
     return out
 
 
 def _test_cases(test: Path, record: dict | None = None, trained: LabelConvention | None = None
                 ) -> tuple[list[HeldOutCase], LabelConvention | str, tuple[str, ...]]:
-    """(cases, label convention, channel names) of a BraTS-style folder with labels; a generic
+    """(cases, label convention, channel names) of an nnU-Net raw dataset (its labelsTr, its labels),
+    or of a BraTS-style folder with labels; a generic
     one-folder-per-case layout is read with the modality and label suffixes the models were trained
     with (their conversion record), and with their labels when they are not BraTS's (a label set)."""
     from medmamba.data import CONVENTIONS, DatasetError, discover, validate
+    from medmamba.data.labels import convention_of_dataset_json
 
+    if (test / "dataset.json").is_file():  # an nnU-Net raw dataset (imagesTr/labelsTr) of test cases
+        dataset_json, files = _raw_dataset_files(test, "give a raw dataset with imagesTr and labelsTr")
+        try:
+            convention = convention_of_dataset_json(dataset_json)
+            channels = tuple(str(dataset_json["channel_names"][k]) for k in sorted(dataset_json["channel_names"], key=int))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CompareError(f"--test {test / 'dataset.json'}: {err}") from None
+        cases = [_raw_case(case_id, entry) for case_id, entry in sorted(files.items())]
+        if not cases:
+            raise CompareError(f"--test {test}: no case in imagesTr")
+        return cases, convention, channels
     source = (record or {}).get("source", {})
     layout = ({"modalities": source.get("modalities"), "label_suffix": source.get("label_suffix")}
               if source.get("naming") == "generic" else {})
@@ -302,6 +325,15 @@ def _test_cases(test: Path, record: dict | None = None, trained: LabelConvention
     if not cases:
         raise CompareError(f"--test {test}: no case with a label")
     return cases, dataset.label_convention, tuple(dataset.channel_names)
+
+
+def prediction_name(case: HeldOutCase) -> str:
+    """The file name of a case's prediction: its id and its first image's ending, so that a PNG or an
+    NRRD case is predicted as one, as ``medmamba predict`` writes it."""
+    from medmamba.data.images import strip_ending
+
+    parts = strip_ending(case.images[0].name)
+    return f"{case.case_id}{parts[1] if parts else '.nii.gz'}"
 
 
 def _background_channel(channel_names: Sequence[str]) -> int:
@@ -520,8 +552,8 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
                       device, tta: bool, convention: LabelConvention | None, empty: str, final_predictions: Path,
                       log: Callable[[str], None] = print,
                       case_models: dict | None = None) -> tuple[ArchitectureResult, list[str]]:
-    """Predict ``cases`` with one model into ``predictions``, score them against ``ground_truth`` (a
-    folder of label maps ``<case_id>.nii.gz``) and measure its costs.
+    """Predict ``cases`` with one model into ``predictions`` (:func:`prediction_name`), score them
+    against ``ground_truth`` (a folder of label maps ``<case_id><ending>``) and measure its costs.
 
     ``model``: one trained fold, or a list of them (their ensemble predicts every case); with
     ``case_models`` (case id → trained fold: cross-validation) each case is predicted by its own
@@ -567,7 +599,7 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
                 prediction = predictor.predict_case(list(case.images))
                 seconds[case.case_id] = time.perf_counter() - start
             peak = max(peak, memory.bytes)
-            predictor.write(prediction, predictions / f"{case.case_id}.nii.gz")
+            predictor.write(prediction, predictions / prediction_name(case))
         predictor = None  # free the network before the evaluation and the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -677,7 +709,8 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         overlay_case_obj = next(c for c in chosen.cases if c.case_id == overlay_id)
         overlay = OverlayInput(overlay_id, overlay_case_obj.images[_background_channel(chosen.channels)],
                                overlay_case_obj.label,
-                               {r.name: tmp / "predictions" / r.name / f"{overlay_id}.nii.gz" for r in evaluated})
+                               {r.name: tmp / "predictions" / r.name / prediction_name(overlay_case_obj)
+                                for r in evaluated})
         settings: dict[str, Any] = {
             "results": str(chosen.results), "dataset": chosen.dataset,
             "cases": f"{len(chosen.cases)} ({chosen.source})", "folds": _folds_setting(chosen),

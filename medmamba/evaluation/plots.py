@@ -128,35 +128,47 @@ def dice_vs_parameters(points: Sequence[tuple[str, float, float]], path: str | P
 
 
 def axial_slices(mask: np.ndarray, count: int = 3) -> list[int]:
-    """``count`` axial (third-axis) slice indices through a mask: the quantiles of its voxels' z
-    coordinates (the median slice in the middle), or the middle slice when the mask is empty."""
+    """``count`` axial (third-axis) slice indices through a mask: the slice with the most foreground
+    in the middle, flanked by the 20% and 80% quantiles of the voxels' z coordinates; the middle slice
+    when the mask is empty."""
     z = np.nonzero(mask)[2]
     if z.size == 0:
         return [mask.shape[2] // 2]
-    qs = np.linspace(0.2, 0.8, count) if count > 1 else np.array([0.5])
-    return sorted({int(round(np.quantile(z, q))) for q in qs})
+    largest = int(np.argmax(mask.sum(axis=(0, 1))))
+    if count == 1:
+        return [largest]
+    flanks = np.quantile(z, np.linspace(0.2, 0.8, count - 1))
+    return sorted({largest, *(int(round(q)) for q in flanks)})
 
 
-def _canonical(path: Path):
-    """The volume reoriented to RAS+ (nibabel's closest canonical), so that the third voxel axis is
-    inferior → superior and axial slices are ``data[:, :, k]``."""
+def _canonical(path: Path) -> tuple[np.ndarray, bool]:
+    """(voxel array, is a natural 2D image) of an image file in any format medmamba reads. Volumes
+    are reoriented to RAS+ (nibabel's closest canonical), so that the third voxel axis is inferior →
+    superior and axial slices are ``data[:, :, k]``; a PNG/BMP/TIFF image is kept as stored, (rows,
+    columns, 1[, RGB])."""
     import nibabel as nib
 
-    return nib.as_closest_canonical(nib.load(str(path)))
+    from medmamba.data.images import read_volume
+
+    volume = read_volume(path)
+    if volume.format == "natural":
+        return np.asarray(volume.data), True
+    return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume.data), volume.affine)).dataobj), False
 
 
 def overlay_case(background: str | Path, ground_truth: str | Path, predictions: Mapping[str, str | Path],
                  path: str | Path, *, case_id: str = "", count: int = 3, foreground: str = "Whole-tumour") -> Path:
-    """Axial slices of one case with the whole-tumour (foreground) contour of the ground truth and of
-    each architecture's prediction in distinct colours.
+    """Axial slices of one case (or a 2D image itself) with the whole-tumour (foreground) contour of
+    the ground truth and of each architecture's prediction in distinct colours.
 
-    All volumes are reoriented to RAS+ with ``nibabel.as_closest_canonical`` (axial = third voxel
-    axis) and must then share the background's shape. Slices: :func:`axial_slices` of the ground
-    truth's tumour. Whole tumour = every non-zero label (true of every BraTS label convention).
-    Slices are drawn in neurological view (patient's right on the right, anterior up).
+    Volumes are reoriented to RAS+ with ``nibabel.as_closest_canonical`` (axial = third voxel axis)
+    and must then share the background's shape; slices: :func:`axial_slices` of the ground truth's
+    foreground, drawn in neurological view (patient's right on the right, anterior up). A 2D image
+    (PNG/BMP/TIFF) is drawn as a viewer shows it, in colour when it is RGB. Whole tumour = every
+    non-zero label (true of every BraTS label convention). Any format medmamba reads.
 
     Args:
-        background: a FLAIR/T2-like image of the case.
+        background: a FLAIR/T2-like image of the case (a 2D image: the image).
         ground_truth: its label map.
         predictions: architecture → predicted label map (same geometry as the input).
         path: the PNG to write.
@@ -167,14 +179,15 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    image = _canonical(Path(background))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    if data.ndim == 4:
+    data, natural = _canonical(Path(background))
+    data = data.astype(np.float32)
+    rgb = natural and data.ndim == 4 and data.shape[3] >= 3
+    if data.ndim == 4 and not rgb:
         data = data[..., 0]
-    gt = np.asarray(_canonical(Path(ground_truth)).dataobj) > 0
+    gt = _canonical(Path(ground_truth))[0] > 0
     masks = {}
     for name, file in predictions.items():
-        masks[name] = np.asarray(_canonical(Path(file)).dataobj) > 0
+        masks[name] = _canonical(Path(file))[0] > 0
     for name, mask in [("ground truth", gt), *masks.items()]:
         if mask.shape[:3] != data.shape[:3]:
             raise ValueError(f"{name}: shape {mask.shape} after reorientation differs from the image's {data.shape}")
@@ -183,17 +196,27 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
     vmin, vmax = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
     # tab10 without its olive (too close to the ground truth's yellow) and grey (the background's)
     colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (7, 8)]
+
+    def view(array: np.ndarray) -> np.ndarray:
+        """A slice as imshow draws it: a natural image's rows down, a volume's (x, y) transposed."""
+        return array if natural else np.swapaxes(array, 0, 1)
+
     # At least as wide as its title and legend, however few slices the tumour spans.
     fig, axes = plt.subplots(1, len(slices), figsize=(max(3.6 * len(slices), 7.2), 4.4), squeeze=False)
     for ax, k in zip(axes[0], slices):
-        ax.imshow(data[:, :, k].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest")
+        if rgb:
+            picture = data[:, :, k, :3]
+            ax.imshow(picture / (255.0 if picture.max() > 1 else 1.0), interpolation="nearest")
+        else:
+            ax.imshow(view(data[:, :, k]), cmap="gray", origin="upper" if natural else "lower", vmin=vmin, vmax=vmax,
+                      interpolation="nearest")
         if gt[:, :, k].any():
-            ax.contour(gt[:, :, k].T.astype(float), levels=[0.5], colors=[_GT_COLOUR], linewidths=2.2)
+            ax.contour(view(gt[:, :, k]).astype(float), levels=[0.5], colors=[_GT_COLOUR], linewidths=2.2)
         for i, (name, mask) in enumerate(masks.items()):
             if mask[:, :, k].any():
-                ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors=[colours[i % len(colours)]],
+                ax.contour(view(mask[:, :, k]).astype(float), levels=[0.5], colors=[colours[i % len(colours)]],
                            linewidths=1.3)
-        ax.set_title(f"axial slice {k}", fontsize=_PANEL_TITLE)
+        ax.set_title("image" if natural else f"axial slice {k}", fontsize=_PANEL_TITLE)
         ax.set_axis_off()
     handles = [Line2D([], [], color=_GT_COLOUR, linewidth=2.2, label="ground truth")]
     handles += [Line2D([], [], color=colours[i % len(colours)], linewidth=1.3, label=name)
@@ -202,7 +225,8 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
                         frameon=True)
     legend.get_frame().set_facecolor("0.6")
     rows = -(-len(handles) // 4)  # legend rows at the bottom
-    fig.suptitle(f"{foreground} contours{f', {case_id}' if case_id else ''} (axial, RAS, neurological view)",
+    view_name = "as stored" if natural else "axial, RAS, neurological view"
+    fig.suptitle(f"{foreground} contours{f', {case_id}' if case_id else ''} ({view_name})",
                  fontsize=_FIGURE_TITLE)
     fig.tight_layout(rect=(0, 0.06 * rows, 1, 0.95))
     return _save(fig, Path(path))
