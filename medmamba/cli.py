@@ -195,8 +195,24 @@ def _compare(args: argparse.Namespace) -> None:
 
     result = compare(args.results, args.out, baseline=args.baseline, test=args.test, archs=args.arch, fold=args.fold,
                      device=args.device, tta=args.tta, empty=args.empty_convention, overlay_case=args.overlay_case,
-                     force=args.force, seed=args.seed, n_resamples=args.n_resamples)
+                     force=args.force, seed=args.seed, n_resamples=args.n_resamples,
+                     lesion_challenge=_lesion_challenge(args))
     print(result.describe())
+
+
+def _lesion_challenge(args: argparse.Namespace) -> str | None:
+    """The BraTS 2023 challenge whose lesion-wise scores ``--lesion-wise``/``--lesion-challenge`` ask for."""
+    from medmamba.evaluation.lesionwise import DEFAULT_CHALLENGE
+
+    return args.lesion_challenge or (DEFAULT_CHALLENGE if args.lesion_wise else None)
+
+
+def _add_lesion_wise_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--lesion-wise", action="store_true",
+                        help=f"also score the BraTS 2023 lesion-wise Dice and HD95 ({what}); see docs/evaluation.md")
+    parser.add_argument("--lesion-challenge", metavar="NAME",
+                        help="lesion-wise settings of this BraTS 2023 challenge: GLI (default), SSA, PED (dilation "
+                             "3, lesions over 50 mm³), MEN (1, 50 mm³), MET (1, 2 mm³); implies --lesion-wise")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -221,7 +237,6 @@ def _import(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from medmamba.evaluation import evaluate_to_files
-    from medmamba.evaluation.lesionwise import DEFAULT_CHALLENGE
 
     def progress(done: int, total: int, case: str) -> None:
         print(f"\r[{done}/{total}] {case}", end="\n" if done == total else "", file=sys.stderr, flush=True)
@@ -231,7 +246,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         empty=args.empty_convention, nsd_tolerance_mm=args.nsd_tolerance, num_workers=args.num_workers,
         modalities=args.modalities, label_suffix=args.label_suffix, cases=args.cases,
         allow_missing=args.allow_missing, progress=progress if sys.stderr.isatty() else None,
-        lesion_challenge=args.lesion_challenge or (DEFAULT_CHALLENGE if args.lesion_wise else None))
+        lesion_challenge=_lesion_challenge(args))
     print(evaluation.describe())
     print(f"per-case metrics: {csv_path}\nsummary: {summary}")
 
@@ -448,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--empty-convention", choices=["brats", "monai", "nan", "segmamba"], default="brats",
                      help="scores for empty masks, as in `medmamba evaluate` (default brats: Dice 1 / HD95 0 "
                           "when both are empty, Dice 0 / HD95 373.13 when one is)")
+    _add_lesion_wise_options(cmp, "table columns and paired statistics of their own")
     cmp.add_argument("--overlay-case", help="case shown in the overlay figure (default: the first)")
     cmp.add_argument("--force", action="store_true", help="replace an existing report folder")
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -568,12 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: that stops the evaluation)")
     evaluate.add_argument("--modalities", nargs="+", help="generic ground-truth layout: modality suffixes")
     evaluate.add_argument("--label-suffix", help="generic ground-truth layout: label file suffix (default seg)")
-    evaluate.add_argument("--lesion-wise", action="store_true",
-                          help="also score the BraTS 2023 lesion-wise Dice and HD95 (columns lesion_dice, lesion_hd95, "
-                               "lesion_tp, lesion_fn, lesion_fp); see docs/evaluation.md")
-    evaluate.add_argument("--lesion-challenge", metavar="NAME",
-                          help="lesion-wise settings of this BraTS 2023 challenge: GLI (default), SSA, PED (dilation "
-                               "3, lesions over 50 mm³), MEN (1, 50 mm³), MET (1, 2 mm³); implies --lesion-wise")
+    _add_lesion_wise_options(evaluate, "columns lesion_dice, lesion_hd95, lesion_tp, lesion_fn, lesion_fp")
     evaluate.add_argument("--num-workers", type=positive_int, default=1, help="worker processes (default 1)")
     evaluate.add_argument("--force", action="store_true", help="overwrite existing output files")
     evaluate.set_defaults(handler=_evaluate)

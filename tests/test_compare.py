@@ -467,6 +467,35 @@ def test_compare_end_to_end_matches_evaluate(trained_work, capsys):
 
 
 @pytest.mark.slow
+def test_compare_lesion_wise_scores_as_evaluate_and_tests_them(trained_work, capsys):
+    from medmamba.cli import main
+    from medmamba.evaluation import evaluate_folder
+
+    work, report = trained_work / "work", trained_work / "report_lesion"
+    with pytest.raises(SystemExit, match="unknown BraTS 2023 challenge 'XYZ'"):
+        main(["compare", str(work), "--out", str(report), "--device", "cpu", "--lesion-challenge", "XYZ"])
+    assert not report.exists()
+    main(["compare", str(work), "--out", str(report), "--device", "cpu", "--lesion-wise"])
+    capsys.readouterr()
+    summary = json.loads((report / "summary.json").read_text())
+    held_out = summary["cases"]
+    table = {row["architecture"]: row for row in summary["table"]}
+    for arch in ("unet", "lightm_unet"):
+        # the same scores as `evaluate --lesion-wise` of the same predictions against the user's files
+        evaluation = evaluate_folder(report / "predictions" / arch, trained_work / "brats", cases=held_out,
+                                     lesion_challenge="GLI")
+        for region in ("WT", "TC", "ET"):
+            for metric in ("lesion_dice", "lesion_hd95"):
+                values = [r[metric] for r in evaluation.rows if r["region"] == region]
+                assert table[arch][f"{metric}_{region}_mean"] == pytest.approx(np.mean(values), abs=1e-9)
+    tested = {(s["metric"], s["region"]) for s in summary["statistics"]}
+    assert {("lesion_dice", "WT"), ("lesion_hd95", "ET"), ("dice", "WT")} <= tested
+    md = (report / "table.md").read_text()
+    assert "lesion-wise Dice WT (%)" in md and "lesion-wise HD95 ET (mm)" in md and "lesion-wise Dice (points)" in md
+    assert "BraTS 2023 lesion-wise scores" in md and summary["settings"]["lesion-wise scores"] == "BraTS 2023 GLI"
+
+
+@pytest.mark.slow
 def test_compare_single_architecture_test_data_skips_and_force(trained_work, capsys):
     import shutil
 

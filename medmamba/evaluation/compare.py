@@ -47,6 +47,7 @@ from medmamba.files import atomic_output_folder
 from medmamba.models import registry
 from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
+from .lesionwise import get_challenge
 from .report import MATCHED_BASELINE, ArchitectureResult, OverlayInput, ReportFiles, write_report
 
 __all__ = ["CompareError", "CompareResult", "HeldOutCase", "Selection", "compare", "choose_models", "select_models",
@@ -550,8 +551,8 @@ def choose_models(results: str | Path, *, test: str | Path | None = None, archs:
 
 def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], predictions: Path, ground_truth: Path, *,
                       device, tta: bool, convention: LabelConvention | None, empty: str, final_predictions: Path,
-                      log: Callable[[str], None] = print,
-                      case_models: dict | None = None) -> tuple[ArchitectureResult, list[str]]:
+                      log: Callable[[str], None] = print, case_models: dict | None = None,
+                      lesion_challenge: str | None = None) -> tuple[ArchitectureResult, list[str]]:
     """Predict ``cases`` with one model into ``predictions`` (:func:`prediction_name`), score them
     against ``ground_truth`` (a folder of label maps ``<case_id><ending>``) and measure its costs.
 
@@ -605,7 +606,7 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
             torch.cuda.empty_cache()
         stage = "evaluation"
         evaluation = evaluate_folder(predictions, ground_truth, convention=convention, empty=empty,
-                                     cases=[c.case_id for c in cases])
+                                     cases=[c.case_id for c in cases], lesion_challenge=lesion_challenge)
     except Exception as err:  # noqa: BLE001 - any failure of one model is reported, the others go on
         raise ModelFailure(f"{stage} failed: {type(err).__name__}: {err}") from err
     _final_paths(evaluation, final_predictions, {c.case_id: c.label for c in cases})
@@ -630,7 +631,8 @@ def predict_and_score(model, name: str, cases: Sequence[HeldOutCase], prediction
 def compare(results: str | Path, out: str | Path, *, baseline: str | None = None, test: str | Path | None = None,
             archs: Sequence[str] | None = None, fold: str | int | None = None, device: str = "auto",
             tta: bool = False, empty: str = "brats", overlay_case: str | None = None, force: bool = False,
-            seed: int = 0, n_resamples: int = 10_000, log: Callable[[str], None] = print) -> CompareResult:
+            seed: int = 0, n_resamples: int = 10_000, lesion_challenge: str | None = None,
+            log: Callable[[str], None] = print) -> CompareResult:
     """Predict, evaluate and report every trained architecture of a ``plan-and-train`` work folder:
     :func:`choose_models`, then :func:`predict_and_score` for each model (one that fails is skipped
     with the reason), then :func:`medmamba.evaluation.report.write_report`.
@@ -643,8 +645,8 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             (:data:`MATCHED_BASELINE`): each network against the trained U-Net preset whose planned
             training memory is closest to its own. Independently, each network whose SSM-ablation
             twin was trained is paired with it too (the report's "SSM effect").
-        test: a BraTS-style folder with labels to evaluate on instead of the held-out fold (required
-            for models trained on fold "all").
+        test: a BraTS-style folder with labels, or an nnU-Net raw dataset, to evaluate on instead of
+            the held-out fold (required for models trained on fold "all").
         archs: only these (names as ``--arch`` of plan-and-train named them; a name trained under
             several recipes selects all of them, ``name@recipe`` one).
         fold: compare this fold only; None: every numbered fold all the architectures finished
@@ -656,6 +658,9 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
         overlay_case: the case of the overlay figure (default: the first held-out case).
         force: replace an existing report folder.
         seed, n_resamples: the bootstrap's (at least :data:`MIN_RESAMPLES` resamples).
+        lesion_challenge: also score the BraTS 2023 lesion-wise Dice and HD95 with this challenge's
+            settings (``"GLI"``, …; :mod:`medmamba.evaluation.lesionwise`): table columns and paired
+            statistics of their own. None: not.
         log: progress lines.
     Raises:
         CompareError: bad folders or options, no trained model, models of different datasets or folds,
@@ -668,6 +673,11 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
     if n_resamples < MIN_RESAMPLES:
         raise CompareError(f"the bootstrap needs at least {MIN_RESAMPLES} resamples, got {n_resamples}")
     empty = check_empty_convention(empty)
+    if lesion_challenge is not None:
+        try:
+            lesion_challenge = get_challenge(lesion_challenge).name
+        except ValueError as err:
+            raise CompareError(str(err)) from None
     dev = resolve_device(device)
     chosen = choose_models(results, test=test, archs=archs, fold=fold, baseline=baseline, overlay_case=overlay_case,
                            log=log)
@@ -685,7 +695,7 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
                 result, model_notes = predict_and_score(
                     predicting, name, chosen.cases, pred_dir, gt_dir, device=dev, tta=tta,
                     convention=chosen.convention, empty=empty, final_predictions=final / "predictions" / name,
-                    log=log, case_models=case_models)
+                    log=log, case_models=case_models, lesion_challenge=lesion_challenge)
             except ModelFailure as err:  # one architecture's failure must not stop the others
                 shutil.rmtree(pred_dir, ignore_errors=True)
                 reason = str(err)
@@ -715,7 +725,9 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             "results": str(chosen.results), "dataset": chosen.dataset,
             "cases": f"{len(chosen.cases)} ({chosen.source})", "folds": _folds_setting(chosen),
             "label convention": chosen.convention.title if chosen.convention else None,
-            "empty-mask convention": empty, "baseline": baseline or "none", "device": str(dev),
+            "empty-mask convention": empty,
+            "lesion-wise scores": f"BraTS 2023 {lesion_challenge}" if lesion_challenge else "off",
+            "baseline": baseline or "none", "device": str(dev),
             "test-time augmentation": "mirroring" if tta else "off",
             "architectures": ", ".join(r.name for r in evaluated),
         }

@@ -39,7 +39,8 @@ from medmamba.files import write_text_atomically
 from medmamba.models import registry
 
 from . import plots
-from .folders import Evaluation
+from .folders import LESION_DEFINITION, Evaluation
+from .lesionwise import LESION_METRICS
 from .stats import MIN_CASES_TO_CONCLUDE, TOO_FEW_WARNING, PairedComparison, compare_to_baseline
 
 __all__ = ["ArchitectureResult", "OverlayInput", "Report", "ReportFiles", "MEAN_REGION", "NOISE_NOTE",
@@ -153,6 +154,18 @@ def per_case_values(evaluation: Evaluation, metrics: Sequence[str] = ("dice", "h
             for metric in metrics for region in (*evaluation.regions, MEAN_REGION)}
 
 
+def reported_metrics(results: Sequence[ArchitectureResult]) -> tuple[str, ...]:
+    """The metrics the table and the statistics carry: Dice and HD95, then the BraTS 2023 lesion-wise
+    Dice and HD95 when every architecture was scored lesion-wise (``compare --lesion-wise``)."""
+    lesion_wise = bool(results) and all(r.evaluation.lesion_challenge is not None for r in results)
+    return ("dice", "hd95", *(LESION_METRICS if lesion_wise else ()))
+
+
+def _dice_like(metric: str) -> bool:
+    """A score in [0, 1], shown in % (differences in points); the others are distances in mm."""
+    return metric in ("dice", "lesion_dice", "nsd")
+
+
 def table_regions(table: Sequence[dict]) -> list[str]:
     """The regions (or labels) a :func:`table_rows` table holds, in order."""
     keys = table[0] if table else {}
@@ -236,6 +249,11 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
         cols.append((f"Dice {region} (%)", lambda r, k=f"dice_{region}": _mean_sd(r, k, 100, ".2f")))
     for region in regions:
         cols.append((f"HD95 {region} (mm)", lambda r, k=f"hd95_{region}": _mean_sd(r, k, 1, ".2f")))
+    if table and f"lesion_dice_{MEAN_REGION}_mean" in table[0]:
+        for region in regions:
+            cols.append((f"lesion-wise Dice {region} (%)", lambda r, k=f"lesion_dice_{region}": _mean_sd(r, k, 100, ".2f")))
+        for region in regions:
+            cols.append((f"lesion-wise HD95 {region} (mm)", lambda r, k=f"lesion_hd95_{region}": _mean_sd(r, k, 1, ".2f")))
     cols.append((f"validation Dice {'/'.join(regions)} (whole volumes, %)", lambda r: "—"
                  if all(r.get(f"validation_dice_{g}") is None for g in regions)
                  else " / ".join(_num(r.get(f"validation_dice_{g}"), ".1f", 100) for g in regions)))
@@ -269,7 +287,7 @@ def markdown_table(table: Sequence[dict]) -> str:
 
 
 def _diff_text(c: PairedComparison) -> tuple[str, str]:
-    scale, fmt = (100, "+.2f") if c.metric == "dice" else (1, "+.2f")
+    scale, fmt = (100, "+.2f") if _dice_like(c.metric) else (1, "+.2f")
     ci = "—" if not math.isfinite(c.ci_low) else f"[{c.ci_low * scale:{fmt}}, {c.ci_high * scale:{fmt}}]"
     return _num(c.mean_difference, fmt, scale), ci
 
@@ -284,8 +302,12 @@ def _verdict_text(c: PairedComparison) -> str:
     return c.verdict + (f" (below the {NOISE_DICE_POINTS:g}-point noise level)" if _below_noise(c) else "")
 
 
+_METRIC_NAMES = {"dice": "Dice", "hd95": "HD95", "nsd": "NSD", "lesion_dice": "lesion-wise Dice",
+                 "lesion_hd95": "lesion-wise HD95"}
+
+
 def _metric_label(metric: str) -> str:
-    return f"{'Dice' if metric == 'dice' else metric.upper()} ({'points' if metric == 'dice' else 'mm'})"
+    return f"{_METRIC_NAMES.get(metric, metric)} ({'points' if _dice_like(metric) else 'mm'})"
 
 
 def _stats_rows(stats: Sequence[PairedComparison]) -> list[list[str]]:
@@ -429,7 +451,8 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
     if len({r.evaluation.regions for r in results}) > 1:
         raise ValueError(f"the architectures were scored on different regions: "
                          f"{sorted({r.evaluation.regions for r in results})}")
-    per_case = {r.name: per_case_values(r.evaluation) for r in results}
+    metrics = reported_metrics(results)
+    per_case = {r.name: per_case_values(r.evaluation, metrics) for r in results}
     if len({tuple(sorted(r.cases)) for r in results}) > 1:
         notes.append("warning: the architectures were evaluated on different cases; statistics pair only the "
                      "cases they share")
@@ -437,7 +460,7 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
     matched: dict[str, str] = {}
     if baseline == MATCHED_BASELINE:
         matched = matched_baselines(results)
-        stats = paired_statistics(per_case, matched, seed=seed, n_resamples=n_resamples)
+        stats = paired_statistics(per_case, matched, metrics=metrics, seed=seed, n_resamples=n_resamples)
         notes += matched_notes(results, matched)
     elif len(results) == 1:
         notes.append("one architecture only: no statistics")
@@ -445,11 +468,11 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
         notes.append(f"no baseline among the architectures ({', '.join(registry.baselines())}, or --baseline): "
                      f"no statistics")
     else:
-        stats = compare_to_baseline(per_case, baseline, seed=seed, n_resamples=n_resamples)
+        stats = compare_to_baseline(per_case, baseline, metrics=metrics, seed=seed, n_resamples=n_resamples)
     stats.sort(key=lambda c: (names.index(c.architecture), c.metric,
                               regions.index(c.region) if c.region in regions else len(regions)))
     twins = twin_pairs(results)
-    ssm_effect = paired_statistics(per_case, twins, seed=seed, n_resamples=n_resamples)
+    ssm_effect = paired_statistics(per_case, twins, metrics=metrics, seed=seed, n_resamples=n_resamples)
     if ssm_effect:
         notes.append(SSM_EFFECT_NOTE)
     few = [c for c in (*stats, *ssm_effect) if c.warning]
@@ -460,7 +483,9 @@ def assemble_report(results: Sequence[ArchitectureResult], *, baseline: str | No
     if stats or len(results) > 1:
         notes += [SMALL_SAMPLE_RULE, MULTIPLE_TESTING_NOTE]
     notes.append(NOISE_NOTE)
-    table = add_pairing_columns(table_rows(results), ssm_effect, matched)
+    if "lesion_dice" in metrics:
+        notes.append(f"{LESION_DEFINITION} (challenge {results[0].evaluation.lesion_challenge}; docs/evaluation.md)")
+    table = add_pairing_columns(table_rows(results, metrics), ssm_effect, matched)
     return Report(title, dict(settings or {}), list(results), baseline, per_case, table, stats,
                   headline(table, stats, baseline), list(skipped), notes, seed, n_resamples, ssm_effect, matched)
 
@@ -530,12 +555,13 @@ def matched_notes(results: Sequence[ArchitectureResult], matched: Mapping[str, s
     return notes
 
 
-def paired_statistics(per_case: Mapping[str, Any], pairs: Mapping[str, str], *, seed: int = 0,
+def paired_statistics(per_case: Mapping[str, Any], pairs: Mapping[str, str], *,
+                      metrics: Sequence[str] = ("dice", "hd95"), seed: int = 0,
                       n_resamples: int = 10_000) -> list[PairedComparison]:
     """:func:`compare_to_baseline` of each ``architecture`` against its own ``pairs[architecture]``."""
     out: list[PairedComparison] = []
     for arch, other in pairs.items():
-        out += compare_to_baseline({arch: per_case[arch], other: per_case[other]}, other, seed=seed,
+        out += compare_to_baseline({arch: per_case[arch], other: per_case[other]}, other, metrics=metrics, seed=seed,
                                    n_resamples=n_resamples)
     return out
 

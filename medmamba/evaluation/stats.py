@@ -27,7 +27,7 @@ __all__ = ["HIGHER_IS_BETTER", "MIN_CASES_TO_CONCLUDE", "TOO_FEW_WARNING", "Pair
 MIN_CASES_TO_CONCLUDE = 6
 TOO_FEW_WARNING = "too few cases to conclude"
 #: Direction of each metric: a positive difference is an improvement for Dice, a negative one for HD95.
-HIGHER_IS_BETTER = {"dice": True, "hd95": False, "nsd": True}
+HIGHER_IS_BETTER = {"dice": True, "hd95": False, "nsd": True, "lesion_dice": True, "lesion_hd95": False}
 
 
 @dataclass(frozen=True)
