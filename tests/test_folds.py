@@ -230,6 +230,14 @@ def test_postprocessing_is_decided_on_the_cross_validation_and_applied_by_predic
         expected = from_nnunet_labels(apply_postprocessing(to_nnunet_labels(raw.labels, raw.convention),
                                                            read_postprocessing(folder)), raw.convention)
         assert np.array_equal(_labels(tmp_path / "pp.nii.gz"), expected)
+        # the decision travels with the model: export → import → the same postprocessed prediction
+        main(["export", str(work / "work" / "unet"), "--out", str(tmp_path / "unet.zip")])
+        main(["import", str(tmp_path / "unet.zip"), "--out", str(tmp_path / "imported")])
+        (imported,) = (tmp_path / "imported").glob(f"*/{folder.name}")
+        assert read_postprocessing(imported) == read_postprocessing(folder)
+        main(["predict", "--model", str(tmp_path / "imported"), "-i", str(_case_folder(work, "BraTS2021_00000")),
+              "-o", str(tmp_path / "pp_imported.nii.gz"), "--device", "cpu"])
+        assert np.array_equal(_labels(tmp_path / "pp_imported.nii.gz"), expected)
     finally:
         (folder / POSTPROCESSING_FILE).write_text(original)
     with pytest.raises(SystemExit, match="fold 'all' holds none"):

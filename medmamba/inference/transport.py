@@ -8,6 +8,8 @@ the results folder::
         plans.json                      the trainer's plans
         dataset.json                    the dataset.json the trainer used
         dataset_fingerprint.json        when present
+        medmamba_postprocessing.json    the postprocessing decision (plan-and-train --postprocessing),
+                                        when one was made: the imported model applies it as the original
         medmamba_dataset.json           medmamba's conversion record (channel order, file naming, label
                                         convention, background treatment), when one was found
         fold_<f>/checkpoint_<name>.pth  the chosen checkpoint of every exported fold
@@ -46,6 +48,7 @@ from medmamba.data import RECORD_NAME
 from medmamba.files import atomic_output_file, atomic_output_folder, check_writable, lies_within
 from medmamba.inference.model import (CHECKPOINTS, ModelError, _find_record, _model_from_folder,
                                       find_model_folder)
+from medmamba.inference.postprocessing import POSTPROCESSING_FILE
 from medmamba.nnunet_folders import split_trainer_folder_name
 
 __all__ = ["ExportedModel", "ImportedModel", "export_model", "import_model"]
@@ -54,7 +57,7 @@ __all__ = ["ExportedModel", "ImportedModel", "export_model", "import_model"]
 FOLD_FILES = ("debug.json", "progress.png", "network_architecture.pdf", "validation/summary.json",
               "validation/medmamba_summary.json")
 #: Beside plans.json: what the trainer output folder contributes besides plans.json and dataset.json.
-MODEL_FILES = ("dataset_fingerprint.json",)
+MODEL_FILES = ("dataset_fingerprint.json", POSTPROCESSING_FILE)
 
 
 @dataclass(frozen=True)
