@@ -4,12 +4,16 @@ source's preset, and rebuilt by nnU-Net from their plans."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from medmamba.models import registry
 from medmamba.models.mamba import Mamba, channels_first_linear, set_ssm
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SOURCES = [n for n in registry.available() if registry.get(n).ablation_twin]
 TWINS = [registry.get(n).ablation_twin for n in SOURCES]
@@ -173,3 +177,44 @@ def test_a_twin_is_planned_as_its_source_and_rebuilt_from_its_plans(tmp_path):
         == ["lightm_unet_nossm"]
     assert registry.architectures_of_network(arch["network_class_name"], {"configurations": {"3d_fullres": source}}) \
         == ["lightm_unet"]
+
+
+def test_a_users_preset_of_a_mamba_network_has_a_twin_planned_as_it(tmp_path):
+    """``my_lightm_nossm`` is the user's ``my_lightm.toml`` (here: a 4 GiB target) with lightm_unet's
+    twin as its architecture: planned with the user's settings, paired with it in compare."""
+    from medmamba.evaluation.report import ArchitectureResult, twin_pairs
+    from medmamba.planning import PresetError, available_presets, load_preset, plan
+
+    user = tmp_path / "presets"
+    user.mkdir()
+    text = (ROOT / "plans" / "lightm_unet.toml").read_text()
+    assert "target_gb = 8.0" in text
+    (user / "my_lightm.toml").write_text(text.replace("target_gb = 8.0", "target_gb = 4.0"))
+    (user / "my_unet.toml").write_text((ROOT / "plans" / "unet.toml").read_text())
+    found = available_presets(user)
+    assert found["my_lightm_nossm"] == found["my_lightm"] == user / "my_lightm.toml"
+    assert "my_unet_nossm" not in found  # a U-Net has no scan to ablate
+    twin = load_preset("my_lightm_nossm", user)
+    assert (twin.name, twin.architecture, twin.memory.target_gb) == ("my_lightm_nossm", "lightm_unet_nossm", 4.0)
+    with pytest.raises(PresetError, match="my_unet.*no selective scan"):
+        load_preset("my_unet_nossm", user)
+    with pytest.raises(PresetError, match="twin of preset nothing: unknown architecture or preset 'nothing'"):
+        load_preset("nothing_nossm", user)
+
+    from test_planning import write_raw_dataset
+
+    raw = write_raw_dataset(tmp_path / "raw", n_cases=2)
+    plans = plan(raw, ["my_lightm", "my_lightm_nossm"], preprocessed_root=tmp_path / "pre", num_processes=1,
+                 plans_dir=user, configurations=["3d_fullres"], fingerprint_samples=10_000)
+    source, ablated = (plans[n]["configurations"]["3d_fullres"] for n in ("my_lightm", "my_lightm_nossm"))
+    assert (ablated["patch_size"], ablated["batch_size"]) == (source["patch_size"], source["batch_size"])
+    assert ablated["architecture"]["arch_kwargs"] == {**source["architecture"]["arch_kwargs"], "ssm": False}
+
+    def result(preset: str, configuration: str = "3d_fullres") -> ArchitectureResult:
+        folder = tmp_path / f"nnUNetTrainerMedMamba__medmambaPlans_{preset}__{configuration}"
+        return ArchitectureResult(name=preset, evaluation=None, recipe="nnunet_default", trainer_folder=str(folder))
+
+    assert twin_pairs([result("my_lightm"), result("my_lightm_nossm"), result("unet")]) == \
+        {"my_lightm": "my_lightm_nossm"}
+    # only the same configuration is a pair
+    assert twin_pairs([result("lightm_unet", "2d"), result("lightm_unet_nossm")]) == {}

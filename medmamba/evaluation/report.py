@@ -37,6 +37,7 @@ import numpy as np
 
 from medmamba.files import write_text_atomically
 from medmamba.models import registry
+from medmamba.nnunet_folders import preset_of_plans_identifier, split_trainer_folder_name
 
 from . import plots
 from .folders import LESION_DEFINITION, Evaluation
@@ -509,17 +510,28 @@ def _architecture_of(name: str) -> str:
     return name.split("@", 1)[0]
 
 
+def _preset_and_configuration(result: ArchitectureResult) -> tuple[str, str | None]:
+    """(preset name, configuration) a result was trained with, from its trainer folder's name
+    (``<Trainer>__medmambaPlans_<preset>__<configuration>``); from its report name when it has none."""
+    parts = split_trainer_folder_name(Path(result.trainer_folder).name) if result.trainer_folder else None
+    preset = preset_of_plans_identifier(parts[1]) if parts else None
+    if preset is not None:
+        return preset, parts[2]
+    return _architecture_of(result.name).split("/", 1)[0], None
+
+
 def twin_pairs(results: Sequence[ArchitectureResult]) -> dict[str, str]:
-    """Report name of each network → report name of its SSM-ablation twin, for the networks whose
-    twin (:attr:`medmamba.models.registry.Architecture.ablation_twin`) was evaluated too under the
-    same recipe."""
-    by_key = {(_architecture_of(r.name), r.recipe): r.name for r in results}
+    """Report name of each network → report name of its SSM-ablation twin (the preset
+    ``<name>_nossm``: :attr:`medmamba.models.registry.Architecture.ablation_twin` for a built-in
+    architecture, the same for a user's preset of one), for the networks whose twin was evaluated too
+    under the same recipe and configuration."""
+    keys = {r.name: (*_preset_and_configuration(r), r.recipe) for r in results}
+    by_key = {key: name for name, key in keys.items()}
     pairs = {}
-    for r in results:
-        arch = _architecture_of(r.name)
-        twin = registry.get(arch).ablation_twin if arch in registry.available() else None
-        if twin is not None and (twin, r.recipe) in by_key:
-            pairs[r.name] = by_key[(twin, r.recipe)]
+    for name, (preset, configuration, recipe) in keys.items():
+        twin = by_key.get((f"{preset}{registry.ABLATION_SUFFIX}", configuration, recipe))
+        if twin is not None:
+            pairs[name] = twin
     return pairs
 
 

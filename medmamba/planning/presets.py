@@ -14,8 +14,9 @@ Search order for a name (first match wins, so a user folder can shadow a built-i
 2. the folders in the environment variable ``MEDMAMBA_PLANS_DIR`` (``os.pathsep``-separated),
 3. the shipped presets: the checkout's ``plans/`` folder, or in a regular install the package
    ``medmamba_plans`` (see :func:`builtin_plans_dir`),
-4. for an SSM-ablation twin (``<arch>_nossm``) with no file of its own: its source's preset, found
-   the same way, renamed (:func:`ablation_preset`).
+4. for an SSM-ablation twin (``<name>_nossm``) with no file of its own: the preset ``<name>``, found
+   the same way, with its architecture replaced by that architecture's twin (:func:`ablation_preset`).
+   ``<name>`` may be a user's preset too: ``my_umamba_nossm`` is ``my_umamba.toml`` without its scans.
 
 File layout (every table but ``[network]`` and ``[recipe.facts]`` has a fixed set of keys; an unknown
 key is an error naming the file, so a typo never silently falls back to a default)::
@@ -166,20 +167,25 @@ def plans_dirs(plans_dir: str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
 def available_presets(plans_dir=None) -> dict[str, Path]:
-    """Preset name → file, over every searched folder (earlier folders shadow later ones); an
-    SSM-ablation twin without a file of its own maps to its source's file (:func:`ablation_preset`)."""
-    from medmamba.models import registry
+    """Preset name → file, over every searched folder (earlier folders shadow later ones); the
+    SSM-ablation twin of each preset of a Mamba architecture, without a file of its own, maps to its
+    source's file (:func:`ablation_preset`). A file that cannot be read is listed, not its twin (the
+    error comes when it is used)."""
+    from medmamba.models.registry import ABLATION_SUFFIX
 
     found: dict[str, Path] = {}
     for folder in plans_dirs(plans_dir):
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
                 found.setdefault(path.stem, path)
-    for name in registry.available():
-        source = registry.get(name).ablation_of
-        if source in found:
-            found.setdefault(name, found[source])
-    return found
+    for name, path in list(found.items()):
+        try:
+            has_twin = _twin_architecture(_read(path)) is not None
+        except PresetError:
+            continue
+        if has_twin:
+            found.setdefault(f"{name}{ABLATION_SUFFIX}", path)
+    return dict(sorted(found.items()))
 
 
 def load_preset(name: str, plans_dir=None) -> Preset:
@@ -194,33 +200,44 @@ def load_preset(name: str, plans_dir=None) -> Preset:
         path = folder / f"{name}.toml"
         if path.is_file():
             return _read(path)
-    source = _ablation_source(name)
-    if source is not None:
-        return ablation_preset(load_preset(source, plans_dir), name)
+    from medmamba.models.registry import ABLATION_SUFFIX
+
+    if str(name).endswith(ABLATION_SUFFIX) and len(str(name)) > len(ABLATION_SUFFIX):
+        try:
+            source = load_preset(str(name)[:-len(ABLATION_SUFFIX)], plans_dir)
+        except PresetError as err:
+            raise PresetError(f"{name} would be the SSM-ablation twin of preset {str(name)[:-len(ABLATION_SUFFIX)]}: "
+                              f"{err}") from None
+        twin = _twin_architecture(source)
+        if twin is None:
+            raise PresetError(f"{name}: preset {source.name} ({source.path}) is of {source.architecture}, which has no "
+                              f"selective scan and so no SSM-ablation twin")
+        return ablation_preset(source, twin, name=str(name))
     names = sorted(available_presets(plans_dir))
     searched = ", ".join(str(p) for p in plans_dirs(plans_dir))
     raise PresetError(f"unknown architecture or preset {name!r}: no {name}.toml in {searched}; "
                       f"available: {', '.join(names) or 'none'}")
 
 
-def _ablation_source(name: str) -> str | None:
-    """The architecture an SSM-ablation twin ``name`` ablates; None for any other name."""
+def _twin_architecture(preset: Preset) -> str | None:
+    """The SSM-ablation twin of the preset's architecture; None when it has none (no scan, or a twin)."""
     from medmamba.models import registry
 
-    return registry.get(name).ablation_of if name in registry.available() else None
+    return registry.get(preset.architecture).ablation_twin
 
 
-def ablation_preset(source: Preset, twin: str) -> Preset:
+def ablation_preset(source: Preset, twin: str, name: str | None = None) -> Preset:
     """The preset of the SSM-ablation twin ``twin`` of ``source``'s architecture: the source's preset
-    (memory target, topology, network keywords, recipe facts, file) under the twin's name and
-    architecture. A twin has no preset file of its own (unless a user adds ``<twin>.toml``), so that
-    it is planned exactly as its source — the same patch and batch — and the two train on the same
-    terms: the comparison of a network with its twin is paired in everything but the scan."""
+    (memory target, topology, network keywords, recipe facts, file) under the twin's architecture and
+    ``name`` (default ``twin``; ``<source name>_nossm`` for a user's preset). A twin has no preset file
+    of its own (unless a user adds ``<name>.toml``), so that it is planned exactly as its source — the
+    same patch and batch — and the two train on the same terms: the comparison of a network with its
+    twin is paired in everything but the scan."""
     from medmamba.models import registry
 
     if registry.get(twin).ablation_of != source.architecture:
         raise PresetError(f"{twin} is not the SSM-ablation twin of {source.architecture} (preset {source.path})")
-    return dataclasses.replace(source, name=twin, architecture=twin,
+    return dataclasses.replace(source, name=name or twin, architecture=twin,
                                description=f"SSM ablation of {source.name}: {source.description}")
 
 
