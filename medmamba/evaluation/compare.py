@@ -10,7 +10,7 @@ What is compared, and how:
   fold that held it out (cross-validation, as nnU-Net reports it: :func:`choose_folds`,
   :func:`cross_validation_cases`); with one fold, its validation cases in ``splits_final.json``
   (the same for every architecture, since all share one split); or every case of ``test`` (a
-  BraTS-style folder with labels), predicted by the ensemble of the trained folds. A model trained
+  BraTS-style folder with labels, or an nnU-Net raw dataset), predicted by the ensemble of the trained folds. A model trained
   on fold "all" only has no held-out case and needs ``test``;
 - the predictions: each architecture's, written to ``<out>/predictions/<arch>/<case><ending>`` in the
   format of the case's images (``.nii.gz``, ``.nrrd``, ``.png`` …) and the ground truth's label
@@ -295,8 +295,8 @@ def _raw_dataset_cases(raw: Path, val: Sequence[str], splits_file: Path) -> list
 
 def _test_cases(test: Path, record: dict | None = None, trained: LabelConvention | None = None
                 ) -> tuple[list[HeldOutCase], LabelConvention | str, tuple[str, ...]]:
-    """(cases, label convention, channel names) of an nnU-Net raw dataset (its labelsTr, its labels),
-    or of a BraTS-style folder with labels; a generic
+    """(cases, label convention, channel names) of an nnU-Net raw dataset (every case of imagesTr with
+    its labelsTr file, in its dataset.json labels) or of a BraTS-style folder with labels; a generic
     one-folder-per-case layout is read with the modality and label suffixes the models were trained
     with (their conversion record), and with their labels when they are not BraTS's (a label set)."""
     from medmamba.data import CONVENTIONS, DatasetError, discover, validate
