@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes a synthetic BraTS-style training set and test set, trains unet and every Mamba "
                     "architecture on a CPU-sized budget (a GPU is used when present), predicts and evaluates the "
                     "test cases and writes the comparison report (OUT/report/report.html). The default budget "
-                    "takes about 8½ minutes on a 2-core CPU; the options scale it up. Running it again "
+                    "takes about 20 minutes on a 2-core CPU; the options scale it up. Running it again "
                     "with the same --out continues where it stopped.")
     demo.add_argument("--out", type=Path, default=Path("medmamba_demo"), help="demo folder (default ./medmamba_demo)")
     demo.add_argument("--task", choices=["brats", "ct", "lesion", "2d"], default="brats",

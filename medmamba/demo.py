@@ -8,8 +8,8 @@ dataset each for training and test, trained in the ``2d`` configuration as nnU-N
 
 synth (training and test cases) → plan-and-train (``unet`` and every Mamba architecture, one shared
 split, the shared recipe) → compare on the test cases (predict, evaluate, statistics, plots, HTML).
-The default budget is sized for a 2-core CPU (8½ minutes, measured on an idle one); ``DemoSettings`` fields
-scale it up, and a GPU is used when present.
+The default budget is sized for a 2-core CPU (20 minutes on an idle one, docs/benchmarks.md);
+``DemoSettings`` fields scale it up, and a GPU is used when present.
 
 Running it again with the same settings continues where it stopped: the data are kept, every
 architecture resumes from its last checkpoint, and the report is written afresh.
