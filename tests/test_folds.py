@@ -105,6 +105,8 @@ def test_compare_scores_every_case_by_the_fold_that_held_it_out(work, capsys, tm
     assert summary["settings"]["folds"].startswith("2-fold cross-validation")
     assert "2-fold cross-validation" in (report / "table.md").read_text()
     assert "2-fold cross-validation" in (report / "report.html").read_text()
+    # the training runs' validation scored these very cases: the report must not say otherwise
+    assert "held-out validation cases of folds 0, 1, the cases compared here" in printed
     import csv
 
     with (report / "table.csv").open() as f:

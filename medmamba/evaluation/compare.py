@@ -710,8 +710,11 @@ def compare(results: str | Path, out: str | Path, *, baseline: str | None = None
             raise CompareError("every architecture was skipped: " + "; ".join(f"{a}: {r}" for a, r in skipped))
         sources = sorted({r.validation.cases_source for r in evaluated if r.validation is not None})
         if sources:
+            # without --test the compared cases are the folds' validation cases themselves
             notes.append(f"validation Dice (whole volumes) is each training run's own final score on its "
-                         f"{' / '.join(sources)}, not on the compared cases")
+                         f"{' / '.join(sources)}, "
+                         + ("not on the compared cases" if test is not None else
+                            "the cases compared here, as nnU-Net scored them at the end of training"))
         if baseline is not None and baseline != MATCHED_BASELINE and baseline not in {r.name for r in evaluated}:
             notes.append(f"the baseline {baseline} was skipped: no statistics")
             baseline = None

@@ -250,14 +250,14 @@ def _columns(table: Sequence[dict], regions: Sequence[str]) -> list[tuple[str, A
         cols.append((f"Dice {region} (%)", lambda r, k=f"dice_{region}": _mean_sd(r, k, 100, ".2f")))
     for region in regions:
         cols.append((f"HD95 {region} (mm)", lambda r, k=f"hd95_{region}": _mean_sd(r, k, 1, ".2f")))
+    cols.append((f"validation Dice {'/'.join(regions)} (whole volumes, %)", lambda r: "—"
+                 if all(r.get(f"validation_dice_{g}") is None for g in regions)
+                 else " / ".join(_num(r.get(f"validation_dice_{g}"), ".1f", 100) for g in regions)))
     if table and f"lesion_dice_{MEAN_REGION}_mean" in table[0]:
         for region in regions:
             cols.append((f"lesion-wise Dice {region} (%)", lambda r, k=f"lesion_dice_{region}": _mean_sd(r, k, 100, ".2f")))
         for region in regions:
             cols.append((f"lesion-wise HD95 {region} (mm)", lambda r, k=f"lesion_hd95_{region}": _mean_sd(r, k, 1, ".2f")))
-    cols.append((f"validation Dice {'/'.join(regions)} (whole volumes, %)", lambda r: "—"
-                 if all(r.get(f"validation_dice_{g}") is None for g in regions)
-                 else " / ".join(_num(r.get(f"validation_dice_{g}"), ".1f", 100) for g in regions)))
     cols += [
         ("params", lambda r: _params(r["params"])),
         ("GFLOPs (scan)", lambda r: "—" if r["gflops"] is None
@@ -782,9 +782,11 @@ def report_html(report: Report, plot_files: Mapping[str, Path]) -> str:
         parts.append(f'<p class="context">{esc(context)}</p>')
     parts.append('<div class="headline">' + "".join(f"<p>{esc(line)}</p>" for line in report.headline) + "</div>")
     parts.append(f"<h2>Results</h2><p>{esc(_TABLE_INTRO).replace('*', '')}</p>")
-    # Two tables, so that each fits the page without wrapping a number: the scores, then the costs.
+    # One table per group, so that each fits the page without wrapping a number: the scores, the
+    # lesion-wise scores (compare --lesion-wise), then the costs.
     first_cost = next((i for i, (h, _) in enumerate(cols) if h == "params"), len(cols))
-    for part in (cols[:first_cost], cols[:1] + cols[first_cost:]):
+    first_lesion = next((i for i, (h, _) in enumerate(cols) if h.startswith("lesion-wise")), first_cost)
+    for part in (cols[:first_lesion], cols[:1] + cols[first_lesion:first_cost], cols[:1] + cols[first_cost:]):
         if len(part) > 1:
             parts.append(_html_table([h for h, _ in part], [[f(row) for _, f in part] for row in report.table],
                                      "numbers"))
