@@ -67,7 +67,7 @@ def test_2d_images_train_in_2d_by_default_with_mhs_vm_lightm_unet_and_umamba_bot
           "--iters-per-epoch", "2", "--val-iters", "1", "--seed", "0",
           "--arch", "mhs_vm", "--arch", "lightm_unet", "--arch", "umamba_bot"])
     printed = capsys.readouterr().out
-    assert "(2d, " in printed and printed.count("whole-volume Dice lesion") == 3, printed
+    assert "(2d, " in printed and printed.count("whole-image Dice lesion") == 3, printed
     for arch in ("mhs_vm", "lightm_unet", "umamba_bot"):
         (model,) = (work / "nnUNet_results").glob(f"*/*__medmambaPlans_{arch}__2d")
         assert (model / "fold_0" / "checkpoint_final.pth").is_file()

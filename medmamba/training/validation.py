@@ -54,6 +54,7 @@ class WholeVolumeValidation:
         foreground_in_truth: case → region → whether the ground truth has that region.
         epochs: epochs the model was trained for. seconds: time the validation took.
         empty_convention, mirroring: how the scores were made.
+        single_slice: every scored case is one slice deep (2D images): the scores are whole-image.
     """
 
     fold: str
@@ -65,6 +66,7 @@ class WholeVolumeValidation:
     seconds: float
     empty_convention: str = "brats"
     mirroring: bool = False
+    single_slice: bool = False
     format: str = field(default=_FORMAT)
 
     @property
@@ -87,7 +89,7 @@ class WholeVolumeValidation:
     def describe(self) -> str:
         """One line: the Dice per region and what it was measured on."""
         dice = " · ".join(f"{r} {self.mean(r):.3f}" for r in self.regions)
-        return f"whole-volume Dice {dice} on {len(self.per_case)} {self.cases_source}"
+        return f"whole-{'image' if self.single_slice else 'volume'} Dice {dice} on {len(self.per_case)} {self.cases_source}"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -102,7 +104,7 @@ class WholeVolumeValidation:
             raise ValueError(f"not a {_FORMAT} record (format {data.get('format')!r})")
         fields = {k: data[k] for k in ("fold", "cases_source", "per_case", "foreground_in_truth", "epochs",
                                        "seconds", "empty_convention", "mirroring")}
-        return cls(regions=tuple(data["regions"]), **fields)
+        return cls(regions=tuple(data["regions"]), single_slice=bool(data.get("single_slice", False)), **fields)
 
     def write(self, path: str | Path) -> Path:
         from medmamba.files import atomic_output_file
@@ -181,7 +183,7 @@ def validate_whole_volumes(trainer, *, mirroring: bool = False, log=None) -> Who
     truth_folder = os.path.join(trainer.preprocessed_dataset_folder_base, "gt_segmentations")
     out_folder = Path(trainer.output_folder) / "validation"
     out_folder.mkdir(parents=True, exist_ok=True)
-    per_case, in_truth = {}, {}
+    per_case, in_truth, single_slice = {}, {}, True
     for key in keys:
         data, _, _, properties = dataset.load_case(key)
         with torch.no_grad():
@@ -193,6 +195,7 @@ def validate_whole_volumes(trainer, *, mirroring: bool = False, log=None) -> Who
             io.write_seg(segmentation, str(tmp), properties)
         truth, truth_properties = io.read_seg(os.path.join(truth_folder, f"{key}{ending}"))
         truth = truth[0]
+        single_slice &= truth.shape[0] == 1  # nnU-Net's natural-image reader: (1, X, Y)
         pred_masks = {r: np.isin(segmentation, values) for r, values in regions.items()}
         truth_masks = {r: np.isin(truth, values) for r, values in regions.items()}
         # nnU-Net reads 2D images as 3D with a single slice, so the masks are 3D either way
@@ -204,6 +207,6 @@ def validate_whole_volumes(trainer, *, mirroring: bool = False, log=None) -> Who
     result = WholeVolumeValidation(fold=str(trainer.fold), cases_source=source, regions=tuple(regions),
                                    per_case=per_case, foreground_in_truth=in_truth,
                                    epochs=int(trainer.current_epoch), seconds=round(time.perf_counter() - start, 2),
-                                   mirroring=mirroring)
+                                   mirroring=mirroring, single_slice=single_slice and bool(keys))
     result.write(out_folder / SUMMARY_NAME)
     return result
