@@ -201,8 +201,10 @@ def overlay_case(background: str | Path, ground_truth: str | Path, predictions: 
         """A slice as imshow draws it: a natural image's rows down, a volume's (x, y) transposed."""
         return array if natural else np.swapaxes(array, 0, 1)
 
-    # At least as wide as its title and legend, however few slices the tumour spans.
-    fig, axes = plt.subplots(1, len(slices), figsize=(max(3.6 * len(slices), 7.2), 4.4), squeeze=False)
+    # At least as wide as its title and legend, however few slices the tumour spans; one panel (a 2D
+    # image, a one-slice volume) gets the height that width leaves it, instead of a thumbnail.
+    fig, axes = plt.subplots(1, len(slices), figsize=(max(3.6 * len(slices), 7.2), 4.4 if len(slices) > 1 else 7.0),
+                             squeeze=False)
     for ax, k in zip(axes[0], slices):
         if rgb:
             picture = data[:, :, k, :3]
