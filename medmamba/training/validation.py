@@ -195,10 +195,11 @@ def validate_whole_volumes(trainer, *, mirroring: bool = False, log=None) -> Who
             io.write_seg(segmentation, str(tmp), properties)
         truth, truth_properties = io.read_seg(os.path.join(truth_folder, f"{key}{ending}"))
         truth = truth[0]
-        single_slice &= truth.shape[0] == 1  # nnU-Net's natural-image reader: (1, X, Y)
+        # nnU-Net reads 2D images as 3D with a single slice, (1, X, Y): the masks are 3D either way,
+        # and a case one slice deep is a whole image
+        single_slice &= truth.shape[0] == 1
         pred_masks = {r: np.isin(segmentation, values) for r, values in regions.items()}
         truth_masks = {r: np.isin(truth, values) for r, values in regions.items()}
-        # nnU-Net reads 2D images as 3D with a single slice, so the masks are 3D either way
         scores = mask_metrics(pred_masks, truth_masks, list(truth_properties["spacing"]), metrics=("dice",))
         per_case[key] = {r: scores[r]["dice"] for r in regions}
         in_truth[key] = {r: bool(truth_masks[r].any()) for r in regions}
